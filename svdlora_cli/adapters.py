@@ -1,0 +1,152 @@
+"""Low-rank factors <-> files: the factors file and PEFT LoRA adapter folders.
+
+PEFT computes W' = W + (alpha / r) * B @ A with A (r, in) and B (out, r). With
+dW ~ U_r S_r Vh_r, split `b` takes B = U_r S_r and A = Vh_r; split `sqrt` puts
+sqrt(S_r) on both. Either way alpha = r, so the scale is 1 and B @ A is the
+best rank-r approximation of dW (Eckart-Young-Mirsky).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_safetensors
+
+from .errors import CheckpointError, InvalidOptionError
+from .files import atomic_path, write_json
+
+SPLITS = ("b", "sqrt")
+FACTORS_LAYOUT = "B = U_r diag(S_r) (out, r); A = Vh_r (r, in); W' = W + B @ A"
+
+
+@dataclass(frozen=True)
+class LowRankFactors:
+    """One module's LoRA factors in PEFT's orientation, with its singular values."""
+
+    B: torch.Tensor
+    A: torch.Tensor
+    S: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+
+def split_factors(
+    U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, split: str = "b"
+) -> LowRankFactors:
+    """LoRA factors from a truncated SVD, with Sigma on B (`b`) or shared as sqrt (`sqrt`)."""
+    if split == "b":
+        return LowRankFactors(B=U * S, A=Vh.clone(), S=S.clone())
+    if split == "sqrt":
+        root = S.sqrt()
+        return LowRankFactors(B=U * root, A=root[:, None] * Vh, S=S.clone())
+    raise InvalidOptionError(f"unknown --split {split!r}", f"use one of: {', '.join(SPLITS)}")
+
+
+def save_factors(
+    path: Path, factors: Mapping[str, LowRankFactors], metadata: Mapping[str, str]
+) -> Path:
+    """`{module}.B`, `{module}.A` and `{module}.S` in one safetensors file, written atomically."""
+    tensors = {}
+    for module, f in factors.items():
+        tensors[f"{module}.B"] = f.B.contiguous()
+        tensors[f"{module}.A"] = f.A.contiguous()
+        tensors[f"{module}.S"] = f.S.contiguous()
+    meta = {"format": "pt", "layout": FACTORS_LAYOUT, **{k: str(v) for k, v in metadata.items()}}
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(save_safetensors(tensors, metadata=meta))
+    return path
+
+
+def load_factors(path: str | Path) -> dict[str, LowRankFactors]:
+    """Read a factors file written by `save_factors`."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+            tensors = {k: handle.get_tensor(k) for k in keys}
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read factors file {path}: {exc}",
+            "pass a svd_factors_rank*.safetensors file written by `svdlora svd`",
+        ) from exc
+    modules = sorted({k.rsplit(".", 1)[0] for k in keys})
+    out = {}
+    for module in modules:
+        try:
+            out[module] = LowRankFactors(
+                B=tensors[f"{module}.B"], A=tensors[f"{module}.A"], S=tensors[f"{module}.S"]
+            )
+        except KeyError as exc:
+            raise CheckpointError(
+                f"factors file {path} lacks {exc.args[0]}", "regenerate it with `svdlora svd`"
+            ) from exc
+    return out
+
+
+def target_module_names(targets: Sequence[str], candidates: Sequence[str]) -> list[str]:
+    """Leaf names (q_proj, ...) when they select exactly the targets, else full module names."""
+    leaves = {m.rsplit(".", 1)[-1] for m in targets}
+    chosen = set(targets)
+    covered = [c for c in candidates if c.rsplit(".", 1)[-1] in leaves]
+    if set(covered) == chosen:
+        return sorted(leaves)
+    return sorted(chosen)
+
+
+def adapter_config(
+    ranks: Mapping[str, int],
+    target_modules: Sequence[str],
+    base_model: str,
+    fan_in_fan_out: bool,
+) -> dict:
+    """A PEFT LoraConfig dict with alpha = r per module; differing ranks go to rank_pattern."""
+    from peft import LoraConfig
+
+    default_rank = Counter(ranks.values()).most_common(1)[0][0]
+    pattern = {re.escape(m): r for m, r in ranks.items() if r != default_rank}
+    config = LoraConfig(
+        r=default_rank,
+        lora_alpha=default_rank,
+        target_modules=list(target_modules),
+        rank_pattern=pattern,
+        alpha_pattern=dict(pattern),
+        lora_dropout=0.0,
+        bias="none",
+        fan_in_fan_out=fan_in_fan_out,
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_model,
+    ).to_dict()
+    return json.loads(
+        json.dumps(config, default=lambda v: sorted(v) if isinstance(v, set) else str(v))
+    )
+
+
+def write_peft_adapter(
+    folder: Path,
+    factors: Mapping[str, LowRankFactors],
+    candidates: Sequence[str],
+    base_model: str,
+    fan_in_fan_out: bool = False,
+) -> Path:
+    """A folder `PeftModel.from_pretrained(base, folder)` loads as a LoRA starting at B @ A."""
+    ranks = {m: f.rank for m, f in factors.items()}
+    config = adapter_config(
+        ranks, target_module_names(list(factors), candidates), base_model, fan_in_fan_out
+    )
+    tensors = {}
+    for module, f in factors.items():
+        tensors[f"base_model.model.{module}.lora_A.weight"] = f.A.contiguous()
+        tensors[f"base_model.model.{module}.lora_B.weight"] = f.B.contiguous()
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "adapter_model.safetensors") as tmp:
+        tmp.write_bytes(save_safetensors(tensors, metadata={"format": "pt"}))
+    write_json(folder / "adapter_config.json", config)
+    return folder

@@ -1,0 +1,102 @@
+"""Write a step's outputs (factors, adapter, JSON, text, plot, run record) to its folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .adapters import save_factors, write_peft_adapter
+from .extraction import DeltaResult, SvdResult
+from .files import ensure_writable_dir, write_json, write_run_config, write_text
+from .reporting.plots import svd_analysis_png
+from .reporting.text import delta_report, svd_report
+
+
+def svd_document(
+    result: SvdResult, base_model: str, tuned_model: str, split: str
+) -> dict[str, Any]:
+    """The single record every `svd` renderer reads: JSON, text, plot and table."""
+    return {
+        "base_model": base_model,
+        "tuned_model": tuned_model,
+        "split": split,
+        **result.to_dict(),
+    }
+
+
+def write_svd_outputs(
+    result: SvdResult,
+    output_dir: Path,
+    base_model: str,
+    tuned_model: str,
+    split: str = "b",
+    options: dict[str, Any] | None = None,
+    plot: bool = True,
+) -> dict[str, Any]:
+    """Factors, PEFT adapter, analysis JSON, text report and PNG; returns the document."""
+    folder = ensure_writable_dir(output_dir)
+    label = result.label
+    doc = svd_document(result, base_model, tuned_model, split)
+    paths = {
+        "factors": folder / f"svd_factors_{label}.safetensors",
+        "adapter": folder / f"adapter_{label}",
+        "analysis": folder / f"svd_analysis_{label}.json",
+        "report": folder / f"svd_report_{label}.txt",
+    }
+    if plot:
+        paths["plot"] = folder / f"svd_analysis_{label}.png"
+    paths["run_config"] = folder / "run_config.json"
+    doc["artifacts"] = {name: str(path) for name, path in paths.items()}
+    metadata = {
+        "base_model": base_model,
+        "tuned_model": tuned_model,
+        "base_fingerprint": result.fingerprints["base"] or "",
+        "tuned_fingerprint": result.fingerprints["tuned"] or "",
+        "truncation": label,
+    }
+    save_factors(paths["factors"], result.factors("b"), metadata)
+    write_peft_adapter(
+        paths["adapter"],
+        result.factors(split),
+        result.candidates,
+        base_model,
+        result.fan_in_fan_out,
+    )
+    write_text(paths["report"], svd_report(doc))
+    if plot:
+        svd_analysis_png(doc, paths["plot"])
+    write_run_config(
+        folder,
+        "svd",
+        options or {},
+        {"base_model": base_model, "tuned_model": tuned_model, **result.fingerprints},
+    )
+    write_json(paths["analysis"], doc)
+    return doc
+
+
+def write_delta_outputs(
+    result: DeltaResult,
+    output_dir: Path,
+    base_model: str,
+    tuned_model: str,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """delta_analysis.json and delta_report.txt; returns the document."""
+    folder = ensure_writable_dir(output_dir)
+    doc = {"base_model": base_model, "tuned_model": tuned_model, **result.to_dict()}
+    paths = {
+        "analysis": folder / "delta_analysis.json",
+        "report": folder / "delta_report.txt",
+        "run_config": folder / "run_config.json",
+    }
+    doc["artifacts"] = {name: str(path) for name, path in paths.items()}
+    write_text(paths["report"], delta_report(doc))
+    write_run_config(
+        folder,
+        "delta",
+        options or {},
+        {"base_model": base_model, "tuned_model": tuned_model, **result.fingerprints},
+    )
+    write_json(paths["analysis"], doc)
+    return doc

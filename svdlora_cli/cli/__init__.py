@@ -1,0 +1,1 @@
+"""The `svdlora` command line: option parsing and rendering over the core library."""

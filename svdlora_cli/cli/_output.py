@@ -1,0 +1,98 @@
+"""One place that renders a result as a rich table or a JSON document, and reports progress."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..errors import SvdloraError
+
+stderr = Console(stderr=True)
+
+
+class _WarningHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        warn(record.getMessage())
+
+
+def setup_logging() -> None:
+    """Core warnings (logger `svdlora`) go to stderr as `Warning: ...` lines."""
+    logger = logging.getLogger("svdlora")
+    if not any(isinstance(h, _WarningHandler) for h in logger.handlers):
+        logger.addHandler(_WarningHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def warn(message: str) -> None:
+    stderr.print(f"[yellow]Warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def emit(doc: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], Any]) -> None:
+    """Print `doc` as JSON on stdout, or its rich rendering; warnings go to stderr first."""
+    from ..files import dumps_json
+
+    for message in doc.get("warnings", []):
+        warn(message)
+    if as_json:
+        typer.echo(dumps_json(doc))
+    else:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=max(console.width, 140))
+        console.print(render(doc))
+
+
+@contextlib.contextmanager
+def progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A transient progress bar on stderr; yields a callback (item, done, total)."""
+    bar = Progress(
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}", style="dim"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+        disable=not progress_enabled(),
+    )
+    task = bar.add_task("", total=None)
+
+    def update(item: str, done: int, total: int) -> None:
+        bar.update(task, description=item, completed=done - 1, total=total)
+
+    with bar:
+        yield update
+
+
+def require(value: Any, option: str, key: str) -> Any:
+    """A required option that may also come from svdlora.toml."""
+    if value in (None, "", []):
+        raise SvdloraError(
+            f"no {option} given",
+            f"pass {option}, or set {key} in svdlora.toml (`svdlora init` writes one)",
+        )
+    return value
+
+
+def resolve_cache(cache_dir: Path | None, no_cache: bool, size_limit: int | None = None):
+    """The artifact cache for a command (disabled with --no-cache)."""
+    from ..cache import ArtifactCache, default_cache_dir
+
+    if no_cache:
+        return ArtifactCache(None)
+    return ArtifactCache(cache_dir or default_cache_dir(), size_limit=size_limit)
+
+
+def progress_enabled() -> bool:
+    """Progress bars draw on stderr unless SVDLORA_NO_PROGRESS is set."""
+    return os.environ.get("SVDLORA_NO_PROGRESS") is None

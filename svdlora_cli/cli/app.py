@@ -1,0 +1,112 @@
+"""The `svdlora` Typer root: workspace defaults, error mapping and subcommand registry."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from ..errors import SvdloraError
+from . import cache as cache_cmd
+from . import delta as delta_cmd
+from . import init as init_cmd
+from . import svd as svd_cmd
+from ._output import setup_logging, stderr
+
+
+def show_error(error: SvdloraError) -> None:
+    """One `Error:` line and one `Hint:` line on stderr."""
+    stderr.print(f"[bold red]Error:[/] {escape(error.message)}", highlight=False, soft_wrap=True)
+    if error.hint:
+        stderr.print(f"[bold]Hint:[/] {escape(error.hint)}", highlight=False, soft_wrap=True)
+
+
+class SvdloraGroup(TyperGroup):
+    """Maps typed core errors and Ctrl-C to clean messages (SVDLORA_DEBUG=1 keeps tracebacks)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SvdloraError as exc:
+            if os.environ.get("SVDLORA_DEBUG"):
+                raise
+            show_error(exc)
+            raise click.exceptions.Exit(1) from None
+        except KeyboardInterrupt:
+            stderr.print(
+                "[bold]Interrupted.[/] Finished per-tensor results are kept in the cache; "
+                "rerun the same command to resume."
+            )
+            raise click.exceptions.Exit(130) from None
+
+
+app = typer.Typer(
+    name="svdlora",
+    cls=SvdloraGroup,
+    help="Is full fine-tuning's dW low rank? Streamed dW, cached SVD, SVD-initialised LoRA.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("init")(init_cmd.init)
+app.command("delta")(delta_cmd.delta)
+app.command("svd")(svd_cmd.svd)
+app.add_typer(cache_cmd.app, name="cache")
+
+
+def _option_names(command: click.Command, prefix: str = "") -> dict[str, list[str]]:
+    """Option names of every (nested) subcommand, keyed "svd" or "cache.info"."""
+    names: dict[str, list[str]] = {}
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            names.update(_option_names(sub, f"{prefix}{name}."))
+    elif prefix:
+        names[prefix.rstrip(".")] = [p.name for p in command.params if p.name]
+    return names
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"svdlora {version('svdlora')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="Workspace file with option defaults (default: ./svdlora.toml)."
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Load option defaults from the workspace file; the command line always wins."""
+    from ..workspace import default_map, find_workspace
+
+    setup_logging()
+    path = find_workspace(config)
+    if path is not None:
+        ctx.default_map = default_map(path, _option_names(ctx.command))
+    ctx.obj = {"workspace": path}
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="svdlora")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""`svdlora cache info|list|clear`: inspect and empty the artifact cache."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._options import CacheDirOpt, JsonOpt, OutputDirOpt
+from ._output import emit, resolve_cache
+
+app = typer.Typer(help="Inspect or clear the artifact cache.", no_args_is_help=True)
+
+
+def _save(doc: dict, output_dir, name: str) -> None:
+    if output_dir is not None:
+        from ..files import ensure_writable_dir, write_json
+
+        path = ensure_writable_dir(output_dir) / name
+        write_json(path, doc)
+        doc.setdefault("artifacts", {})[name.removesuffix(".json")] = str(path)
+
+
+@app.command("info")
+def info(
+    cache_dir: CacheDirOpt = None, output_dir: OutputDirOpt = None, json_output: JsonOpt = False
+) -> None:
+    """Where the cache is, how many entries it holds and its size on disk."""
+    cache = resolve_cache(cache_dir, False)
+    try:
+        doc = cache.info()
+    finally:
+        cache.close()
+    _save(doc, output_dir, "cache_info.json")
+    emit(
+        doc, json_output, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items() if k != "artifacts")
+    )
+
+
+@app.command("list")
+def list_entries(
+    cache_dir: CacheDirOpt = None, output_dir: OutputDirOpt = None, json_output: JsonOpt = False
+) -> None:
+    """Every cached decomposition and statistics entry, newest first."""
+    from ..reporting.tables import cache_table
+
+    cache = resolve_cache(cache_dir, False)
+    try:
+        doc = {"directory": str(cache.directory), "entries": cache.entries()}
+    finally:
+        cache.close()
+    _save(doc, output_dir, "cache_list.json")
+    emit(doc, json_output, lambda d: cache_table(d["entries"]))
+
+
+@app.command("clear")
+def clear(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    cache_dir: CacheDirOpt = None,
+    output_dir: OutputDirOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Delete every cached entry and payload."""
+    from ..errors import SvdloraError
+
+    cache = resolve_cache(cache_dir, False)
+    try:
+        if not yes:
+            if json_output or not typer.get_text_stream("stdin").isatty():
+                raise SvdloraError(
+                    "cache clear needs confirmation", "pass --yes to clear without a prompt"
+                )
+            typer.confirm(f"Delete everything in {cache.directory}?", abort=True)
+        removed = cache.clear()
+        doc = {"directory": str(cache.directory), "removed": removed}
+    finally:
+        cache.close()
+    _save(doc, output_dir, "cache_clear.json")
+    emit(doc, json_output, lambda d: f"Removed {d['removed']} entries from {d['directory']}")

@@ -1,0 +1,197 @@
+"""Streamed weight deltas dW = W_tuned - W_base and their statistics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .cache import ArtifactCache, content_key
+from .checkpoints import ModelPair
+from .errors import NonFiniteDeltaError, SvdloraError
+from .targets import Target, describe, untargeted_kind
+
+Progress = Callable[[str, int, int], None]
+
+
+def delta_matrix(
+    name: str, base: torch.Tensor, tuned: torch.Tensor, transposed: bool = False
+) -> torch.Tensor:
+    """fp32 delta in LoRA's (out, in) orientation; NaN/Inf is an error naming the tensor."""
+    dw = tuned.to(torch.float32) - base.to(torch.float32)
+    if not bool(torch.isfinite(dw).all()):
+        bad = int((~torch.isfinite(dw)).sum())
+        raise NonFiniteDeltaError(
+            f"the delta of {name} has {bad} NaN/Inf value(s)",
+            "check both checkpoints load and evaluate normally; a diverged run or a broken "
+            "conversion usually causes this",
+        )
+    return dw.T if transposed else dw
+
+
+@dataclass
+class DeltaRecord:
+    """Size of one tensor's change. `delta_sq` is ||dW||_F**2, the unit of energy shares."""
+
+    name: str
+    module: str
+    module_type: str
+    group: str
+    layer: int | None
+    shape: list[int]
+    targeted: bool
+    kind: str
+    base_norm: float
+    delta_norm: float
+    rel_change: float
+    max_abs: float
+    delta_sq: float
+
+    @property
+    def changed(self) -> bool:
+        return self.delta_sq > 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tensor_stats(base: torch.Tensor, tuned: torch.Tensor, dw: torch.Tensor) -> dict[str, float]:
+    """||W||_F, ||dW||_F, ||dW||/||W|| and max|dW| in float64 accumulation."""
+    base_sq = float(torch.sum(base.to(torch.float64) ** 2))
+    delta_sq = float(torch.sum(dw.to(torch.float64) ** 2))
+    base_norm = math.sqrt(base_sq)
+    delta_norm = math.sqrt(delta_sq)
+    return {
+        "base_norm": base_norm,
+        "delta_norm": delta_norm,
+        "rel_change": delta_norm / base_norm
+        if base_norm > 0
+        else (0.0 if delta_norm == 0 else math.inf),
+        "max_abs": float(dw.abs().max()) if dw.numel() else 0.0,
+        "delta_sq": delta_sq,
+    }
+
+
+def _record(
+    target: Target | None, name: str, shape: Sequence[int], model_type: str, stats: dict
+) -> DeltaRecord:
+    info = target or describe(name, shape if len(shape) == 2 else (*shape, 1)[:2], model_type)
+    return DeltaRecord(
+        name=name,
+        module=info.module,
+        module_type=info.module_type,
+        group=info.group,
+        layer=info.layer,
+        shape=list(shape),
+        targeted=target is not None,
+        kind="target" if target is not None else untargeted_kind(name, shape),
+        **stats,
+    )
+
+
+def stats_key(pair: ModelPair, name: str) -> str:
+    return content_key(
+        "delta-stats", base=pair.base_fingerprint, tuned=pair.tuned_fingerprint, tensor=name
+    )
+
+
+def collect_deltas(
+    pair: ModelPair,
+    targets: Sequence[Target],
+    untargeted: Sequence[str],
+    cache: ArtifactCache,
+    progress: Progress | None = None,
+    known: dict[str, dict] | None = None,
+) -> tuple[list[DeltaRecord], list[DeltaRecord]]:
+    """Statistics of every target and untargeted tensor; `known` and the cache skip reads."""
+    by_name: dict[str, Target | None] = {t.tensor: t for t in targets}
+    by_name.update(dict.fromkeys(untargeted))
+    order = [n for n in pair.names if n in by_name]
+    found: dict[str, dict] = dict(known or {})
+    todo = []
+    for name in order:
+        cached = found.get(name) or cache.get_json(stats_key(pair, name))
+        if cached is None:
+            todo.append(name)
+        else:
+            found[name] = cached
+    for i, (name, base, tuned) in enumerate(pair.iter_tensors(todo)):
+        if progress:
+            progress(name, i + 1, len(todo))
+        if base.dtype == torch.bool or not (base.is_floating_point() and tuned.is_floating_point()):
+            stats = {
+                "base_norm": 0.0,
+                "delta_norm": 0.0,
+                "rel_change": 0.0,
+                "max_abs": 0.0,
+                "delta_sq": 0.0,
+            }
+            if not torch.equal(base, tuned):
+                stats["max_abs"] = math.nan
+        else:
+            stats = tensor_stats(base, tuned, delta_matrix(name, base, tuned))
+        cache.put_json(stats_key(pair, name), stats, tensor=name)
+        found[name] = stats
+    model_type = pair.base.model_type
+    records = [
+        _record(by_name[n], n, pair.base.tensors[n].shape, model_type, found[n]) for n in order
+    ]
+    return [r for r in records if r.targeted], [r for r in records if not r.targeted]
+
+
+def _group_summary(records: Sequence[DeltaRecord], key: str, total_sq: float) -> dict[str, dict]:
+    groups: dict[str, list[DeltaRecord]] = {}
+    for record in records:
+        groups.setdefault(str(getattr(record, key)), []).append(record)
+    out = {}
+    for label, rows in groups.items():
+        delta_sq = sum(r.delta_sq for r in rows)
+        base_sq = sum(r.base_norm**2 for r in rows)
+        out[label] = {
+            "count": len(rows),
+            "changed": sum(r.changed for r in rows),
+            "delta_norm": math.sqrt(delta_sq),
+            "rel_change": math.sqrt(delta_sq / base_sq) if base_sq > 0 else 0.0,
+            "mean_rel_change": sum(r.rel_change for r in rows) / len(rows),
+            "max_abs": max(r.max_abs for r in rows),
+            "share_of_total": delta_sq / total_sq if total_sq > 0 else 0.0,
+        }
+    return out
+
+
+def summarize_deltas(modules: Sequence[DeltaRecord], untargeted: Sequence[DeltaRecord]) -> dict:
+    """Totals by module type, attention vs MLP, and the untargeted share of ||dW||**2."""
+    target_sq = sum(r.delta_sq for r in modules)
+    other_sq = sum(r.delta_sq for r in untargeted if math.isfinite(r.delta_sq))
+    total_sq = target_sq + other_sq
+    return {
+        "targets": len(modules),
+        "changed_targets": sum(r.changed for r in modules),
+        "untargeted_changed": sum(r.changed for r in untargeted),
+        "total_delta_norm": math.sqrt(total_sq),
+        "targeted_delta_norm": math.sqrt(target_sq),
+        "targeted_share": target_sq / total_sq if total_sq > 0 else 0.0,
+        "untargeted_share": other_sq / total_sq if total_sq > 0 else 0.0,
+        "all_zero": total_sq == 0.0,
+        "by_module_type": _group_summary(modules, "module_type", total_sq),
+        "by_group": _group_summary(modules, "group", total_sq),
+        "untargeted_by_kind": _group_summary(
+            [r for r in untargeted if r.changed], "kind", total_sq
+        ),
+    }
+
+
+def check_pair_names(pair: ModelPair, targets: Sequence[Target]) -> list[str]:
+    """Tensors present in one model only: fatal for a target, a warning otherwise."""
+    one_sided = set(pair.only_base) | set(pair.only_tuned)
+    for target in targets:
+        if target.tensor in one_sided:
+            side = "base" if target.tensor in pair.only_base else "tuned"
+            raise SvdloraError(
+                f"target tensor {target.tensor} exists only in the {side} model",
+                "both checkpoints must hold every targeted weight; "
+                "check they are the same architecture",
+            )
+    return sorted(one_sided)

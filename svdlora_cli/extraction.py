@@ -1,0 +1,393 @@
+"""The delta and SVD steps: model pair in, per-module records and factors out."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .adapters import LowRankFactors, split_factors
+from .cache import DEFAULT_CACHE_RANK, ArtifactCache, content_key
+from .checkpoints import ModelPair, TensorReader, open_pair
+from .decompose import (
+    ENERGY_LEVELS,
+    METHODS,
+    Decomposition,
+    decompose,
+    rank_for_energy,
+    resolve_method,
+    spectrum_stats,
+)
+from .delta import (
+    DeltaRecord,
+    Progress,
+    check_pair_names,
+    collect_deltas,
+    delta_matrix,
+    stats_key,
+    summarize_deltas,
+    tensor_stats,
+)
+from .errors import InvalidOptionError
+from .targets import Target, select_targets
+
+
+def check_device(device: str) -> torch.device:
+    """Parse a device string and make sure it exists here."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidOptionError(f"unknown device {device!r}", "use cpu, cuda or cuda:N") from exc
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidOptionError(
+            f"device {device} requested but CUDA is not available",
+            "use --device cpu, or install a CUDA build of torch on a machine with a GPU",
+        )
+    if parsed.type not in ("cpu", "cuda"):
+        raise InvalidOptionError(f"device {device!r} is not supported", "use cpu, cuda or cuda:N")
+    return parsed
+
+
+def pair_targets(
+    pair: ModelPair, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> tuple[list[Target], list[str], list[str]]:
+    """Targets, untargeted shared tensors, and warnings about one-sided tensors."""
+    shapes = {n: pair.base.tensors[n].shape for n in [*pair.names, *pair.only_base]}
+    shapes.update({n: pair.tuned.tensors[n].shape for n in pair.only_tuned})
+    targets, rest = select_targets(shapes, pair.base.model_type, include, exclude)
+    one_sided = check_pair_names(pair, targets)
+    warnings = [f"{n} exists in only one model; it is left out of every figure" for n in one_sided]
+    return targets, [n for n in rest if n not in set(one_sided)], warnings
+
+
+@dataclass
+class DeltaResult:
+    """Per-target and untargeted change statistics with their summaries."""
+
+    modules: list[DeltaRecord]
+    untargeted: list[DeltaRecord]
+    summary: dict
+    fingerprints: dict[str, str | None]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "modules": [r.to_dict() for r in self.modules],
+            "untargeted": [r.to_dict() for r in self.untargeted if r.changed],
+            "summary": self.summary,
+            "fingerprints": self.fingerprints,
+            "warnings": self.warnings,
+        }
+
+
+def run_delta(
+    base_model: str,
+    tuned_model: str,
+    cache: ArtifactCache,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    progress: Progress | None = None,
+) -> DeltaResult:
+    """Statistics of dW for every target and every other changed tensor."""
+    pair = open_pair(base_model, tuned_model, cache.memo, with_fingerprints=cache.enabled)
+    targets, rest, warnings = pair_targets(pair, include, exclude)
+    modules, untargeted = collect_deltas(pair, targets, rest, cache, progress=progress)
+    summary = summarize_deltas(modules, untargeted)
+    if summary["all_zero"]:
+        warnings.append("base and tuned are identical: every delta is exactly zero")
+    return DeltaResult(modules, untargeted, summary, pair.fingerprints(), warnings)
+
+
+@dataclass
+class ModuleSpectrum:
+    """One target's spectrum and what its rank-r truncation keeps."""
+
+    name: str
+    tensor: str
+    shape: list[int]
+    module_type: str
+    group: str
+    layer: int | None
+    rank: int
+    method: str
+    k_cached: int
+    energy: float
+    rel_error: float
+    effective_rank: float | None
+    stable_rank: float
+    rank_50: int | None
+    rank_90: int | None
+    rank_95: int | None
+    rank_99: int | None
+    delta_norm: float
+    zero_delta: bool
+    spectrum_complete: bool
+    singular_values: list[float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SvdResult:
+    """Spectra, truncated factors and summaries of one `svd` run."""
+
+    rank: int | None
+    energy_target: float | None
+    method: str
+    modules: list[ModuleSpectrum]
+    truncated: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    untargeted: list[DeltaRecord]
+    summary: dict
+    fingerprints: dict[str, str | None]
+    cache: dict[str, int]
+    candidates: list[str]
+    fan_in_fan_out: bool
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """`rank16` or `energy90`: the suffix of every artifact name."""
+        if self.rank is not None:
+            return f"rank{self.rank}"
+        return f"energy{100 * (self.energy_target or 0):g}"
+
+    def factors(self, split: str = "b") -> dict[str, LowRankFactors]:
+        """PEFT-oriented factors per module for the requested split of Sigma."""
+        return {m: split_factors(U, S, Vh, split) for m, (U, S, Vh) in self.truncated.items()}
+
+    def to_dict(self) -> dict:
+        return {
+            "rank": self.rank,
+            "energy_target": self.energy_target,
+            "method": self.method,
+            "modules": [m.to_dict() for m in self.modules],
+            "untargeted": [r.to_dict() for r in self.untargeted if r.changed],
+            "summary": self.summary,
+            "fingerprints": self.fingerprints,
+            "cache": self.cache,
+            "warnings": self.warnings,
+        }
+
+
+def _validate(
+    rank: int | None, energy: float | None, max_rank: int, method: str, cache_rank: int
+) -> None:
+    if rank is None and energy is None:
+        raise InvalidOptionError(
+            "no rank given", "pass --rank R (e.g. 16) or --energy E (e.g. 0.9)"
+        )
+    if rank is not None and energy is not None:
+        raise InvalidOptionError("--rank and --energy are exclusive", "pass one of them")
+    if rank is not None and rank <= 0:
+        raise InvalidOptionError(
+            f"--rank must be a positive integer, got {rank}", "use e.g. --rank 16"
+        )
+    if energy is not None and not (0.0 < energy <= 1.0):
+        raise InvalidOptionError(
+            f"--energy must be in (0, 1], got {energy}", "use e.g. --energy 0.9"
+        )
+    if max_rank <= 0:
+        raise InvalidOptionError(
+            f"--max-rank must be positive, got {max_rank}", "use e.g. --max-rank 64"
+        )
+    if cache_rank < 0:
+        raise InvalidOptionError(
+            f"--cache-rank must be >= 0, got {cache_rank}", "use e.g. --cache-rank 64"
+        )
+    if method not in METHODS:
+        raise InvalidOptionError(
+            f"unknown --method {method!r}", f"use one of: {', '.join(METHODS)}"
+        )
+
+
+def _svd_key(
+    pair: ModelPair,
+    target: Target,
+    method: str,
+    oversample: int | None,
+    power_iters: int,
+    seed: int,
+) -> str:
+    params: dict = {"method": method}
+    if method == "randomized":
+        params.update(oversample=oversample, power_iters=power_iters, seed=seed)
+    return content_key(
+        "svd",
+        base=pair.base_fingerprint,
+        tuned=pair.tuned_fingerprint,
+        tensor=target.tensor,
+        **params,
+    )
+
+
+def _round(values: torch.Tensor) -> list[float]:
+    return [float(f"{v:.7g}") for v in values.tolist()]
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _spectrum_summary(modules: Sequence[ModuleSpectrum]) -> dict:
+    captured = sum(m.energy * m.delta_norm**2 for m in modules)
+    total = sum(m.delta_norm**2 for m in modules)
+    effective = [m.effective_rank for m in modules if m.effective_rank is not None]
+    return {
+        "count": len(modules),
+        "mean_energy": _mean([m.energy for m in modules]),
+        "min_energy": min(m.energy for m in modules) if modules else None,
+        "total_energy": captured / total if total > 0 else 1.0,
+        "mean_rel_error": _mean([m.rel_error for m in modules]),
+        "mean_rank": _mean([m.rank for m in modules]),
+        "mean_effective_rank": _mean(effective),
+        "mean_stable_rank": _mean([m.stable_rank for m in modules]),
+        "mean_rank_90": _mean([m.rank_90 for m in modules if m.rank_90 is not None]),
+    }
+
+
+def run_svd(
+    base_model: str,
+    tuned_model: str,
+    cache: ArtifactCache,
+    rank: int | None = None,
+    energy: float | None = None,
+    max_rank: int = DEFAULT_CACHE_RANK,
+    method: str = "auto",
+    device: str = "cpu",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    cache_rank: int = DEFAULT_CACHE_RANK,
+    oversample: int | None = None,
+    power_iters: int = 4,
+    seed: int = 0,
+    progress: Progress | None = None,
+    decomposer=decompose,
+) -> SvdResult:
+    """Decompose every target's dW once (per content key) and truncate at the chosen rank(s)."""
+    _validate(rank, energy, max_rank, method, cache_rank)
+    torch_device = check_device(device)
+    pair = open_pair(base_model, tuned_model, cache.memo, with_fingerprints=cache.enabled)
+    targets, rest, warnings = pair_targets(pair, include, exclude)
+    wanted = rank if rank is not None else max_rank
+    keep = max(wanted, cache_rank)
+    clamped = []
+    decs: dict[str, Decomposition] = {}
+    known_stats: dict[str, dict] = {}
+    hits_before, misses_before = cache.hits, cache.misses
+    with TensorReader(pair.base) as base_reader, TensorReader(pair.tuned) as tuned_reader:
+        for i, target in enumerate(targets):
+            if progress:
+                progress(target.tensor, i + 1, len(targets))
+            full = min(target.shape)
+            if wanted > full:
+                clamped.append(target.module)
+            k = min(keep, full)
+            resolved = resolve_method(method, target.shape, k)
+            key = _svd_key(pair, target, resolved, oversample, power_iters, seed)
+            dec = cache.get_decomposition(key, min(k, full))
+            if dec is None:
+                base = base_reader.get(target.tensor)
+                tuned = tuned_reader.get(target.tensor)
+                dw = delta_matrix(target.tensor, base, tuned, target.transposed)
+                known_stats[target.tensor] = tensor_stats(base, tuned, dw)
+                cache.put_json(
+                    stats_key(pair, target.tensor), known_stats[target.tensor], tensor=target.tensor
+                )
+                del base, tuned
+                dec = decomposer(
+                    dw.to(torch_device),
+                    k,
+                    method=resolved,
+                    oversample=oversample,
+                    power_iters=power_iters,
+                    seed=seed,
+                )
+                del dw
+                cache.put_decomposition(
+                    key,
+                    dec,
+                    tensor=target.tensor,
+                    shape=list(target.shape),
+                    base=pair.base_fingerprint,
+                    tuned=pair.tuned_fingerprint,
+                )
+            decs[target.tensor] = dec
+    if clamped:
+        warnings.append(
+            f"rank {wanted} exceeds min(out, in) of {len(clamped)} module(s) "
+            f"(e.g. {clamped[0]}); clamped to their full rank"
+        )
+    delta_records, untargeted = collect_deltas(
+        pair, targets, rest, cache, progress=None, known=known_stats
+    )
+    by_tensor = {r.name: r for r in delta_records}
+    modules: list[ModuleSpectrum] = []
+    truncated = {}
+    for target in targets:
+        dec = decs[target.tensor]
+        fixed = rank is not None
+        r = min(rank, dec.k) if fixed else rank_for_energy(dec, float(energy or 1.0), max_rank)
+        stats = spectrum_stats(dec, r)
+        truncated[target.module] = dec.sliced(r)
+        modules.append(
+            ModuleSpectrum(
+                name=target.module,
+                tensor=target.tensor,
+                shape=list(target.shape),
+                module_type=target.module_type,
+                group=target.group,
+                layer=target.layer,
+                rank=r,
+                method=dec.method,
+                k_cached=dec.k,
+                energy=stats.energy,
+                rel_error=stats.rel_error,
+                effective_rank=stats.effective_rank,
+                stable_rank=stats.stable_rank,
+                **{f"rank_{round(level * 100)}": stats.rank_for[level] for level in ENERGY_LEVELS},
+                delta_norm=by_tensor[target.tensor].delta_norm,
+                zero_delta=dec.fro_sq == 0.0,
+                spectrum_complete=dec.complete,
+                singular_values=_round(dec.S),
+            )
+        )
+    zero = [m.name for m in modules if m.zero_delta]
+    if zero:
+        warnings.append(f"{len(zero)} target(s) did not change at all (dW = 0), e.g. {zero[0]}")
+    delta_summary = summarize_deltas(delta_records, untargeted)
+    summary = {
+        **_spectrum_summary(modules),
+        "by_module_type": _grouped(modules, "module_type"),
+        "by_group": _grouped(modules, "group"),
+        "untargeted_share": delta_summary["untargeted_share"],
+        "untargeted_changed": delta_summary["untargeted_changed"],
+        "zero_modules": len(zero),
+        "adapter_parameters": sum(m.rank * sum(m.shape) for m in modules),
+        "rank_pattern": {m.name: m.rank for m in modules} if rank is None else None,
+    }
+    return SvdResult(
+        rank=rank,
+        energy_target=energy,
+        method=method,
+        modules=modules,
+        truncated=truncated,
+        untargeted=untargeted,
+        summary=summary,
+        fingerprints=pair.fingerprints(),
+        cache={"hits": cache.hits - hits_before, "misses": cache.misses - misses_before},
+        candidates=[
+            n.removesuffix(".weight") for n in pair.names if len(pair.base.tensors[n].shape) == 2
+        ],
+        fan_in_fan_out=any(t.transposed for t in targets),
+        warnings=warnings,
+    )
+
+
+def _grouped(modules: Sequence[ModuleSpectrum], key: str) -> dict[str, dict]:
+    groups: dict[str, list[ModuleSpectrum]] = {}
+    for m in modules:
+        groups.setdefault(str(getattr(m, key)), []).append(m)
+    return {label: _spectrum_summary(rows) for label, rows in groups.items()}

@@ -1,0 +1,114 @@
+"""The seed's four-panel svd_analysis_rank{R}.png, drawn with matplotlib's Agg backend."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..files import atomic_path
+
+
+def _representatives(
+    modules: Sequence[Mapping[str, Any]], limit: int = 6
+) -> list[Mapping[str, Any]]:
+    """First, middle and last layer of the two most common module types."""
+    by_type: dict[str, list[Mapping[str, Any]]] = {}
+    for m in modules:
+        by_type.setdefault(m["module_type"], []).append(m)
+    chosen = []
+    for rows in sorted(by_type.values(), key=len, reverse=True)[:2]:
+        picks = {0, len(rows) // 2, len(rows) - 1}
+        chosen += [rows[i] for i in sorted(picks)]
+    return chosen[:limit]
+
+
+def _cumulative_energy(m: Mapping[str, Any]) -> np.ndarray:
+    s = np.asarray(m["singular_values"], dtype=np.float64)
+    total = m["delta_norm"] ** 2
+    return np.cumsum(s**2) / total if total > 0 else np.ones_like(s)
+
+
+def svd_analysis_png(doc: Mapping[str, Any], path: Path) -> Path:
+    """Spectra of representative layers, energy vs rank, mean decay, per-layer energy heatmap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modules = [m for m in doc["modules"] if not m["zero_delta"]]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
+    ax = axes[0][0]
+    for m in _representatives(modules):
+        s = np.asarray(m["singular_values"])
+        ax.semilogy(np.arange(1, len(s) + 1), s / s[0], label=m["name"], lw=1.2)
+    ax.set(title="Singular value spectra (normalised by s1)", xlabel="index", ylabel="s_i / s_1")
+    ax.legend(fontsize=7)
+
+    ax = axes[0][1]
+    types: dict[str, list[np.ndarray]] = {}
+    for m in modules:
+        types.setdefault(m["module_type"], []).append(_cumulative_energy(m))
+    for name, curves in types.items():
+        n = min(len(c) for c in curves)
+        ax.plot(np.arange(1, n + 1), np.mean([c[:n] for c in curves], axis=0), label=name, lw=1.2)
+    rank = doc["rank"]
+    if rank is not None:
+        ax.axvline(rank, color="k", ls="--", lw=0.8, label=f"r = {rank}")
+    ax.set(
+        title="Energy captured vs rank (mean per module type)",
+        xlabel="rank",
+        ylabel="energy",
+        ylim=(0, 1.02),
+    )
+    ax.set_xscale("log")
+    ax.legend(fontsize=7)
+
+    ax = axes[1][0]
+    if modules:
+        n = min(len(m["singular_values"]) for m in modules)
+        normalised = np.array(
+            [np.asarray(m["singular_values"][:n]) / m["singular_values"][0] for m in modules]
+        )
+        mean = normalised.mean(axis=0)
+        idx = np.arange(1, n + 1)
+        ax.loglog(idx, mean, color="C0", lw=1.5, label="mean")
+        ax.fill_between(
+            idx,
+            np.percentile(normalised, 10, axis=0),
+            np.percentile(normalised, 90, axis=0),
+            color="C0",
+            alpha=0.2,
+            label="10-90th percentile",
+        )
+        ax.legend(fontsize=7)
+    ax.set(title="Mean singular value decay", xlabel="index", ylabel="s_i / s_1")
+
+    ax = axes[1][1]
+    layers = sorted({m["layer"] for m in doc["modules"] if m["layer"] is not None})
+    kinds = sorted({m["module_type"] for m in doc["modules"]})
+    grid = np.full((len(kinds), max(1, len(layers))), np.nan)
+    for m in doc["modules"]:
+        col = layers.index(m["layer"]) if m["layer"] is not None else 0
+        grid[kinds.index(m["module_type"]), col] = m["energy"]
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks(range(len(kinds)), kinds, fontsize=7)
+    ax.set(
+        title=f"Energy at {'r = ' + str(rank) if rank is not None else 'chosen rank'} per layer",
+        xlabel="layer",
+    )
+    if layers:
+        step = max(1, len(layers) // 16)
+        ax.set_xticks(range(0, len(layers), step), [str(v) for v in layers[::step]])
+    fig.colorbar(image, ax=ax, label="energy")
+    fig.suptitle(
+        f"dW spectra: mean energy {100 * doc['summary']['mean_energy']:.1f}%, "
+        f"total {100 * doc['summary']['total_energy']:.1f}%"
+    )
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

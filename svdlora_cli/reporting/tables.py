@@ -1,0 +1,156 @@
+"""rich tables for the terminal, from the same result documents as the text reports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float], width: int = 16) -> str:
+    """Unicode sparkline of the leading singular values, scaled by the largest."""
+    head = [float(v) for v in values[:width]]
+    if not head or head[0] <= 0:
+        return "·" * min(width, max(1, len(head)))
+    top = head[0]
+    return "".join(BLOCKS[min(len(BLOCKS) - 1, round(v / top * (len(BLOCKS) - 1)))] for v in head)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _energy_style(value: float) -> str:
+    return "green" if value >= 0.9 else "yellow" if value >= 0.5 else "red"
+
+
+def svd_table(doc: Mapping[str, Any]) -> Group:
+    """Per-module spectra grouped by module type, then the summary line."""
+    rank = doc["rank"]
+    title = (
+        f"dW spectra at rank {rank}"
+        if rank is not None
+        else f"dW spectra at energy >= {doc['energy_target']}"
+    )
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for column, justify in (
+        ("module", "left"),
+        ("shape", "right"),
+        ("r", "right"),
+        ("energy", "right"),
+        ("rel err", "right"),
+        ("eff rank", "right"),
+        ("r90", "right"),
+        ("spectrum (top 16)", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    by_type: dict[str, list[Mapping[str, Any]]] = {}
+    for m in doc["modules"]:
+        by_type.setdefault(m["module_type"], []).append(m)
+    for kind, rows in by_type.items():
+        stats = doc["summary"]["by_module_type"][kind]
+        table.add_row(
+            Text(f"{kind} (mean {_pct(stats['mean_energy'])})", style="bold cyan"),
+            end_section=False,
+        )
+        for m in rows:
+            table.add_row(
+                m["name"],
+                "x".join(map(str, m["shape"])),
+                str(m["rank"]),
+                Text(_pct(m["energy"]), style=_energy_style(m["energy"])),
+                _pct(m["rel_error"]),
+                "-" if m["effective_rank"] is None else f"{m['effective_rank']:.1f}",
+                "-" if m["rank_90"] is None else str(m["rank_90"]),
+                sparkline(m["singular_values"]),
+            )
+        table.add_section()
+    s = doc["summary"]
+    footer = Text.assemble(
+        ("mean energy ", "bold"),
+        _pct(s["mean_energy"]),
+        ("   total energy ", "bold"),
+        _pct(s["total_energy"]),
+        ("   outside targets ", "bold"),
+        _pct(s["untargeted_share"]),
+        ("   cache ", "bold"),
+        f"{doc['cache']['hits']} hits / {doc['cache']['misses']} misses",
+    )
+    return Group(table, footer, *_artifact_lines(doc))
+
+
+def _artifact_lines(doc: Mapping[str, Any]) -> list[Text]:
+    artifacts = doc.get("artifacts") or {}
+    return [Text(f"{name}: {path}", style="dim") for name, path in artifacts.items()]
+
+
+def delta_table(doc: Mapping[str, Any]) -> Group:
+    """Change per module type and group, then the untargeted tensors."""
+    s = doc["summary"]
+    parts: list[Any] = []
+    for title, key in (
+        ("dW by module type", "by_module_type"),
+        ("dW: attention vs MLP", "by_group"),
+    ):
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for column in ("name", "count", "||dW||", "rel change", "max |dW|", "share of ||dW||²"):
+            table.add_column(column, justify="left" if column == "name" else "right")
+        for name, g in s[key].items():
+            table.add_row(
+                name,
+                str(g["count"]),
+                f"{g['delta_norm']:.4g}",
+                _pct(g["rel_change"]),
+                f"{g['max_abs']:.3g}",
+                _pct(g["share_of_total"]),
+            )
+        parts.append(table)
+    other = Table(
+        title="Changed tensors a LoRA cannot capture", title_justify="left", header_style="bold"
+    )
+    for column in ("tensor", "kind", "||dW||", "rel change", "share of ||dW||²"):
+        other.add_column(column, justify="left" if column in ("tensor", "kind") else "right")
+    total_sq = s["total_delta_norm"] ** 2
+    for r in doc["untargeted"]:
+        other.add_row(
+            r["name"],
+            r["kind"],
+            f"{r['delta_norm']:.4g}",
+            _pct(r["rel_change"]),
+            _pct(r["delta_sq"] / total_sq if total_sq else 0.0),
+        )
+    if not doc["untargeted"]:
+        other.add_row("none", "-", "-", "-", "-")
+    parts.append(other)
+    parts.append(
+        Text.assemble(
+            ("total ||dW|| ", "bold"),
+            f"{s['total_delta_norm']:.6g}",
+            ("   on targets ", "bold"),
+            _pct(s["targeted_share"]),
+            ("   elsewhere ", "bold"),
+            _pct(s["untargeted_share"]),
+        )
+    )
+    return Group(*parts, *_artifact_lines(doc))
+
+
+def cache_table(entries: Sequence[Mapping[str, Any]]) -> Table:
+    table = Table(title="svdlora cache entries", title_justify="left", header_style="bold")
+    for column in ("kind", "tensor", "k", "method", "bytes", "key"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(
+            e["kind"],
+            str(e.get("tensor", "")),
+            str(e.get("k", "")),
+            str(e.get("method", "")),
+            str(e.get("bytes", "")),
+            e["key"][:12],
+        )
+    return table

@@ -1,0 +1,116 @@
+"""Tiny deterministic model pairs: tuned = base + a planted rank-k delta + small noise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+PLANTED_RANK = 3
+NOISE = 1e-4
+
+
+@dataclass
+class Pair:
+    base: Path
+    tuned: Path
+    arch: str
+    deltas: dict[str, torch.Tensor]  # target tensor name -> planted (stored-orientation) delta
+
+
+def tiny_config(arch: str):
+    """Two layers, hidden size 32: Llama, Qwen2 or GPT-2."""
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    common = {"vocab_size": 96, "tie_word_embeddings": False}
+    if arch == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **common)
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    return cls(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        **common,
+    )
+
+
+def tiny_model(arch: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(arch)).eval()
+
+
+def planted_delta(
+    shape: tuple[int, int], rank: int, gen: torch.Generator, scale: float = 0.05
+) -> torch.Tensor:
+    """scale * sum_i 2^-i u_i v_i^T + noise: a known rank-`rank` structure."""
+    m, n = shape
+    u, _ = torch.linalg.qr(torch.randn(m, rank, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(n, rank, generator=gen))
+    s = scale * torch.tensor([2.0**-i for i in range(rank)])
+    return (u * s) @ v.T + NOISE * torch.randn(m, n, generator=gen)
+
+
+def build_pair(
+    root: Path,
+    arch: str = "llama",
+    rank: int = PLANTED_RANK,
+    change_embedding: bool = True,
+    shard_size: str | None = None,
+    seed: int = 0,
+) -> Pair:
+    """Save base and tuned folders; every default target gets a planted delta."""
+    from svdlora_cli.targets import is_default_target
+
+    base = tiny_model(arch, seed)
+    base_dir, tuned_dir = root / f"{arch}-base", root / f"{arch}-tuned"
+    kwargs = {"max_shard_size": shard_size} if shard_size else {}
+    base.save_pretrained(base_dir, **kwargs)
+    gen = torch.Generator().manual_seed(seed + 1)
+    deltas = {}
+    state = base.state_dict()
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if is_default_target(name, tuple(tensor.shape)):
+                deltas[name] = planted_delta(tuple(tensor.shape), rank, gen)
+                tensor.add_(deltas[name])
+        if change_embedding:
+            emb = next(n for n in state if "embed_tokens" in n or n.endswith("wte.weight"))
+            state[emb].add_(0.01 * torch.randn(state[emb].shape, generator=gen))
+    base.save_pretrained(tuned_dir, **kwargs)
+    return Pair(base_dir, tuned_dir, arch, deltas)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Never touch the user's cache or workspace; no progress bars in captured output."""
+    monkeypatch.setenv("SVDLORA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SVDLORA_NO_PROGRESS", "1")
+    monkeypatch.delenv("SVDLORA_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def llama_pair(tmp_path_factory) -> Pair:
+    return build_pair(tmp_path_factory.mktemp("llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def qwen2_pair(tmp_path_factory) -> Pair:
+    return build_pair(tmp_path_factory.mktemp("qwen2"), "qwen2")
+
+
+@pytest.fixture(scope="session")
+def gpt2_pair(tmp_path_factory) -> Pair:
+    return build_pair(tmp_path_factory.mktemp("gpt2"), "gpt2")
+
+
+@pytest.fixture(scope="session")
+def sharded_pair(tmp_path_factory) -> Pair:
+    return build_pair(tmp_path_factory.mktemp("sharded"), "qwen2", shard_size="40KB")
