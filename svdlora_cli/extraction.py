@@ -264,7 +264,6 @@ def run_svd(
     power_iters: int = 4,
     seed: int = 0,
     progress: Progress | None = None,
-    decomposer=decompose,
 ) -> SvdResult:
     """Decompose every target's dW once (per content key) and truncate at the chosen rank(s)."""
     _validate(rank, energy, max_rank, method, cache_rank)
@@ -297,7 +296,7 @@ def run_svd(
                     stats_key(pair, target.tensor), known_stats[target.tensor], tensor=target.tensor
                 )
                 del base, tuned
-                dec = decomposer(
+                dec = decompose(
                     dw.to(torch_device),
                     k,
                     method=resolved,

@@ -26,7 +26,9 @@ def tiny_config(arch: str):
 
     common = {"vocab_size": 96, "tie_word_embeddings": False}
     if arch == "gpt2":
-        return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **common)
+        return GPT2Config(
+            n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0, **common
+        )
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
     return cls(
         hidden_size=32,
