@@ -83,6 +83,7 @@ def test_adapter_logits_match_merged_rank_r_delta(arch, request, tmp_path, caplo
 def test_adapter_files_follow_peft_layout(llama_pair, tmp_path):
     _, doc = _svd_outputs(llama_pair, tmp_path, rank=3)
     folder = tmp_path / "out" / "adapter_rank3"
+    assert doc["artifacts"]["adapter"] == str(folder)
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["r"] == 3 and config["lora_alpha"] == 3 and config["peft_type"] == "LORA"
     assert sorted(config["target_modules"]) == sorted(
