@@ -91,6 +91,20 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     return folder
 
 
+def check_writable_dir(path: str | os.PathLike[str]) -> Path:
+    """Fail early if `path` could not be created or written, without creating anything."""
+    folder = Path(path).expanduser()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"output folder {folder} is not writable ({probe} does not allow it)",
+            "pass a writable folder with --output-dir",
+        )
+    return folder
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages whose behaviour shapes the results."""
     versions = {"python": sys.version.split()[0]}

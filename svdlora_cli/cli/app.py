@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.markup import escape
 from typer.core import TyperGroup
@@ -30,20 +29,20 @@ def show_error(error: SvdloraError) -> None:
 class SvdloraGroup(TyperGroup):
     """Maps typed core errors and Ctrl-C to clean messages (SVDLORA_DEBUG=1 keeps tracebacks)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except SvdloraError as exc:
             if os.environ.get("SVDLORA_DEBUG"):
                 raise
             show_error(exc)
-            raise click.exceptions.Exit(1) from None
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             stderr.print(
                 "[bold]Interrupted.[/] Finished per-tensor results are kept in the cache; "
                 "rerun the same command to resume."
             )
-            raise click.exceptions.Exit(130) from None
+            raise typer.Exit(130) from None
 
 
 app = typer.Typer(
@@ -61,10 +60,10 @@ app.command("svd")(svd_cmd.svd)
 app.add_typer(cache_cmd.app, name="cache")
 
 
-def _option_names(command: click.Command, prefix: str = "") -> dict[str, list[str]]:
+def _option_names(command: Any, prefix: str = "") -> dict[str, list[str]]:
     """Option names of every (nested) subcommand, keyed "svd" or "cache.info"."""
     names: dict[str, list[str]] = {}
-    if isinstance(command, click.Group):
+    if hasattr(command, "commands"):
         for name, sub in command.commands.items():
             names.update(_option_names(sub, f"{prefix}{name}."))
     elif prefix:

@@ -29,12 +29,12 @@ def delta(
     """Per-target ||W||, ||dW||, relative change and max |dW|, with untargeted changes."""
     from ..artifacts import write_delta_outputs
     from ..extraction import run_delta
-    from ..files import ensure_writable_dir
+    from ..files import check_writable_dir
     from ..reporting.tables import delta_table
 
     base = require(base_model, "--base-model", "base_model")
     tuned = require(teacher_model, "--teacher-model", "teacher_model")
-    folder = ensure_writable_dir(output_dir or DEFAULT_OUTPUT_DIR)
+    folder = check_writable_dir(output_dir or DEFAULT_OUTPUT_DIR)
     cache = resolve_cache(cache_dir, no_cache)
     try:
         with progress("dW") as update:

@@ -66,14 +66,14 @@ def svd(
     from ..artifacts import write_svd_outputs
     from ..errors import InvalidOptionError
     from ..extraction import run_svd
-    from ..files import ensure_writable_dir
+    from ..files import check_writable_dir
     from ..reporting.tables import svd_table
 
     base = require(base_model, "--base-model", "base_model")
     tuned = require(teacher_model, "--teacher-model", "teacher_model")
     if split not in SPLITS:
         raise InvalidOptionError(f"unknown --split {split!r}", f"use one of: {', '.join(SPLITS)}")
-    folder = ensure_writable_dir(output_dir or DEFAULT_OUTPUT_DIR)
+    folder = check_writable_dir(output_dir or DEFAULT_OUTPUT_DIR)
     cache = resolve_cache(cache_dir, no_cache)
     options = {
         "rank": rank,
