@@ -8,7 +8,6 @@ best rank-r approximation of dW (Eckart-Young-Mirsky).
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -107,26 +106,31 @@ def adapter_config(
     base_model: str,
     fan_in_fan_out: bool,
 ) -> dict:
-    """A PEFT LoraConfig dict with alpha = r per module; differing ranks go to rank_pattern."""
-    from peft import LoraConfig
+    """PEFT's LoraConfig as JSON, alpha = r per module; differing ranks go to rank_pattern.
 
+    Written directly rather than through `peft.LoraConfig` (importing peft costs
+    seconds); PEFT fills every field left out with its default when loading.
+    """
     default_rank = Counter(ranks.values()).most_common(1)[0][0]
     pattern = {re.escape(m): r for m, r in ranks.items() if r != default_rank}
-    config = LoraConfig(
-        r=default_rank,
-        lora_alpha=default_rank,
-        target_modules=list(target_modules),
-        rank_pattern=pattern,
-        alpha_pattern=dict(pattern),
-        lora_dropout=0.0,
-        bias="none",
-        fan_in_fan_out=fan_in_fan_out,
-        task_type="CAUSAL_LM",
-        base_model_name_or_path=base_model,
-    ).to_dict()
-    return json.loads(
-        json.dumps(config, default=lambda v: sorted(v) if isinstance(v, set) else str(v))
-    )
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": default_rank,
+        "lora_alpha": default_rank,
+        "target_modules": sorted(target_modules),
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": fan_in_fan_out,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+        "inference_mode": True,
+    }
 
 
 def write_peft_adapter(

@@ -44,7 +44,7 @@ def emit(doc: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], 
     for message in doc.get("warnings", []):
         warn(message)
     if as_json:
-        typer.echo(dumps_json(doc))
+        typer.echo(dumps_json(doc, indent=None))
     else:
         console = Console()
         if not console.is_terminal:
