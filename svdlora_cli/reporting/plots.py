@@ -14,12 +14,15 @@ from ..files import atomic_path
 def _representatives(
     modules: Sequence[Mapping[str, Any]], limit: int = 6
 ) -> list[Mapping[str, Any]]:
-    """First, middle and last layer of the two most common module types."""
+    """First, middle and last layer of one attention and one MLP module type."""
     by_type: dict[str, list[Mapping[str, Any]]] = {}
     for m in modules:
         by_type.setdefault(m["module_type"], []).append(m)
+    per_group: dict[str, list[Mapping[str, Any]]] = {}
+    for rows in by_type.values():
+        per_group.setdefault(rows[0]["group"], rows)
     chosen = []
-    for rows in sorted(by_type.values(), key=len, reverse=True)[:2]:
+    for rows in list(per_group.values())[:2]:
         picks = {0, len(rows) // 2, len(rows) - 1}
         chosen += [rows[i] for i in sorted(picks)]
     return chosen[:limit]
