@@ -116,3 +116,65 @@ def gpt2_pair(tmp_path_factory) -> Pair:
 @pytest.fixture(scope="session")
 def sharded_pair(tmp_path_factory) -> Pair:
     return build_pair(tmp_path_factory.mktemp("sharded"), "qwen2", shard_size="40KB")
+
+
+def char_tokenizer():
+    """A character-level fast tokenizer (no hub): printable ASCII plus <pad>, <s>, </s>, <unk>."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for char in string.printable:
+        vocab.setdefault(char, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+def build_tiny_llm(folder: Path, arch: str = "llama", seed: int = 0) -> Path:
+    """A tiny causal LM with a char tokenizer saved as an HF folder."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = char_tokenizer()
+    config = tiny_config(arch)
+    config.vocab_size = 128
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = 0, 1, 2
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_rows(path: Path, n: int = 12, offset: int = 0) -> Path:
+    """Short arithmetic rows in the {question, answer} shape."""
+    import json
+
+    rows = [
+        {
+            "question": f"What is {i} plus {i + 3}?",
+            "answer": f"{i} + {i + 3} = {2 * i + 3}\n#### {2 * i + 3}",
+        }
+        for i in range(offset, offset + n)
+    ]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory) -> Path:
+    return build_tiny_llm(tmp_path_factory.mktemp("tinyllm") / "base")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("data")
+    return write_rows(root / "train.json", 12), write_rows(root / "eval.json", 6, offset=50)

@@ -55,3 +55,47 @@ ExcludeOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
 
 DEFAULT_OUTPUT_DIR = Path("svdlora-out")
+
+# Training options shared by train-teacher and train (the seed's flag names).
+EpochsOpt = Annotated[int, typer.Option("--epochs", help="Passes over the training set.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Examples per micro-batch.")]
+GradAccumOpt = Annotated[
+    int, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")
+]
+MaxLengthOpt = Annotated[
+    int, typer.Option("--max-length", help="Tokens per example (longer rows are cut).")
+]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Seed of the batch order and of random inits.")
+]
+EvalDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--eval-data",
+        help="Held-out rows (default: built-in eval set with the built-in train set).",
+    ),
+]
+EvalEveryOpt = Annotated[
+    int, typer.Option("--eval-every", help="Eval loss every N steps (0: start and end).")
+]
+EvalLimitOpt = Annotated[
+    int | None, typer.Option("--eval-limit", help="Use only the first N eval rows.")
+]
+MaxStepsOpt = Annotated[
+    int | None, typer.Option("--max-steps", help="Stop after N optimizer steps.")
+]
+Bf16Opt = Annotated[bool, typer.Option("--bf16", help="bf16 mixed precision.")]
+Fp16Opt = Annotated[bool, typer.Option("--fp16", help="fp16 mixed precision (CUDA only).")]
+GradCkptOpt = Annotated[
+    bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
+]
+TrainDeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+WarmupOpt = Annotated[int, typer.Option("--warmup-steps", help="Linear LR warmup steps.")]
+SchedulerOpt = Annotated[str, typer.Option("--lr-scheduler", help="linear, cosine or constant.")]
+WeightDecayOpt = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")]
+PromptFieldOpt = Annotated[
+    str | None, typer.Option("--prompt-field", help="Row key holding the prompt.")
+]
+AnswerFieldOpt = Annotated[
+    str | None, typer.Option("--answer-field", help="Row key holding the answer.")
+]

@@ -96,3 +96,39 @@ def resolve_cache(cache_dir: Path | None, no_cache: bool, size_limit: int | None
 def progress_enabled() -> bool:
     """Progress bars draw on stderr unless SVDLORA_NO_PROGRESS is set."""
     return os.environ.get("SVDLORA_NO_PROGRESS") is None
+
+
+@contextlib.contextmanager
+def training_progress(label: str) -> Iterator[Callable[[int, int, float], None]]:
+    """A progress bar on stderr for optimizer steps, showing the latest loss."""
+    bar = Progress(
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+        disable=not progress_enabled(),
+    )
+    task = bar.add_task("", total=None)
+
+    def update(step: int, total: int, loss: float) -> None:
+        bar.update(task, completed=step, total=total, description=f"loss {loss:.4f}")
+
+    with bar:
+        yield update
+
+
+def train_config(**options: Any):
+    """TrainConfig from command options; --bf16/--fp16 become the precision."""
+    from ..errors import InvalidOptionError
+    from ..training.loop import TrainConfig
+
+    bf16, fp16 = options.pop("bf16"), options.pop("fp16")
+    if bf16 and fp16:
+        raise InvalidOptionError("--bf16 and --fp16 are exclusive", "pass one of them")
+    options["precision"] = "bf16" if bf16 else "fp16" if fp16 else "no"
+    config = TrainConfig(**options)
+    config.validate()
+    return config

@@ -16,6 +16,8 @@ from . import cache as cache_cmd
 from . import delta as delta_cmd
 from . import init as init_cmd
 from . import svd as svd_cmd
+from . import train as train_cmd
+from . import train_teacher as train_teacher_cmd
 from ._output import setup_logging, stderr
 
 
@@ -55,8 +57,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("init")(init_cmd.init)
+app.command("train-teacher")(train_teacher_cmd.train_teacher)
 app.command("delta")(delta_cmd.delta)
 app.command("svd")(svd_cmd.svd)
+app.command("train")(train_cmd.train)
 app.add_typer(cache_cmd.app, name="cache")
 
 

@@ -154,3 +154,38 @@ def cache_table(entries: Sequence[Mapping[str, Any]]) -> Table:
             e["key"][:12],
         )
     return table
+
+
+def training_table(doc: Mapping[str, Any]) -> Group:
+    """One row per trained arm: start and end losses, eval loss and throughput."""
+    table = Table(title="Training", title_justify="left", header_style="bold")
+    for column in (
+        "arm",
+        "initial loss",
+        "final loss",
+        "min loss",
+        "eval start",
+        "eval end",
+        "steps",
+        "tokens/s",
+    ):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    for arm in doc["arms"]:
+        table.add_row(
+            arm["name"],
+            num(arm["initial_loss"]),
+            num(arm["final_loss"]),
+            num(arm["min_loss"]),
+            num(arm["initial_eval_loss"]),
+            num(arm["final_eval_loss"]),
+            str(arm["steps"]),
+            f"{arm['tokens_per_s']:.0f}",
+        )
+    paths = [
+        Text(f"{k}: {v}", style="dim") for arm in doc["arms"] for k, v in arm["artifacts"].items()
+    ]
+    return Group(table, *paths)

@@ -1,0 +1,1 @@
+"""Training: full-parameter SFT (the teacher) and LoRA students from several inits."""

@@ -1,0 +1,164 @@
+"""LoRA initialisations: PEFT's own, the SVD of the teacher's dW, and controls.
+
+With scale s = alpha / r, PEFT computes W' = W + s * B @ A. The SVD inits set
+s * B @ A to the teacher's rank-r truncation U_r S_r Vh_r, so the student
+starts at base + best rank-r approximation of dW whatever alpha is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..adapters import LowRankFactors, target_module_names
+from ..checkpoints import Checkpoint
+from ..errors import InvalidOptionError, ModelMismatchError
+from ..targets import CONV1D_MODEL_TYPES, describe, select_targets
+
+INITS = ("random", "gaussian", "svd", "svd-sqrt", "subspace", "pissa")
+FACTOR_INITS = frozenset({"svd", "svd-sqrt", "subspace"})
+PEFT_INIT = {"random": True, "gaussian": "gaussian", "pissa": "pissa"}
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    """Which modules get a LoRA and at which rank; identical across the arms of an experiment."""
+
+    ranks: dict[str, int]
+    rank: int
+    alpha: float
+    candidates: tuple[str, ...]
+    fan_in_fan_out: bool
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+def parse_inits(text: str) -> list[str]:
+    """`random,svd` -> ["random", "svd"], each checked."""
+    inits = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [i for i in inits if i not in INITS]
+    if not inits or unknown:
+        raise InvalidOptionError(
+            f"unknown --init {', '.join(unknown) or repr(text)}",
+            f"use one or more of: {', '.join(INITS)}",
+        )
+    return inits
+
+
+def plan_lora(
+    base: Checkpoint,
+    rank: int,
+    alpha: float | None,
+    target_modules: Sequence[str] = (),
+    factors: Mapping[str, LowRankFactors] | None = None,
+) -> LoraPlan:
+    """Targets from the factors (SVD inits) or the default/regex selection; ranks clamped."""
+    if rank <= 0:
+        raise InvalidOptionError(
+            f"--lora-rank must be positive, got {rank}", "use e.g. --lora-rank 16"
+        )
+    if alpha is not None and alpha <= 0:
+        raise InvalidOptionError(
+            f"--lora-alpha must be positive, got {alpha}", "omit it to use alpha = rank"
+        )
+    shapes = {n: t.shape for n, t in base.tensors.items()}
+    if factors is not None:
+        modules = {}
+        for module, f in factors.items():
+            name = f"{module}.weight"
+            if name not in shapes or len(shapes[name]) != 2:
+                raise ModelMismatchError(
+                    f"SVD factors name module {module}, which the base model does not have",
+                    "compute the factors from this base model (svdlora svd --base-model ...)",
+                )
+            target = describe(name, shapes[name], base.model_type)
+            if (f.B.shape[0], f.A.shape[1]) != target.shape:
+                raise ModelMismatchError(
+                    f"SVD factors for {module} are {f.B.shape[0]}x{f.A.shape[1]}, "
+                    f"the base weight is {target.shape[0]}x{target.shape[1]}",
+                    "compute the factors from this base model",
+                )
+            modules[module] = target.shape
+    else:
+        targets, _ = select_targets(shapes, base.model_type, include=target_modules)
+        modules = {t.module: t.shape for t in targets}
+    candidates = tuple(n.removesuffix(".weight") for n, s in shapes.items() if len(s) == 2)
+    return LoraPlan(
+        ranks={m: min(rank, *shape) for m, shape in modules.items()},
+        rank=rank,
+        alpha=float(alpha if alpha is not None else rank),
+        candidates=candidates,
+        fan_in_fan_out=base.model_type in CONV1D_MODEL_TYPES,
+    )
+
+
+def lora_config(plan: LoraPlan, init: str, dropout: float = 0.0) -> Any:
+    """PEFT LoraConfig for an arm: clamped ranks in rank_pattern, the same scale everywhere."""
+    from peft import LoraConfig
+
+    pattern = {re.escape(m): r for m, r in plan.ranks.items() if r != plan.rank}
+    return LoraConfig(
+        r=plan.rank,
+        lora_alpha=plan.alpha,
+        target_modules=target_module_names(list(plan.ranks), plan.candidates),
+        rank_pattern=pattern,
+        alpha_pattern={k: plan.scale * r for k, r in pattern.items()},
+        lora_dropout=dropout,
+        bias="none",
+        fan_in_fan_out=plan.fan_in_fan_out,
+        init_lora_weights=PEFT_INIT.get(init, True),
+        task_type="CAUSAL_LM",
+    )
+
+
+def factor_weights(
+    f: LowRankFactors, init: str, rank: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, A) for an SVD-family init from factors B0 = U S, A0 = Vh, truncated to `rank`."""
+    if f.rank < rank:
+        raise InvalidOptionError(
+            f"the SVD factors hold rank {f.rank}, fewer than the LoRA rank {rank}",
+            "recompute them with `svdlora svd --rank R` for R >= --lora-rank",
+        )
+    B, A, S = f.B[:, :rank].float(), f.A[:rank].float(), f.S[:rank].float()
+    if init == "svd":
+        return B / scale, A.clone()
+    if init == "svd-sqrt":
+        root = S.sqrt()
+        safe = torch.where(root > 0, root, torch.ones_like(root))
+        U = torch.where(root > 0, B / safe, torch.zeros_like(B))
+        return U * root / scale**0.5, root[:, None] * A / scale**0.5
+    if init == "subspace":
+        return torch.zeros_like(B), A.clone()
+    raise InvalidOptionError(
+        f"{init} does not use SVD factors", f"use one of {sorted(FACTOR_INITS)}"
+    )
+
+
+@torch.no_grad()
+def apply_factor_init(
+    peft_model: Any,
+    plan: LoraPlan,
+    init: str,
+    factors: Mapping[str, LowRankFactors],
+    adapter: str = "default",
+) -> None:
+    """Overwrite each LoRA layer's A and B with the SVD-family init."""
+    for module, rank in plan.ranks.items():
+        layer = peft_model.base_model.model.get_submodule(module)
+        B, A = factor_weights(factors[module], init, rank, plan.scale)
+        lora_A, lora_B = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        if lora_A.shape != A.shape or lora_B.shape != B.shape:
+            raise ModelMismatchError(
+                f"LoRA layer {module} has A {tuple(lora_A.shape)}, B {tuple(lora_B.shape)}; "
+                f"the init gives {tuple(A.shape)}, {tuple(B.shape)}",
+                "check --lora-rank and the factors' source model",
+            )
+        lora_A.copy_(A.to(lora_A.dtype))
+        lora_B.copy_(B.to(lora_B.dtype))

@@ -1,0 +1,248 @@
+"""One training loop for teacher and students: plain PyTorch over accelerate.
+
+It reads top to bottom (setup, initial loss, fit, evaluate) and runs unchanged
+under `accelerate launch` and `torchrun`: the Accelerator picks the device and
+process group from the environment, and each process takes its share of every
+micro-batch. The loss is the token-weighted mean cross-entropy over answer
+tokens of the whole optimizer step, so gradient accumulation is exact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..data import IGNORE_INDEX, TokenizedSet, collate
+from ..errors import InvalidOptionError
+from .schedule import Step, batch_schedule
+from .steplog import StepRow
+
+PRECISIONS = ("no", "bf16", "fp16")
+SCHEDULERS = ("linear", "cosine", "constant")
+StepProgress = Callable[[int, int, float], None]
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters shared by every arm of an experiment."""
+
+    epochs: int = 5
+    learning_rate: float = 2e-4
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 512
+    seed: int = 0
+    eval_every: int = 0
+    eval_limit: int | None = None
+    max_steps: int | None = None
+    precision: str = "no"
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_scheduler: str = "linear"
+    max_grad_norm: float = 1.0
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"--grad-accum must be at least 1, got {self.grad_accum}"),
+            (self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every}"),
+            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
+            (self.precision in PRECISIONS, f"unknown precision {self.precision!r}"),
+            (self.lr_scheduler in SCHEDULERS, f"unknown --lr-scheduler {self.lr_scheduler!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidOptionError(message, "see `svdlora train --help` for valid values")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    """The step log, the schedule that was followed, and throughput."""
+
+    rows: list[StepRow]
+    schedule: list[Step]
+    tokens: int
+    train_seconds: float
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def make_accelerator(device: str, precision: str) -> Any:
+    """An Accelerator for the device; single-process state is reset between runs in one process."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    from ..extraction import check_device
+
+    if device not in ("auto",):
+        check_device(device)
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise InvalidOptionError(
+            "--fp16 needs a CUDA device", "use --bf16 or full precision on CPU"
+        )
+    gpu = torch.cuda.is_available() and device != "cpu"
+    if precision == "bf16" and gpu and not torch.cuda.is_bf16_supported():
+        raise InvalidOptionError("this GPU does not support bf16", "use --fp16 instead")
+    if not PartialState().use_distributed:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=device == "cpu", mixed_precision=precision)
+
+
+def _shard(indices: Sequence[int], accelerator: Any) -> list[int]:
+    """This process's rows of a micro-batch (all of them in a single process)."""
+    return list(indices)[accelerator.process_index :: accelerator.num_processes]
+
+
+def _loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over answer tokens, and their count."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    logits = logits[:, :-1]
+    keep = labels != IGNORE_INDEX
+    loss = F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum")
+    return loss, int(keep.sum())
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def mean_loss(
+    model: Any, data: TokenizedSet, indices: Sequence[Sequence[int]], pad_id: int, accelerator: Any
+) -> float:
+    """Token-weighted mean loss over micro-batches, summed across processes."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for batch_indices in indices:
+        mine = _shard(batch_indices, accelerator)
+        if not mine:
+            continue
+        loss, count = _loss_sum(model, _to(collate(mine, data, pad_id), accelerator.device))
+        total += torch.tensor([float(loss), count], dtype=torch.float64, device=accelerator.device)
+    total = accelerator.reduce(total, reduction="sum")
+    model.train(was_training)
+    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+def fit(
+    model: Any,
+    train: TokenizedSet,
+    evaluation: TokenizedSet | None,
+    config: TrainConfig,
+    pad_id: int,
+    accelerator: Any,
+    progress: StepProgress | None = None,
+) -> FitResult:
+    """Train `model`'s trainable parameters; row 0 is the loss before any update."""
+    from transformers import get_scheduler
+
+    config.validate()
+    schedule = batch_schedule(
+        len(train),
+        config.batch_size,
+        config.grad_accum,
+        config.epochs,
+        config.seed,
+        config.max_steps,
+    )
+    steps_per_epoch = max(
+        1, len(batch_schedule(len(train), config.batch_size, config.grad_accum, 1, config.seed))
+    )
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(config.lr_scheduler, optimizer, config.warmup_steps, len(schedule))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    eval_batches: list[list[int]] = []
+    if evaluation is not None:
+        n_eval = (
+            len(evaluation)
+            if config.eval_limit is None
+            else min(config.eval_limit, len(evaluation))
+        )
+        eval_batches = [
+            list(range(i, min(i + config.batch_size, n_eval)))
+            for i in range(0, n_eval, config.batch_size)
+        ]
+
+    def evaluate() -> float | None:
+        if not eval_batches or evaluation is None:
+            return None
+        return mean_loss(model, evaluation, eval_batches, pad_id, accelerator)
+
+    model.train()
+    start = time.perf_counter()
+    initial = mean_loss(model, train, schedule[0].micro_batches, pad_id, accelerator)
+    rows = [StepRow(step=0, epoch=0.0, loss=initial, eval_loss=evaluate(), elapsed_s=0.0)]
+    train_seconds = 0.0
+    tokens = 0
+    for number, step in enumerate(schedule, start=1):
+        tic = time.perf_counter()
+        batches = [
+            collate(mine, train, pad_id)
+            for mine in (_shard(b, accelerator) for b in step.micro_batches)
+            if mine
+        ]
+        answer_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+        total_answer = accelerator.reduce(
+            torch.tensor(float(answer_tokens), device=accelerator.device), "sum"
+        )
+        step_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        step_tokens = 0
+        for batch in batches:
+            batch = _to(batch, accelerator.device)
+            with accelerator.autocast():
+                loss_sum, _ = _loss_sum(model, batch)
+            # Scale so the summed gradient is the mean over all answer tokens of the step
+            # (times world size, which DDP's gradient averaging divides back out).
+            accelerator.backward(loss_sum * accelerator.num_processes / total_answer)
+            step_loss += loss_sum.detach().double()
+            step_tokens += int(batch["attention_mask"].sum())
+        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = accelerator.reduce(step_loss, "sum")
+        tokens += int(
+            accelerator.reduce(torch.tensor(float(step_tokens), device=accelerator.device), "sum")
+        )
+        train_seconds += time.perf_counter() - tic
+        last = number == len(schedule)
+        due = config.eval_every > 0 and number % config.eval_every == 0
+        loss_value = float(step_loss / total_answer)
+        rows.append(
+            StepRow(
+                step=number,
+                epoch=round(number / steps_per_epoch, 4),
+                loss=loss_value,
+                lr=lr,
+                grad_norm=float(grad_norm) if grad_norm is not None else None,
+                eval_loss=evaluate() if (due or last) else None,
+                tokens=tokens,
+                elapsed_s=round(time.perf_counter() - start, 3),
+            )
+        )
+        if progress:
+            progress(number, len(schedule), loss_value)
+    return FitResult(rows, schedule, tokens, train_seconds)

@@ -1,0 +1,121 @@
+"""Setup and bookkeeping shared by teacher and student runs: model, data, logs, records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoints import resolve_model_path
+from ..data import FieldNames, TokenizedSet, load_examples, resolve_data_path, tokenize_examples
+from ..errors import CheckpointError
+from ..files import write_json
+from .loop import FitResult
+from .steplog import write_step_log
+
+
+def load_tokenizer(model_ref: str) -> Any:
+    """The model folder's tokenizer, with a pad token (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    folder = resolve_model_path(model_ref)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot load a tokenizer from {folder}: {str(exc).splitlines()[0]}",
+            "the model folder needs its tokenizer files (tokenizer.json or equivalent)",
+        ) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_ref: str) -> Any:
+    """A causal LM in fp32 (training and dW both need full precision)."""
+    from transformers import AutoModelForCausalLM
+
+    folder = resolve_model_path(model_ref)
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot load {folder} as a causal LM: {str(exc).splitlines()[0]}",
+            "pass a Hugging Face causal-LM folder (config.json plus weights)",
+        ) from exc
+
+
+@dataclass
+class Datasets:
+    train: TokenizedSet
+    evaluation: TokenizedSet | None
+    train_path: Path
+    eval_path: Path | None
+
+
+def prepare_data(
+    tokenizer: Any,
+    train_path: str | None,
+    eval_path: str | None,
+    max_length: int,
+    fields: FieldNames = FieldNames(),
+) -> Datasets:
+    """Tokenized train and eval sets; the built-in eval set goes with the built-in train set."""
+    train_file = resolve_data_path(train_path, "train")
+    builtin = train_path is None or str(train_path) == "builtin"
+    eval_file = resolve_data_path(eval_path, "eval") if (eval_path or builtin) else None
+    train = tokenize_examples(load_examples(train_file, fields), tokenizer, max_length)
+    evaluation = (
+        tokenize_examples(load_examples(eval_file, fields), tokenizer, max_length)
+        if eval_file
+        else None
+    )
+    return Datasets(train, evaluation, train_file, eval_file)
+
+
+def arm_summary(name: str, result: FitResult, paths: dict[str, Path]) -> dict[str, Any]:
+    """The figures a run reports in --json and the terminal."""
+    rows = result.rows
+    evals = [r.eval_loss for r in rows if r.eval_loss is not None]
+    return {
+        "name": name,
+        "initial_loss": rows[0].loss,
+        "final_loss": rows[-1].loss,
+        "min_loss": min(r.loss for r in rows),
+        "initial_eval_loss": rows[0].eval_loss,
+        "final_eval_loss": evals[-1] if evals else None,
+        "steps": len(rows) - 1,
+        "tokens": result.tokens,
+        "train_seconds": round(result.train_seconds, 3),
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        **{k: v for k, v in result.extras.items()},
+        "artifacts": {k: str(v) for k, v in paths.items()},
+    }
+
+
+def write_run_files(
+    folder: Path, name: str, result: FitResult, hyperparameters: dict[str, Any]
+) -> dict[str, Path]:
+    """training_log_{name}.csv, batch_order_{name}.json and the hyperparameters."""
+    paths = {
+        "log": folder / f"training_log_{name}.csv",
+        "batch_order": folder / f"batch_order_{name}.json",
+    }
+    write_step_log(paths["log"], result.rows)
+    write_json(
+        paths["batch_order"],
+        {"seed": hyperparameters.get("seed"), "steps": [s.micro_batches for s in result.schedule]},
+    )
+    return paths
+
+
+def save_hyperparameters(folder: Path, record: dict[str, Any]) -> None:
+    """The run's hyperparameters next to its model, as litgpt does."""
+    (folder / "svdlora_run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+ProgressFactory = Callable[[str], Any]

@@ -1,0 +1,144 @@
+"""Steps 3 and 4 of the seed plan: LoRA students from random, SVD and control inits."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..adapters import LowRankFactors, load_factors
+from ..cache import ArtifactCache
+from ..checkpoints import open_checkpoint
+from ..data import FieldNames
+from ..errors import InvalidOptionError
+from ..files import atomic_dir, ensure_writable_dir
+from .inits import FACTOR_INITS, LoraPlan, apply_factor_init, lora_config, plan_lora
+from .loop import StepProgress, TrainConfig, fit, make_accelerator
+from .runs import (
+    arm_summary,
+    load_model,
+    load_tokenizer,
+    prepare_data,
+    save_hyperparameters,
+    write_run_files,
+)
+
+
+def svd_factors_for(
+    base_model: str,
+    rank: int,
+    cache: ArtifactCache,
+    svd_factors: str | None = None,
+    teacher_model: str | None = None,
+    target_modules: Sequence[str] = (),
+) -> dict[str, LowRankFactors]:
+    """Factors from a `svd` file, or from the teacher's dW through the cache."""
+    if svd_factors:
+        return load_factors(svd_factors)
+    if teacher_model:
+        from ..extraction import run_svd
+
+        result = run_svd(base_model, teacher_model, cache, rank=rank, include=target_modules)
+        return result.factors("b")
+    raise InvalidOptionError(
+        "the SVD inits need the teacher's decomposition",
+        "pass --svd-factors FILE (from `svdlora svd`) or --teacher-model T",
+    )
+
+
+def arm_name(init: str, seed: int, several_seeds: bool) -> str:
+    return f"{init}_seed{seed}" if several_seeds else init
+
+
+def train_student(
+    base_model: str,
+    init: str,
+    output_dir: Path,
+    config: TrainConfig,
+    plan: LoraPlan,
+    factors: Mapping[str, LowRankFactors] | None = None,
+    name: str | None = None,
+    data_path: str | None = None,
+    eval_path: str | None = None,
+    fields: FieldNames = FieldNames(),
+    dropout: float = 0.0,
+    progress: StepProgress | None = None,
+) -> dict[str, Any]:
+    """Train one LoRA arm; write final_model_{name}/ (a PEFT adapter) and its step log."""
+    import torch
+    from peft import get_peft_model
+
+    config.validate()
+    name = name or init
+    if init in FACTOR_INITS and factors is None:
+        raise InvalidOptionError(
+            f"--init {init} needs SVD factors", "pass --svd-factors or --teacher-model"
+        )
+    folder = ensure_writable_dir(output_dir)
+    tokenizer = load_tokenizer(base_model)
+    data = prepare_data(tokenizer, data_path, eval_path, config.max_length, fields)
+    accelerator = make_accelerator(config.device, config.precision)
+    torch.manual_seed(config.seed)  # kaiming/gaussian A draws depend on the seed only
+    model = get_peft_model(load_model(base_model), lora_config(plan, init, dropout))
+    if init in FACTOR_INITS and factors is not None:
+        apply_factor_init(model, plan, init, factors)
+    initial_dir = None
+    if init == "pissa":
+        # PiSSA rewrites the base weights (W - B A); keep its starting adapter so the
+        # saved one can be converted into a plain LoRA on the untouched base (rank 2r).
+        initial_dir = Path(tempfile.mkdtemp(prefix=".pissa-init-", dir=folder))
+        model.peft_config["default"].init_lora_weights = True
+        model.save_pretrained(initial_dir)
+        model.peft_config["default"].init_lora_weights = "pissa"
+    result = fit(
+        model, data.train, data.evaluation, config, tokenizer.pad_token_id, accelerator, progress
+    )
+    result.extras["trainable_parameters"] = sum(
+        p.numel() for p in model.parameters() if p.requires_grad
+    )
+    paths: dict[str, Path] = {}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = folder / f"final_model_{name}"
+        with atomic_dir(final) as tmp:
+            unwrapped = accelerator.unwrap_model(model)
+            if initial_dir is not None:
+                unwrapped.save_pretrained(
+                    tmp, path_initial_model_for_weight_conversion=str(initial_dir)
+                )
+            else:
+                unwrapped.save_pretrained(tmp)
+            save_hyperparameters(tmp, _record(base_model, init, plan, data, config))
+        paths = {"adapter": final, **write_run_files(folder, name, result, config.to_dict())}
+    if initial_dir is not None:
+        shutil.rmtree(initial_dir, ignore_errors=True)
+    return arm_summary(name, result, paths) | {"init": init, "seed": config.seed}
+
+
+def _record(
+    base_model: str, init: str, plan: LoraPlan, data: Any, config: TrainConfig
+) -> dict[str, Any]:
+    return {
+        "role": "student",
+        "init": init,
+        "base_model": base_model,
+        "lora_rank": plan.rank,
+        "lora_alpha": plan.alpha,
+        "ranks": plan.ranks,
+        "train_data": str(data.train_path),
+        "eval_data": str(data.eval_path) if data.eval_path else None,
+        **config.to_dict(),
+    }
+
+
+def base_plan(
+    base_model: str,
+    rank: int,
+    alpha: float | None,
+    target_modules: Sequence[str] = (),
+    factors: Mapping[str, LowRankFactors] | None = None,
+) -> LoraPlan:
+    """The LoRA plan every arm of an experiment shares."""
+    return plan_lora(open_checkpoint(base_model), rank, alpha, target_modules, factors)

@@ -1,0 +1,68 @@
+"""Step 1 of the seed plan: full-parameter SFT of the base model, the teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..data import FieldNames
+from ..files import atomic_dir, ensure_writable_dir
+from .loop import StepProgress, TrainConfig, fit, make_accelerator
+from .runs import (
+    arm_summary,
+    load_model,
+    load_tokenizer,
+    prepare_data,
+    save_hyperparameters,
+    write_run_files,
+)
+
+
+def train_teacher(
+    model_name: str,
+    output_dir: Path,
+    config: TrainConfig,
+    data_path: str | None = None,
+    eval_path: str | None = None,
+    fields: FieldNames = FieldNames(),
+    progress: StepProgress | None = None,
+) -> dict[str, Any]:
+    """Fine-tune every parameter; write final_model/ (safetensors + tokenizer) and the step log."""
+    import torch
+
+    config.validate()
+    folder = ensure_writable_dir(output_dir)
+    tokenizer = load_tokenizer(model_name)
+    data = prepare_data(tokenizer, data_path, eval_path, config.max_length, fields)
+    accelerator = make_accelerator(config.device, config.precision)
+    torch.manual_seed(config.seed)
+    model = load_model(model_name)
+    result = fit(
+        model, data.train, data.evaluation, config, tokenizer.pad_token_id, accelerator, progress
+    )
+    paths: dict[str, Path] = {}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = folder / "final_model"
+        with atomic_dir(final) as tmp:
+            # fp32 on purpose: rounding W + dW to bf16 would bury a small dW in noise.
+            accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            save_hyperparameters(tmp, _record(model_name, data, config))
+        paths = {
+            "final_model": final,
+            **write_run_files(folder, "teacher", result, config.to_dict()),
+        }
+    summary = arm_summary("teacher", result, paths)
+    summary.update(train_rows=len(data.train), truncated_rows=data.train.truncated)
+    return summary
+
+
+def _record(model_name: str, data: Any, config: TrainConfig) -> dict[str, Any]:
+    return {
+        "role": "teacher",
+        "base_model": model_name,
+        "train_data": str(data.train_path),
+        "eval_data": str(data.eval_path) if data.eval_path else None,
+        **config.to_dict(),
+    }
