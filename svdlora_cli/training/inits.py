@@ -130,10 +130,11 @@ def factor_weights(
     if init == "svd":
         return B / scale, A.clone()
     if init == "svd-sqrt":
+        # B0 = U S, so B0 / sqrt(S) = U sqrt(S); zero singular values keep zero columns.
         root = S.sqrt()
         safe = torch.where(root > 0, root, torch.ones_like(root))
-        U = torch.where(root > 0, B / safe, torch.zeros_like(B))
-        return U * root / scale**0.5, root[:, None] * A / scale**0.5
+        half = torch.where(root > 0, B / safe, torch.zeros_like(B))
+        return half / scale**0.5, root[:, None] * A / scale**0.5
     if init == "subspace":
         return torch.zeros_like(B), A.clone()
     raise InvalidOptionError(

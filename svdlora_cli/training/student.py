@@ -13,7 +13,7 @@ from ..cache import ArtifactCache
 from ..checkpoints import open_checkpoint
 from ..data import FieldNames
 from ..errors import InvalidOptionError
-from ..files import atomic_dir, ensure_writable_dir
+from ..files import atomic_dir, ensure_writable_dir, write_run_config
 from .inits import FACTOR_INITS, LoraPlan, apply_factor_init, lora_config, plan_lora
 from .loop import StepProgress, TrainConfig, fit, make_accelerator
 from .runs import (
@@ -76,7 +76,6 @@ def train_student(
         raise InvalidOptionError(
             f"--init {init} needs SVD factors", "pass --svd-factors or --teacher-model"
         )
-    folder = ensure_writable_dir(output_dir)
     tokenizer = load_tokenizer(base_model)
     data = prepare_data(tokenizer, data_path, eval_path, config.max_length, fields)
     accelerator = make_accelerator(config.device, config.precision)
@@ -88,7 +87,7 @@ def train_student(
     if init == "pissa":
         # PiSSA rewrites the base weights (W - B A); keep its starting adapter so the
         # saved one can be converted into a plain LoRA on the untouched base (rank 2r).
-        initial_dir = Path(tempfile.mkdtemp(prefix=".pissa-init-", dir=folder))
+        initial_dir = Path(tempfile.mkdtemp(prefix="pissa_init_"))
         model.peft_config["default"].init_lora_weights = True
         model.save_pretrained(initial_dir)
         model.peft_config["default"].init_lora_weights = "pissa"
@@ -101,6 +100,7 @@ def train_student(
     paths: dict[str, Path] = {}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        folder = ensure_writable_dir(output_dir)
         final = folder / f"final_model_{name}"
         with atomic_dir(final) as tmp:
             unwrapped = accelerator.unwrap_model(model)
@@ -112,6 +112,8 @@ def train_student(
                 unwrapped.save_pretrained(tmp)
             save_hyperparameters(tmp, _record(base_model, init, plan, data, config))
         paths = {"adapter": final, **write_run_files(folder, name, result, config.to_dict())}
+        record = _record(base_model, init, plan, data, config)
+        write_run_config(folder, "train", record, {"base_model": base_model})
     if initial_dir is not None:
         shutil.rmtree(initial_dir, ignore_errors=True)
     return arm_summary(name, result, paths) | {"init": init, "seed": config.seed}

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import FieldNames
-from ..files import atomic_dir, ensure_writable_dir
+from ..files import atomic_dir, ensure_writable_dir, write_run_config
 from .loop import StepProgress, TrainConfig, fit, make_accelerator
 from .runs import (
     arm_summary,
@@ -31,7 +31,6 @@ def train_teacher(
     import torch
 
     config.validate()
-    folder = ensure_writable_dir(output_dir)
     tokenizer = load_tokenizer(model_name)
     data = prepare_data(tokenizer, data_path, eval_path, config.max_length, fields)
     accelerator = make_accelerator(config.device, config.precision)
@@ -43,6 +42,7 @@ def train_teacher(
     paths: dict[str, Path] = {}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        folder = ensure_writable_dir(output_dir)
         final = folder / "final_model"
         with atomic_dir(final) as tmp:
             # fp32 on purpose: rounding W + dW to bf16 would bury a small dW in noise.
@@ -53,6 +53,8 @@ def train_teacher(
             "final_model": final,
             **write_run_files(folder, "teacher", result, config.to_dict()),
         }
+        record = _record(model_name, data, config)
+        write_run_config(folder, "train-teacher", record, {"base_model": model_name})
     summary = arm_summary("teacher", result, paths)
     summary.update(train_rows=len(data.train), truncated_rows=data.train.truncated)
     return summary
