@@ -8,6 +8,7 @@ best rank-r approximation of dW (Eckart-Young-Mirsky).
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -154,3 +155,54 @@ def write_peft_adapter(
         tmp.write_bytes(save_safetensors(tensors, metadata={"format": "pt"}))
     write_json(folder / "adapter_config.json", config)
     return folder
+
+
+@dataclass(frozen=True)
+class AdapterWeights:
+    """One module of a saved PEFT LoRA: its delta is scale * B @ A (out, in)."""
+
+    B: torch.Tensor
+    A: torch.Tensor
+    scale: float
+
+    def delta(self) -> torch.Tensor:
+        return self.scale * (self.B.float() @ self.A.float())
+
+
+def _pattern_value(patterns: Mapping[str, float], module: str, default: float) -> float:
+    """PEFT's rank_pattern / alpha_pattern lookup: the key matches a suffix of the module name."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def read_peft_adapter(folder: str | Path) -> dict[str, AdapterWeights]:
+    """The LoRA factors and scale of every module in a PEFT adapter folder (default adapter)."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+        weights_file = folder / "adapter_model.safetensors"
+        with safe_open(str(weights_file), framework="pt") as handle:
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot read the PEFT adapter in {folder}: {exc}",
+            "pass a folder with adapter_config.json and adapter_model.safetensors",
+        ) from exc
+    r, alpha = float(config["r"]), float(config["lora_alpha"])
+    ranks, alphas = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    out = {}
+    for key in tensors:
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key.removesuffix(".lora_A.weight").removeprefix("base_model.model.")
+        rank = _pattern_value(ranks, module, r)
+        module_alpha = _pattern_value(alphas, module, alpha)
+        scale = module_alpha / (rank**0.5 if config.get("use_rslora") else rank)
+        out[module] = AdapterWeights(
+            B=tensors[key.replace("lora_A", "lora_B")], A=tensors[key], scale=float(scale)
+        )
+    if not out:
+        raise CheckpointError(f"{folder} holds no LoRA weights", "pass a LoRA adapter folder")
+    return out

@@ -100,3 +100,29 @@ def write_delta_outputs(
     )
     write_json(paths["analysis"], doc)
     return doc
+
+
+def write_compare_outputs(
+    doc: dict[str, Any],
+    curves: Any,
+    output_dir: Path,
+    log_y: bool = False,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """comparison_random_vs_svd.png, comparison_report.txt/.md and comparison.json."""
+    from .reporting.compare_views import comparison_markdown, comparison_png, comparison_text
+
+    folder = ensure_writable_dir(output_dir)
+    paths = {
+        "plot": folder / "comparison_random_vs_svd.png",
+        "report": folder / "comparison_report.txt",
+        "markdown": folder / "comparison_report.md",
+        "json": folder / "comparison.json",
+    }
+    doc["artifacts"] = {name: str(path) for name, path in paths.items()}
+    comparison_png(curves, doc, paths["plot"], log_y)
+    write_text(paths["report"], comparison_text(doc))
+    write_text(paths["markdown"], comparison_markdown(doc))
+    write_run_config(folder, "compare", options or {}, {})
+    write_json(paths["json"], doc)
+    return doc

@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from ..errors import SvdloraError
 from . import cache as cache_cmd
+from . import compare as compare_cmd
 from . import delta as delta_cmd
 from . import init as init_cmd
 from . import svd as svd_cmd
@@ -61,6 +62,7 @@ app.command("train-teacher")(train_teacher_cmd.train_teacher)
 app.command("delta")(delta_cmd.delta)
 app.command("svd")(svd_cmd.svd)
 app.command("train")(train_cmd.train)
+app.command("compare")(compare_cmd.compare)
 app.add_typer(cache_cmd.app, name="cache")
 
 

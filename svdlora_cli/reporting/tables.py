@@ -189,3 +189,18 @@ def training_table(doc: Mapping[str, Any]) -> Group:
         Text(f"{k}: {v}", style="dim") for arm in doc["arms"] for k, v in arm["artifacts"].items()
     ]
     return Group(table, *paths)
+
+
+def compare_table(doc: Mapping[str, Any]) -> Group:
+    """The seed's comparison table (metric rows, arm columns, 'vs random' columns)."""
+    from .compare_views import seed_table
+
+    header, rows = seed_table(doc)
+    target = doc["target_loss"]
+    title = "Comparison" + ("" if target is None else f" (target loss {target:.4f})")
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for i, column in enumerate(header):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return Group(table, *_artifact_lines(doc))

@@ -14,7 +14,8 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _fixed(rows: list[list[str]]) -> list[str]:
+def fixed_width(rows: list[list[str]]) -> list[str]:
+    """Aligned plain-text columns; the first row is the header, underlined."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):
@@ -38,7 +39,7 @@ def _untargeted_lines(untargeted: list[Mapping[str, Any]], share: float) -> list
     rows += [
         [r["name"], r["kind"], f"{r['delta_norm']:.4g}", _pct(r["rel_change"])] for r in untargeted
     ]
-    return lines + _fixed(rows)
+    return lines + fixed_width(rows)
 
 
 def svd_report(doc: Mapping[str, Any]) -> str:
@@ -85,7 +86,7 @@ def svd_report(doc: Mapping[str, Any]) -> str:
                 _num(s["mean_effective_rank"]),
             ]
         )
-    lines += _fixed(rows)
+    lines += fixed_width(rows)
     lines += ["", "Attention vs MLP", "-" * 50]
     rows = [["group", "count", "mean energy", "total energy", "mean rank_90"]]
     for name, s in summary["by_group"].items():
@@ -98,7 +99,7 @@ def svd_report(doc: Mapping[str, Any]) -> str:
                 _num(s["mean_rank_90"], 1),
             ]
         )
-    lines += _fixed(rows)
+    lines += fixed_width(rows)
     lines += ["", "Per module", "-" * 50]
     rows = [
         [
@@ -128,7 +129,7 @@ def svd_report(doc: Mapping[str, Any]) -> str:
                 *("-" if m[f"rank_{p}"] is None else str(m[f"rank_{p}"]) for p in (50, 90, 95, 99)),
             ]
         )
-    lines += _fixed(rows)
+    lines += fixed_width(rows)
     lines += _untargeted_lines(list(doc["untargeted"]), summary["untargeted_share"])
     if doc.get("warnings"):
         lines += ["", "Warnings", "-" * 50, *doc["warnings"]]
@@ -163,7 +164,7 @@ def delta_report(doc: Mapping[str, Any]) -> str:
                     _pct(g["share_of_total"]),
                 ]
             )
-        lines += [*_fixed(rows), ""]
+        lines += [*fixed_width(rows), ""]
     lines += ["Per target", "-" * 50]
     rows = [["tensor", "shape", "||W||", "||dW||", "rel change", "max |dW|"]]
     for r in doc["modules"]:
@@ -177,7 +178,7 @@ def delta_report(doc: Mapping[str, Any]) -> str:
                 f"{r['max_abs']:.3g}",
             ]
         )
-    lines += _fixed(rows)
+    lines += fixed_width(rows)
     lines += _untargeted_lines(list(doc["untargeted"]), s["untargeted_share"])
     if doc.get("warnings"):
         lines += ["", "Warnings", "-" * 50, *doc["warnings"]]

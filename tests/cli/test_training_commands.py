@@ -79,6 +79,25 @@ def test_teacher_then_svd_then_students(tiny_llm, tiny_data, tmp_path):
     orders = [json.loads((out / f"batch_order_{n}.json").read_text()) for n in ("svd", "random")]
     assert orders[0] == orders[1]
 
+    # compare: figures from the logs, geometry from the adapters, accuracy from generation.
+    doc = invoke_json(
+        "compare",
+        tmp_path,
+        "--generate",
+        "--eval-limit",
+        "3",
+        "--max-new-tokens",
+        "8",
+        "--eval-data",
+        evaluation,
+    )
+    arms = {a["arm"]: a for a in doc["arms"]}
+    assert set(arms) == {"teacher", "random", "svd"}
+    assert arms["svd"]["energy_captured"] is not None and arms["random"]["energy_captured"] is None
+    assert 0 <= arms["svd"]["overlap_right"] <= 1 and arms["svd"]["relative_distance"] > 0
+    assert set(doc["accuracy"]["models"]) == {"base", "teacher", "random", "svd"}
+    assert all(m["total"] == 3 for m in doc["accuracy"]["models"].values())
+
     # --teacher-model instead of --svd-factors goes through the cache: same start.
     via_teacher = invoke_json(
         "train",

@@ -1,0 +1,1 @@
+"""Analysis over training logs and decompositions: compare, layer report, rank sweep."""

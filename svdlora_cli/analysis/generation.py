@@ -1,0 +1,100 @@
+"""Greedy decoding on held-out problems and exact match of the final `#### <number>`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..data import Example, prompt_text
+
+FINAL_ANSWER = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)")
+
+
+def final_number(text: str) -> str | None:
+    """The number after the first `####`, without thousands separators or a trailing `.0`."""
+    match = FINAL_ANSWER.search(text)
+    if match is None:
+        return None
+    value = match.group(1).replace(",", "")
+    if "." in value:
+        value = value.rstrip("0").rstrip(".")
+    return value or None
+
+
+@torch.no_grad()
+def greedy_completions(
+    model: Any,
+    tokenizer: Any,
+    questions: Sequence[str],
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+) -> list[str]:
+    """Greedy continuations of each question's prompt, batched with left padding."""
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    outputs: list[str] = []
+    model.eval()
+    for start in range(0, len(questions), batch_size):
+        prompts = [prompt_text(tokenizer, q) for q in questions[start : start + batch_size]]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            device
+        )
+        generated = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new = generated[:, batch["input_ids"].shape[1] :]
+        outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return outputs
+
+
+def exact_match(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """Share of examples whose generated final number equals the reference's."""
+    completions = greedy_completions(
+        model, tokenizer, [e.prompt for e in examples], max_new_tokens, batch_size
+    )
+    correct = 0
+    samples = []
+    for example, completion in zip(examples, completions, strict=True):
+        expected, got = final_number(example.answer), final_number(completion)
+        ok = expected is not None and got == expected
+        correct += ok
+        if len(samples) < 3:
+            samples.append(
+                {
+                    "question": example.prompt,
+                    "expected": expected,
+                    "got": got,
+                    "completion": completion,
+                }
+            )
+    return {
+        "accuracy": correct / len(examples) if examples else None,
+        "correct": correct,
+        "total": len(examples),
+        "samples": samples,
+    }
+
+
+def load_for_generation(base_model: str, adapter: str | None = None) -> tuple[Any, Any]:
+    """The base model, optionally with a LoRA adapter merged in, and its tokenizer."""
+    from ..training.runs import load_model, load_tokenizer
+
+    model = load_model(base_model)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return model, load_tokenizer(base_model)

@@ -1,0 +1,112 @@
+"""compare on synthetic logs with known answers, and geometry against Eckart-Young."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from svdlora_cli.analysis.compare import compare_runs, find_logs
+from svdlora_cli.analysis.geometry import adapter_geometry
+from svdlora_cli.artifacts import write_svd_outputs
+from svdlora_cli.cache import ArtifactCache
+from svdlora_cli.extraction import run_svd
+from svdlora_cli.training.steplog import StepRow, write_step_log
+from tests.cli.test_commands import invoke_json
+
+
+def _log(
+    folder: Path, name: str, losses: list[float], evals: dict[int, float] | None = None
+) -> None:
+    rows = [
+        StepRow(step=i, epoch=i / 4, loss=v, eval_loss=(evals or {}).get(i), tokens=100 * i)
+        for i, v in enumerate(losses)
+    ]
+    write_step_log(folder / f"training_log_{name}.csv", rows)
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    (tmp_path / "teacher").mkdir()
+    _log(tmp_path / "teacher", "teacher", [2.0, 1.5, 1.0, 0.6, 0.5], {0: 2.0, 4: 0.6})
+    out = tmp_path / "training_results"
+    out.mkdir()
+    _log(out, "random_seed0", [2.0, 1.9, 1.6, 1.2, 1.0], {0: 2.0, 4: 1.2})
+    _log(out, "random_seed1", [2.0, 1.8, 1.5, 1.1, 0.9], {0: 2.0, 4: 1.0})
+    _log(out, "svd_seed0", [0.9, 0.7, 0.6, 0.55, 0.54], {0: 1.0, 4: 0.7})
+    _log(out, "svd_seed1", [0.9, 0.6, 0.58, 0.6, 0.56], {0: 1.0, 4: 0.8})
+    return tmp_path
+
+
+def test_figures_on_synthetic_logs(run_dir):
+    runs = find_logs(run_dir)
+    assert [r.name for r in runs] == [
+        "teacher",
+        "random_seed0",
+        "random_seed1",
+        "svd_seed0",
+        "svd_seed1",
+    ]
+    doc = compare_runs(runs)
+    assert doc["target_loss"] == pytest.approx(0.55)  # 1.1 x teacher's final loss 0.5
+    arms = {a["arm"]: a for a in doc["arms"]}
+    svd, random = arms["svd"], arms["random"]
+    assert svd["runs"][0]["steps_to_target"] == 3 and svd["runs"][1]["steps_to_target"] is None
+    assert svd["never_reached"] == 1 and svd["steps_to_target"] == 3
+    assert random["steps_to_target"] is None and random["never_reached"] == 2
+    assert svd["runs"][0]["tokens_to_target"] == 300
+    assert random["runs"][0]["auc"] == pytest.approx(
+        (2.0 + 1.9) / 2 + (1.9 + 1.6) / 2 + (1.6 + 1.2) / 2 + (1.2 + 1.0) / 2
+    )
+    assert random["final_loss"] == pytest.approx(0.95)
+    assert svd["final_loss"] == pytest.approx(0.55)
+    assert svd["spread"]["final_loss"]["std"] == pytest.approx(math.sqrt(2) * 0.01)
+    # Same-seed pairing: svd_seed0 vs random_seed0.
+    assert svd["runs"][0]["improvement_over_random_pct"] == pytest.approx(100 * (1.0 - 0.54) / 1.0)
+    assert svd["runs"][0]["gap_to_teacher_pct"] == pytest.approx(100 * (0.54 - 0.5) / 0.5)
+    # Gap recovered on eval: base 2.0 (random step 0), teacher 0.6.
+    assert svd["runs"][0]["recovered_start"] == pytest.approx((2.0 - 1.0) / (2.0 - 0.6))
+    assert svd["runs"][1]["recovered_end"] == pytest.approx((2.0 - 0.8) / (2.0 - 0.6))
+    assert random["recovered_start"] == pytest.approx(0.0)
+    ci = svd["spread"]["final_eval_loss"]
+    assert ci["ci_low"] < 0.75 < ci["ci_high"]
+
+
+def test_explicit_target_and_cli_outputs(run_dir):
+    doc = invoke_json("compare", run_dir, "--target-loss", "1.2")
+    arms = {a["arm"]: a for a in doc["arms"]}
+    assert arms["random"]["runs"][0]["steps_to_target"] == 3
+    assert doc["target_source"] == "--target-loss"
+    for key in ("plot", "report", "markdown", "json"):
+        assert Path(doc["artifacts"][key]).exists()
+    assert Path(doc["artifacts"]["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = Path(doc["artifacts"]["report"]).read_text()
+    assert "Initial loss" in report and "svd vs random" in report
+    assert "| Metric |" in Path(doc["artifacts"]["markdown"]).read_text()
+    assert json.loads(Path(doc["artifacts"]["json"]).read_text())["target_loss"] == 1.2
+
+
+def test_svd_adapter_distance_is_eckart_young(llama_pair, tmp_path):
+    cache = ArtifactCache(tmp_path / "cache")
+    result = run_svd(str(llama_pair.base), str(llama_pair.tuned), cache, rank=2)
+    doc = write_svd_outputs(
+        result, tmp_path / "out", str(llama_pair.base), str(llama_pair.tuned), plot=False
+    )
+    geometry = adapter_geometry(
+        str(llama_pair.base), str(llama_pair.tuned), {"svd": doc["artifacts"]["adapter"]}, cache
+    )
+    g = geometry["svd"]
+    total_sq = sum(m.delta_norm**2 for m in result.modules)
+    expected = math.sqrt(sum(m.rel_error**2 * m.delta_norm**2 for m in result.modules))
+    assert g["distance"] == pytest.approx(expected, rel=1e-5)
+    assert g["relative_distance"] == pytest.approx(
+        math.sqrt(1 - result.summary["total_energy"]), rel=1e-5
+    )
+    assert g["teacher_norm"] == pytest.approx(math.sqrt(total_sq), rel=1e-6)
+    assert g["overlap_left"] == pytest.approx(1.0) and g["overlap_right"] == pytest.approx(1.0)
+    for kind, value in g["relative_distance_by_type"].items():
+        rows = [m for m in result.modules if m.module_type == kind]
+        num = sum(m.rel_error**2 * m.delta_norm**2 for m in rows)
+        assert value == pytest.approx(math.sqrt(num / sum(m.delta_norm**2 for m in rows)), rel=1e-5)
