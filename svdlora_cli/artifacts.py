@@ -126,3 +126,37 @@ def write_compare_outputs(
     write_run_config(folder, "compare", options or {}, {})
     write_json(paths["json"], doc)
     return doc
+
+
+def write_layer_outputs(
+    doc: dict[str, Any], output_dir: Path, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """layer_report.json and layer_report_heatmap.png."""
+    from .reporting.plots import layer_heatmap_png
+
+    folder = ensure_writable_dir(output_dir)
+    paths = {"json": folder / "layer_report.json", "heatmap": folder / "layer_report_heatmap.png"}
+    doc["artifacts"] = {name: str(path) for name, path in paths.items()}
+    layer_heatmap_png(doc, paths["heatmap"])
+    write_run_config(folder, "layer-report", options or {}, doc.get("fingerprints") or {})
+    write_json(paths["json"], doc)
+    return doc
+
+
+def write_sweep_outputs(
+    doc: dict[str, Any], output_dir: Path, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """sweep.json, sweep_energy.png and, with a trained study, rank_study.png."""
+    from .reporting.plots import rank_study_png, sweep_png
+
+    folder = ensure_writable_dir(output_dir)
+    paths = {"json": folder / "sweep.json", "plot": folder / "sweep_energy.png"}
+    if doc.get("study"):
+        paths["rank_study"] = folder / "rank_study.png"
+    doc["artifacts"] = {name: str(path) for name, path in paths.items()}
+    sweep_png(doc, paths["plot"])
+    if doc.get("study"):
+        rank_study_png(doc["study"], paths["rank_study"])
+    write_run_config(folder, "sweep", options or {}, {})
+    write_json(paths["json"], doc)
+    return doc

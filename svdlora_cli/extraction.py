@@ -145,6 +145,7 @@ class SvdResult:
     cache: dict[str, int]
     candidates: list[str]
     fan_in_fan_out: bool
+    target_deltas: list[DeltaRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -381,6 +382,7 @@ def run_svd(
             n.removesuffix(".weight") for n in pair.names if len(pair.base.tensors[n].shape) == 2
         ],
         fan_in_fan_out=any(t.transposed for t in targets),
+        target_deltas=delta_records,
         warnings=warnings,
     )
 

@@ -16,7 +16,9 @@ from . import cache as cache_cmd
 from . import compare as compare_cmd
 from . import delta as delta_cmd
 from . import init as init_cmd
+from . import layer_report as layer_report_cmd
 from . import svd as svd_cmd
+from . import sweep as sweep_cmd
 from . import train as train_cmd
 from . import train_teacher as train_teacher_cmd
 from ._output import setup_logging, stderr
@@ -63,6 +65,8 @@ app.command("delta")(delta_cmd.delta)
 app.command("svd")(svd_cmd.svd)
 app.command("train")(train_cmd.train)
 app.command("compare")(compare_cmd.compare)
+app.command("layer-report")(layer_report_cmd.layer_report)
+app.command("sweep")(sweep_cmd.sweep)
 app.add_typer(cache_cmd.app, name="cache")
 
 

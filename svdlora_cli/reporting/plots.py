@@ -115,3 +115,111 @@ def svd_analysis_png(doc: Mapping[str, Any], path: Path) -> Path:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
+
+
+def layer_heatmap_png(doc: Mapping[str, Any], path: Path, value: str = "rank_90") -> Path:
+    """Layer x module type, coloured by the rank needed for 90% of ||dW||^2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = doc["modules"]
+    layers = sorted({r["layer"] for r in rows if r["layer"] is not None}) or [0]
+    kinds = sorted({r["module_type"] for r in rows})
+    grid = np.full((len(kinds), len(layers)), np.nan)
+    for r in rows:
+        col = layers.index(r["layer"]) if r["layer"] is not None else 0
+        if r[value] is not None:
+            grid[kinds.index(r["module_type"]), col] = r[value]
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 3), 0.45 * len(kinds) + 2))
+    image = ax.imshow(grid, aspect="auto", cmap="magma_r", interpolation="nearest")
+    ax.set_yticks(range(len(kinds)), kinds, fontsize=8)
+    step = max(1, len(layers) // 24)
+    ax.set_xticks(range(0, len(layers), step), [str(v) for v in layers[::step]], fontsize=8)
+    ax.set(
+        xlabel="layer", title=f"{value.replace('_', ' ')} of dW per module (lower = more low-rank)"
+    )
+    fig.colorbar(image, ax=ax, label=value)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def sweep_png(doc: Mapping[str, Any], path: Path) -> Path:
+    """Energy captured and relative error against rank, per module type and overall."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = doc["ranks"]
+    ranks = [r["rank"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    left.plot(ranks, [r["total_energy"] for r in rows], "k-o", lw=2, label="all targets")
+    right.plot(ranks, [r["mean_rel_error"] for r in rows], "k-o", lw=2, label="mean")
+    for i, kind in enumerate(rows[0]["by_module_type"]):
+        left.plot(
+            ranks,
+            [r["by_module_type"][kind]["total_energy"] for r in rows],
+            "-",
+            color=f"C{i}",
+            label=kind,
+        )
+        right.plot(
+            ranks,
+            [r["by_module_type"][kind]["mean_rel_error"] for r in rows],
+            "-",
+            color=f"C{i}",
+            label=kind,
+        )
+    left.set(title="Energy captured vs rank", xlabel="rank", ylabel="energy", ylim=(0, 1.02))
+    right.set(
+        title="Relative error ||dW - B A|| / ||dW||",
+        xlabel="rank",
+        ylabel="relative error",
+        ylim=(0, 1.02),
+    )
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ranks, [str(r) for r in ranks])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def rank_study_png(study: Mapping[str, Any], path: Path) -> Path:
+    """Final loss of the SVD-init student per rank, with the random student as a reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ranks = [s["rank"] for s in study["svd"]]
+    ax.plot(
+        ranks, [s["final_loss"] for s in study["svd"]], "C1-o", label="svd init: final train loss"
+    )
+    evals = [s["final_eval_loss"] for s in study["svd"]]
+    if all(v is not None for v in evals):
+        ax.plot(ranks, evals, "C1--s", label="svd init: final eval loss")
+    random = study["random"]
+    ax.axhline(
+        random["final_loss"], color="C0", label=f"random r={random['rank']}: final train loss"
+    )
+    if random.get("final_eval_loss") is not None:
+        ax.axhline(random["final_eval_loss"], color="C0", ls="--", label="random: final eval loss")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ranks, [str(r) for r in ranks])
+    ax.set(title="Rank study: final loss against LoRA rank", xlabel="rank", ylabel="loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

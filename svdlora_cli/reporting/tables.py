@@ -25,6 +25,11 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _rel(value: float | None) -> str:
+    """Relative changes span orders of magnitude: three significant digits."""
+    return "-" if value is None else f"{100 * value:.3g}%"
+
+
 def _energy_style(value: float) -> str:
     return "green" if value >= 0.9 else "yellow" if value >= 0.5 else "red"
 
@@ -105,7 +110,7 @@ def delta_table(doc: Mapping[str, Any]) -> Group:
                 name,
                 str(g["count"]),
                 f"{g['delta_norm']:.4g}",
-                _pct(g["rel_change"]),
+                _rel(g["rel_change"]),
                 f"{g['max_abs']:.3g}",
                 _pct(g["share_of_total"]),
             )
@@ -121,7 +126,7 @@ def delta_table(doc: Mapping[str, Any]) -> Group:
             r["name"],
             r["kind"],
             f"{r['delta_norm']:.4g}",
-            _pct(r["rel_change"]),
+            _rel(r["rel_change"]),
             _pct(r["delta_sq"] / total_sq if total_sq else 0.0),
         )
     if not doc["untargeted"]:
@@ -204,3 +209,123 @@ def compare_table(doc: Mapping[str, Any]) -> Group:
     for row in rows:
         table.add_row(*row)
     return Group(table, *_artifact_lines(doc))
+
+
+def layer_table(doc: Mapping[str, Any]) -> Group:
+    """Per-module rows in the chosen order, then the aggregates by type and group."""
+    intruders = doc.get("intruders") is not None
+    table = Table(
+        title=f"dW per module (energy at r = {doc['rank']}, sorted by {doc['sort']})",
+        title_justify="left",
+        header_style="bold",
+    )
+    columns = [
+        "module",
+        "||dW||",
+        "rel change",
+        "energy",
+        "r90",
+        "r95",
+        "r99",
+        "eff rank",
+        "stable",
+        "share",
+    ]
+    for column in columns + (["intruders"] if intruders else []):
+        table.add_column(column, justify="left" if column == "module" else "right")
+
+    def rank(v: int | None) -> str:
+        return "-" if v is None else str(v)
+
+    for r in doc["modules"]:
+        cells = [
+            r["name"],
+            f"{r['delta_norm']:.4g}",
+            _rel(r["rel_change"]),
+            Text(_pct(r["energy"]), style=_energy_style(r["energy"])),
+            rank(r["rank_90"]),
+            rank(r["rank_95"]),
+            rank(r["rank_99"]),
+            "-" if r["effective_rank"] is None else f"{r['effective_rank']:.1f}",
+            f"{r['stable_rank']:.2f}",
+            _pct(r["share"]),
+        ]
+        table.add_row(*cells, *([str(r["intruders"])] if intruders else []))
+    parts: list[Any] = [table]
+    for title, key in (("By module type", "by_module_type"), ("Attention vs MLP", "by_group")):
+        agg = Table(title=title, title_justify="left", header_style="bold")
+        for column in (
+            "name",
+            "count",
+            "||dW||",
+            "rel change",
+            "energy",
+            "mean r90",
+            "mean eff rank",
+            "share",
+        ):
+            agg.add_column(column, justify="left" if column == "name" else "right")
+        for name, g in doc[key].items():
+            agg.add_row(
+                name,
+                str(g["count"]),
+                f"{g['delta_norm']:.4g}",
+                _rel(g["rel_change"]),
+                _pct(g["energy"]),
+                "-" if g["mean_rank_90"] is None else f"{g['mean_rank_90']:.1f}",
+                "-" if g["mean_effective_rank"] is None else f"{g['mean_effective_rank']:.1f}",
+                _pct(g["share"]),
+            )
+        parts.append(agg)
+    return Group(*parts, *_artifact_lines(doc))
+
+
+def sweep_table(doc: Mapping[str, Any]) -> Group:
+    """Energy and error per rank (and the trained study when present)."""
+    table = Table(title="Rank sweep", title_justify="left", header_style="bold")
+    kinds = list(doc["ranks"][0]["by_module_type"])
+    for column in ("rank", "params", "total energy", "mean energy", "mean rel err", *kinds):
+        table.add_column(column, justify="right")
+    for r in doc["ranks"]:
+        table.add_row(
+            str(r["rank"]),
+            f"{r['adapter_parameters']:,}",
+            _pct(r["total_energy"]),
+            _pct(r["mean_energy"]),
+            _pct(r["mean_rel_error"]),
+            *(_pct(r["by_module_type"][k]["total_energy"]) for k in kinds),
+        )
+    parts: list[Any] = [table]
+    study = doc.get("study")
+    if study:
+        trained = Table(
+            title="Rank study (svd init per rank vs random)",
+            title_justify="left",
+            header_style="bold",
+        )
+        for column in ("arm", "initial loss", "final loss", "final eval loss"):
+            trained.add_column(column, justify="left" if column == "arm" else "right")
+
+        def num(v: float | None) -> str:
+            return "-" if v is None else f"{v:.4f}"
+
+        for s in study["svd"]:
+            trained.add_row(
+                f"svd r={s['rank']}",
+                num(s["initial_loss"]),
+                num(s["final_loss"]),
+                num(s["final_eval_loss"]),
+            )
+        random = study["random"]
+        trained.add_row(
+            f"random r={random['rank']}",
+            num(random["initial_loss"]),
+            num(random["final_loss"]),
+            num(random["final_eval_loss"]),
+        )
+        parts.append(trained)
+    return Group(
+        *parts,
+        Text(f"cache: {doc['cache']['hits']} hits / {doc['cache']['misses']} misses"),
+        *_artifact_lines(doc),
+    )
