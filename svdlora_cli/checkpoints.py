@@ -62,8 +62,13 @@ class Checkpoint:
 
 
 def resolve_model_path(ref: str | os.PathLike[str]) -> Path:
-    """A local folder, or a hub id (optionally `id@revision`) already in the local HF cache."""
+    """A local folder, a built-in name (smollm2-135m, tiny), or a hub id (optionally
+    `id@revision`) already in the local HF cache."""
     text = str(ref)
+    from .models.builtin import is_builtin, resolve_builtin
+
+    if is_builtin(text) and not Path(text).exists():
+        return resolve_builtin(text)
     path = Path(text).expanduser()
     if path.is_dir():
         return path.resolve()

@@ -124,30 +124,41 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
+def _render(flat: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = ["# svdlora workspace: defaults for any option; the command line wins.", ""]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in flat.items() if v is not None]
+    for name, table in tables.items():
+        lines += [
+            "",
+            f"[{name}]",
+            *(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None),
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def write_workspace(path: Path, values: Mapping[str, Any], overwrite: bool = False) -> Path:
     """Write a flat workspace file (keys with None values are left out)."""
     if path.exists() and not overwrite:
         raise ConfigError(
             f"{path} already exists", "pass --force to replace it, or edit it by hand"
         )
-    lines = ["# svdlora workspace: defaults for any option; the command line wins.", ""]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
-    return write_text(path, "\n".join(lines) + "\n")
+    return write_text(path, _render(values, {}))
 
 
-def update_workspace(path: Path, values: Mapping[str, Any]) -> Path:
-    """Merge top-level keys into a workspace file, keeping its tables."""
+def update_workspace(
+    path: Path, values: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]] | None = None
+) -> Path:
+    """Merge top-level keys and per-command tables into a workspace file, keeping the rest."""
     flat: dict[str, Any] = {}
-    tables: dict[str, dict[str, Any]] = {}
+    merged: dict[str, dict[str, Any]] = {}
     if path.exists():
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot update {path}: {exc}", "fix or delete the file") from exc
         flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
-        tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+        merged = {k: dict(v) for k, v in data.items() if isinstance(v, dict)}
     flat.update({k: v for k, v in values.items() if v is not None})
-    write_workspace(path, flat, overwrite=True)
-    if tables:
-        extra = []
-        for name, table in tables.items():
-            extra += ["", f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in table.items())]
-        write_text(path, path.read_text(encoding="utf-8") + "\n".join(extra) + "\n")
-    return path
+    for name, table in (tables or {}).items():
+        merged.setdefault(name, {}).update({k: v for k, v in table.items() if v is not None})
+    return write_text(path, _render(flat, merged))

@@ -21,24 +21,10 @@ class Pair:
 
 
 def tiny_config(arch: str):
-    """Two layers, hidden size 32: Llama, Qwen2 or GPT-2."""
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+    """Two layers, hidden size 32: Llama, Qwen2 or GPT-2 (vocab 96)."""
+    from svdlora_cli.models.tiny import tiny_config as library_config
 
-    common = {"vocab_size": 96, "tie_word_embeddings": False}
-    if arch == "gpt2":
-        return GPT2Config(
-            n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0, **common
-        )
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
-    return cls(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        **common,
-    )
+    return library_config(arch, hidden=32, layers=2, vocab=96)
 
 
 def tiny_model(arch: str, seed: int = 0):
@@ -118,40 +104,11 @@ def sharded_pair(tmp_path_factory) -> Pair:
     return build_pair(tmp_path_factory.mktemp("sharded"), "qwen2", shard_size="40KB")
 
 
-def char_tokenizer():
-    """A character-level fast tokenizer (no hub): printable ASCII plus <pad>, <s>, </s>, <unk>."""
-    import string
-
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for char in string.printable:
-        vocab.setdefault(char, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
-
-
 def build_tiny_llm(folder: Path, arch: str = "llama", seed: int = 0) -> Path:
     """A tiny causal LM with a char tokenizer saved as an HF folder."""
-    from transformers import AutoModelForCausalLM
+    from svdlora_cli.models.tiny import build_tiny_model
 
-    tokenizer = char_tokenizer()
-    config = tiny_config(arch)
-    config.vocab_size = 128
-    config.pad_token_id, config.bos_token_id, config.eos_token_id = 0, 1, 2
-    torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_model(folder, arch, hidden=32, layers=2, seed=seed)
 
 
 def write_rows(path: Path, n: int = 12, offset: int = 0) -> Path:

@@ -17,7 +17,7 @@ from svdlora_cli.data import (
     prompt_text,
     tokenize_examples,
 )
-from tests.conftest import char_tokenizer
+from svdlora_cli.models.tiny import char_tokenizer
 
 
 def _write(path, rows):

@@ -301,8 +301,12 @@ def attach_accuracy(
     limit: int,
     max_new_tokens: int,
     progress: Any = None,
+    cache: Any = None,
 ) -> None:
-    """Greedy exact-match accuracy of the final `####` number for base, teacher and every run."""
+    """Greedy exact-match accuracy of the final `####` number for base, teacher and every run.
+
+    Results are cached by the content of the model, the adapter and the eval slice.
+    """
     from ..data import load_examples, resolve_data_path
     from .generation import exact_match, load_for_generation
 
@@ -318,8 +322,14 @@ def attach_accuracy(
     for i, (name, model_ref, adapter) in enumerate(models):
         if progress:
             progress(name, i + 1, len(models))
-        model, tokenizer = load_for_generation(model_ref, adapter)
-        results[name] = exact_match(model, tokenizer, examples, max_new_tokens)
+        key = _generation_key(model_ref, adapter, examples, max_new_tokens, cache)
+        cached = cache.get_json(key) if cache is not None and key else None
+        if cached is None:
+            model, tokenizer = load_for_generation(model_ref, adapter)
+            cached = exact_match(model, tokenizer, examples, max_new_tokens)
+            if cache is not None and key:
+                cache.put_json(key, cached, tensor=f"generation:{name}")
+        results[name] = cached
     doc["accuracy"] = {
         "eval_data": str(resolve_data_path(eval_path, "eval")),
         "limit": len(examples),
@@ -332,3 +342,32 @@ def attach_accuracy(
         s = spread(values)
         arm["accuracy"] = s.mean
         arm["spread"]["accuracy"] = asdict(s)
+
+
+def _generation_key(
+    model_ref: str, adapter: str | None, examples: Sequence[Any], max_new_tokens: int, cache: Any
+) -> str | None:
+    """Content key of one generation run, or None when there is no cache to key into."""
+    if cache is None or not cache.enabled:
+        return None
+    import hashlib
+
+    from ..cache import content_key
+    from ..checkpoints import fingerprint, open_checkpoint
+
+    adapter_digest = None
+    if adapter is not None:
+        digest = hashlib.sha256()
+        for file in ("adapter_config.json", "adapter_model.safetensors"):
+            digest.update((Path(adapter) / file).read_bytes())
+        adapter_digest = digest.hexdigest()
+    data = hashlib.sha256(
+        "\x00".join(f"{e.prompt}\x01{e.answer}" for e in examples).encode()
+    ).hexdigest()
+    return content_key(
+        "generation",
+        model=fingerprint(open_checkpoint(model_ref), cache.memo),
+        adapter=adapter_digest,
+        data=data,
+        max_new_tokens=max_new_tokens,
+    )

@@ -65,12 +65,13 @@ def exact_match(
     completions = greedy_completions(
         model, tokenizer, [e.prompt for e in examples], max_new_tokens, batch_size
     )
-    correct = 0
+    correct = answered = 0
     samples = []
     for example, completion in zip(examples, completions, strict=True):
         expected, got = final_number(example.answer), final_number(completion)
         ok = expected is not None and got == expected
         correct += ok
+        answered += got is not None
         if len(samples) < 3:
             samples.append(
                 {
@@ -83,6 +84,7 @@ def exact_match(
     return {
         "accuracy": correct / len(examples) if examples else None,
         "correct": correct,
+        "answer_rate": answered / len(examples) if examples else None,
         "total": len(examples),
         "samples": samples,
     }

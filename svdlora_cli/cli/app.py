@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from ..errors import SvdloraError
 from . import cache as cache_cmd
 from . import compare as compare_cmd
 from . import delta as delta_cmd
+from . import demo as demo_cmd
 from . import init as init_cmd
 from . import layer_report as layer_report_cmd
 from . import svd as svd_cmd
@@ -67,6 +69,7 @@ app.command("train")(train_cmd.train)
 app.command("compare")(compare_cmd.compare)
 app.command("layer-report")(layer_report_cmd.layer_report)
 app.command("sweep")(sweep_cmd.sweep)
+app.command("demo")(demo_cmd.demo)
 app.add_typer(cache_cmd.app, name="cache")
 
 
@@ -114,7 +117,20 @@ def root(
 
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="svdlora")
+    quiet_libraries()
+    try:
+        app(prog_name="svdlora")
+    except KeyboardInterrupt:  # outside a command (e.g. while importing): still a clean stop
+        stderr.print("[bold]Interrupted.[/]")
+        sys.exit(130)
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars replace the hub's and transformers' (SVDLORA_DEBUG keeps them)."""
+    if not os.environ.get("SVDLORA_DEBUG"):
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
 
 
 if __name__ == "__main__":  # pragma: no cover

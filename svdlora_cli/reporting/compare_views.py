@@ -183,6 +183,7 @@ def comparison_png(
     doc: Mapping[str, Any],
     path: Path,
     log_y: bool = False,
+    dpi: int = 110,
 ) -> Path:
     """Train and eval loss per arm (mean with a min-max band over seeds) and the target line."""
     import matplotlib
@@ -223,6 +224,6 @@ def comparison_png(
         ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path

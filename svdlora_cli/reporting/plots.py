@@ -34,7 +34,7 @@ def _cumulative_energy(m: Mapping[str, Any]) -> np.ndarray:
     return np.cumsum(s**2) / total if total > 0 else np.ones_like(s)
 
 
-def svd_analysis_png(doc: Mapping[str, Any], path: Path) -> Path:
+def svd_analysis_png(doc: Mapping[str, Any], path: Path, dpi: int = 110) -> Path:
     """Spectra of representative layers, energy vs rank, mean decay, per-layer energy heatmap."""
     import matplotlib
 
@@ -112,7 +112,7 @@ def svd_analysis_png(doc: Mapping[str, Any], path: Path) -> Path:
     )
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path
 

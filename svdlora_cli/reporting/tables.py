@@ -329,3 +329,35 @@ def sweep_table(doc: Mapping[str, Any]) -> Group:
         Text(f"cache: {doc['cache']['hits']} hits / {doc['cache']['misses']} misses"),
         *_artifact_lines(doc),
     )
+
+
+def demo_summary(doc: Mapping[str, Any]) -> Group:
+    """The seed's table for every arm, the plots, the timings and the plain-language reading."""
+    from rich.panel import Panel
+
+    comparison = compare_table({**doc["comparison"], "artifacts": {}})
+    spectra = doc["spectra"]
+    facts = Text.assemble(
+        ("dW at rank ", "bold"),
+        str(doc["settings"]["rank"]),
+        ": total energy ",
+        _pct(spectra["total_energy"]),
+        ", mean per module ",
+        _pct(spectra["mean_energy"]),
+        ", outside the LoRA targets ",
+        _pct(spectra["untargeted_share"]),
+    )
+    timings = Text(
+        "time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in doc["timings_s"].items()),
+        style="dim",
+    )
+    reused = [a["name"] for a in [doc["teacher"], *doc["students"]] if a.get("reused")]
+    notes = [Text(f"reused finished runs: {', '.join(reused)}", style="dim")] if reused else []
+    return Group(
+        comparison,
+        facts,
+        Panel(doc["reading"], title="Reading", title_align="left"),
+        *(Text(f"{k}: {v}", style="dim") for k, v in doc["artifacts"].items()),
+        timings,
+        *notes,
+    )

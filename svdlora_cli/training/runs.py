@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from ..checkpoints import resolve_model_path
 from ..data import FieldNames, TokenizedSet, load_examples, resolve_data_path, tokenize_examples
 from ..errors import CheckpointError
 from ..files import write_json
-from .loop import FitResult
+from .loop import FitResult, TrainConfig
 from .steplog import write_step_log
 
 
@@ -111,6 +112,63 @@ def write_run_files(
         {"seed": hyperparameters.get("seed"), "steps": [s.micro_batches for s in result.schedule]},
     )
     return paths
+
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+)
+
+
+def _small_file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_key(
+    kind: str, model_ref: str, data: Datasets, config: TrainConfig, memo: Any = None, **extra: Any
+) -> str:
+    """Content key of a training run: weights, tokenizer, data files, hyperparameters, extras.
+
+    A finished run whose record holds the same key can be reused instead of retrained.
+    """
+    from ..cache import content_key
+    from ..checkpoints import fingerprint, open_checkpoint
+
+    folder = resolve_model_path(model_ref)
+    tokenizer = {
+        f: _small_file_digest(folder / f) for f in TOKENIZER_FILES if (folder / f).is_file()
+    }
+    files = {"train": _small_file_digest(data.train_path)}
+    if data.eval_path is not None:
+        files["eval"] = _small_file_digest(data.eval_path)
+    return content_key(
+        kind,
+        weights=fingerprint(open_checkpoint(folder), memo),
+        tokenizer=tokenizer,
+        data=files,
+        config=config.to_dict(),
+        **extra,
+    )
+
+
+def reusable_summary(model_dir: Path, key: str) -> dict[str, Any] | None:
+    """The stored summary of a finished run with this key whose files all still exist."""
+    record_file = model_dir / "svdlora_run.json"
+    if not record_file.is_file():
+        return None
+    try:
+        record = json.loads(record_file.read_text())
+    except ValueError:
+        return None
+    summary = record.get("summary")
+    if record.get("run_key") != key or not isinstance(summary, dict):
+        return None
+    if not all(Path(p).exists() for p in summary.get("artifacts", {}).values()):
+        return None
+    return {**summary, "reused": True}
 
 
 def save_hyperparameters(folder: Path, record: dict[str, Any]) -> None:

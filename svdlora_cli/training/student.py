@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,8 @@ from .runs import (
     load_model,
     load_tokenizer,
     prepare_data,
+    reusable_summary,
+    run_key,
     save_hyperparameters,
     write_run_files,
 )
@@ -65,8 +68,13 @@ def train_student(
     fields: FieldNames = FieldNames(),
     dropout: float = 0.0,
     progress: StepProgress | None = None,
+    reuse: bool = False,
+    memo: Any = None,
 ) -> dict[str, Any]:
-    """Train one LoRA arm; write final_model_{name}/ (a PEFT adapter) and its step log."""
+    """Train one LoRA arm; write final_model_{name}/ (a PEFT adapter) and its step log.
+
+    With `reuse`, a finished arm in `output_dir` with the same inputs is returned as is.
+    """
     import torch
     from peft import get_peft_model
 
@@ -78,6 +86,24 @@ def train_student(
         )
     tokenizer = load_tokenizer(base_model)
     data = prepare_data(tokenizer, data_path, eval_path, config.max_length, fields)
+    key = None
+    if reuse or memo is not None:
+        key = run_key(
+            "student-run",
+            base_model,
+            data,
+            config,
+            memo,
+            init=init,
+            ranks=plan.ranks,
+            alpha=plan.alpha,
+            dropout=dropout,
+            factors=factors_digest(factors) if init in FACTOR_INITS else None,
+        )
+    if reuse and key is not None:
+        found = reusable_summary(Path(output_dir) / f"final_model_{name}", key)
+        if found is not None:
+            return found
     accelerator = make_accelerator(config.device, config.precision)
     torch.manual_seed(config.seed)  # kaiming/gaussian A draws depend on the seed only
     model = get_peft_model(load_model(base_model), lora_config(plan, init, dropout))
@@ -97,11 +123,15 @@ def train_student(
     result.extras["trainable_parameters"] = sum(
         p.numel() for p in model.parameters() if p.requires_grad
     )
-    paths: dict[str, Path] = {}
+    extra = {"init": init, "seed": config.seed}
+    summary = arm_summary(name, result, {}) | extra
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         folder = ensure_writable_dir(output_dir)
         final = folder / f"final_model_{name}"
+        paths = {"adapter": final, **write_run_files(folder, name, result, config.to_dict())}
+        summary = arm_summary(name, result, paths) | extra
+        record = _record(base_model, init, plan, data, config)
         with atomic_dir(final) as tmp:
             unwrapped = accelerator.unwrap_model(model)
             if initial_dir is not None:
@@ -110,13 +140,24 @@ def train_student(
                 )
             else:
                 unwrapped.save_pretrained(tmp)
-            save_hyperparameters(tmp, _record(base_model, init, plan, data, config))
-        paths = {"adapter": final, **write_run_files(folder, name, result, config.to_dict())}
-        record = _record(base_model, init, plan, data, config)
+            save_hyperparameters(tmp, {**record, "run_key": key, "summary": summary})
         write_run_config(folder, "train", record, {"base_model": base_model})
     if initial_dir is not None:
         shutil.rmtree(initial_dir, ignore_errors=True)
-    return arm_summary(name, result, paths) | {"init": init, "seed": config.seed}
+    return summary
+
+
+def factors_digest(factors: Mapping[str, LowRankFactors] | None) -> str | None:
+    """sha256 over every module's factors, so a changed decomposition retrains its arms."""
+    if factors is None:
+        return None
+    digest = hashlib.sha256()
+    for module in sorted(factors):
+        f = factors[module]
+        digest.update(module.encode())
+        for tensor in (f.B, f.A):
+            digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _record(

@@ -13,6 +13,8 @@ from .runs import (
     load_model,
     load_tokenizer,
     prepare_data,
+    reusable_summary,
+    run_key,
     save_hyperparameters,
     write_run_files,
 )
@@ -26,37 +28,51 @@ def train_teacher(
     eval_path: str | None = None,
     fields: FieldNames = FieldNames(),
     progress: StepProgress | None = None,
+    reuse: bool = False,
+    memo: Any = None,
 ) -> dict[str, Any]:
-    """Fine-tune every parameter; write final_model/ (safetensors + tokenizer) and the step log."""
+    """Fine-tune every parameter; write final_model/ (safetensors + tokenizer) and the step log.
+
+    With `reuse`, a finished run in `output_dir` with the same inputs is returned as is.
+    """
     import torch
 
     config.validate()
     tokenizer = load_tokenizer(model_name)
     data = prepare_data(tokenizer, data_path, eval_path, config.max_length, fields)
+    key = (
+        run_key("teacher-run", model_name, data, config, memo)
+        if (reuse or memo is not None)
+        else None
+    )
+    if reuse and key is not None:
+        found = reusable_summary(Path(output_dir) / "final_model", key)
+        if found is not None:
+            return found
     accelerator = make_accelerator(config.device, config.precision)
     torch.manual_seed(config.seed)
     model = load_model(model_name)
     result = fit(
         model, data.train, data.evaluation, config, tokenizer.pad_token_id, accelerator, progress
     )
-    paths: dict[str, Path] = {}
+    result.extras.update(train_rows=len(data.train), truncated_rows=data.train.truncated)
+    summary = arm_summary("teacher", result, {})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         folder = ensure_writable_dir(output_dir)
         final = folder / "final_model"
-        with atomic_dir(final) as tmp:
-            # fp32 on purpose: rounding W + dW to bf16 would bury a small dW in noise.
-            accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            save_hyperparameters(tmp, _record(model_name, data, config))
         paths = {
             "final_model": final,
             **write_run_files(folder, "teacher", result, config.to_dict()),
         }
+        summary = arm_summary("teacher", result, paths)
         record = _record(model_name, data, config)
+        with atomic_dir(final) as tmp:
+            # fp32 on purpose: rounding W + dW to bf16 would bury a small dW in noise.
+            accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            save_hyperparameters(tmp, {**record, "run_key": key, "summary": summary})
         write_run_config(folder, "train-teacher", record, {"base_model": model_name})
-    summary = arm_summary("teacher", result, paths)
-    summary.update(train_rows=len(data.train), truncated_rows=data.train.truncated)
     return summary
 
 

@@ -29,7 +29,9 @@ def assert_user_error(result, *fragments: str) -> None:
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
-    assert lines[0].startswith("Error: ") and lines[1].startswith("Hint: "), lines
+    errors = [i for i, line in enumerate(lines) if line.startswith("Error: ")]
+    assert len(errors) == 1 and lines[errors[0] + 1].startswith("Hint: "), lines
+    assert errors[0] + 2 == len(lines), lines  # the error ends the output
     for fragment in fragments:
         assert fragment in result.stderr
     assert result.stdout == ""

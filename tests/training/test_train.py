@@ -196,3 +196,26 @@ def test_trained_adapters_reload_with_peft(
     assert total / count == pytest.approx(summary["final_eval_loss"], abs=1e-5)
     assert summary["final_eval_loss"] != pytest.approx(summary["initial_eval_loss"], abs=1e-4)
     assert read_step_log(summary["artifacts"]["log"])[-1].step == 3
+
+
+def test_finished_runs_are_reused_only_when_inputs_match(tiny_llm, tiny_data, tmp_path):
+    memo: dict[str, str] = {}
+    config = TrainConfig(**{**CONFIG.to_dict(), "max_steps": 2})
+    first = train_teacher(str(tiny_llm), tmp_path, config, str(tiny_data[0]), reuse=True, memo=memo)
+    again = train_teacher(str(tiny_llm), tmp_path, config, str(tiny_data[0]), reuse=True, memo=memo)
+    assert "reused" not in first and again["reused"] and again["final_loss"] == first["final_loss"]
+    changed = TrainConfig(**{**config.to_dict(), "learning_rate": 1e-3})
+    assert "reused" not in train_teacher(
+        str(tiny_llm), tmp_path, changed, str(tiny_data[0]), reuse=True, memo=memo
+    )
+    factors = svd_factors_for(
+        str(tiny_llm), 2, ArtifactCache(None), teacher_model=str(tmp_path / "final_model")
+    )
+    plan = base_plan(str(tiny_llm), 2, None, factors=factors)
+    kwargs = {"data_path": str(tiny_data[0]), "reuse": True, "memo": memo}
+    train_student(str(tiny_llm), "svd", tmp_path, config, plan, factors, **kwargs)
+    assert train_student(str(tiny_llm), "svd", tmp_path, config, plan, factors, **kwargs)["reused"]
+    scaled = {m: type(f)(B=2 * f.B, A=f.A, S=2 * f.S) for m, f in factors.items()}
+    assert "reused" not in train_student(
+        str(tiny_llm), "svd", tmp_path, config, plan, scaled, **kwargs
+    )

@@ -1,0 +1,23 @@
+"""Run the svdlora CLI with every decomposition slowed down, so kills land mid-run (tests only)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from svdlora_cli import extraction
+from svdlora_cli.cli.app import main
+
+real = extraction.decompose
+
+
+def slow(*args, **kwargs):
+    time.sleep(0.15)
+    return real(*args, **kwargs)
+
+
+extraction.decompose = slow
+
+if __name__ == "__main__":
+    sys.argv[0] = "svdlora"
+    main()
