@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,30 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "svdlora"
 
 
+def parse_size(text: str | int | None) -> int | None:
+    """`2GB`, `500MB`, `64KiB` or a byte count; None stays None."""
+    if text is None or isinstance(text, int):
+        return text
+    units = {
+        "": 1,
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+    }
+    match = re.fullmatch(r"\s*([\d.]+)\s*([a-zA-Z]*)\s*", str(text))
+    if match is None or match.group(2).upper() not in units:
+        from .errors import InvalidOptionError
+
+        raise InvalidOptionError(f"cannot read the size {text!r}", "use e.g. 2GB, 500MB or 64MiB")
+    return int(float(match.group(1)) * units[match.group(2).upper()])
+
+
 def content_key(kind: str, **parts: Any) -> str:
     """sha256 of a canonical JSON of the parts plus the kind and format version."""
     payload = json.dumps({"kind": kind, "v": FORMAT_VERSION, **parts}, sort_keys=True)
@@ -62,10 +87,10 @@ class ArtifactCache:
             self.directory = Path(self.directory).expanduser()
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
-                settings: dict[str, Any] = {"disk": diskcache.JSONDisk}
-                if self.size_limit is not None:
-                    settings["size_limit"] = self.size_limit
-                self._index = diskcache.Cache(str(self.directory / "index"), **settings)
+                # Eviction is ours (payload bytes, least recently used); the index itself is small.
+                self._index = diskcache.Cache(
+                    str(self.directory / "index"), disk=diskcache.JSONDisk, eviction_policy="none"
+                )
             except OSError as exc:
                 raise OutputError(
                     f"cannot use cache folder {self.directory}: {exc.strerror or exc}",
@@ -102,21 +127,18 @@ class ArtifactCache:
         if entry is None or entry.get("kind") != "svd" or int(entry["k"]) < min_k:
             self.misses += 1
             return None
-        path = self._payload_path(key)
         try:
-            data = path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                raise ValueError("checksum mismatch")
-            tensors = load_safetensors(data)
+            tensors = self._read_payload(key, entry)
         except (OSError, ValueError, KeyError) as exc:
             log.warning(
                 "dropping corrupt cache entry for %s (%s); recomputing", entry["tensor"], exc
             )
-            self._index.delete(key)
-            path.unlink(missing_ok=True)
+            self._drop(key)
             self.misses += 1
             return None
         self.hits += 1
+        if self.size_limit is not None:  # recency drives eviction
+            self._index.set(key, {**entry, "accessed": time.time()})
         return Decomposition(
             U=tensors["U"],
             S=tensors["S"],
@@ -125,6 +147,56 @@ class ArtifactCache:
             method=str(entry["method"]),
             complete=bool(entry["complete"]),
         )
+
+    def _read_payload(self, key: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """The payload's tensors after its sha256 matches the index (ValueError otherwise)."""
+        data = self._payload_path(key).read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ValueError("checksum mismatch")
+        tensors = load_safetensors(data)
+        missing = {"U", "S", "Vh"} - set(tensors)
+        if missing:
+            raise ValueError(f"payload lacks {sorted(missing)}")
+        return tensors
+
+    def _drop(self, key: str) -> None:
+        if self._index is not None:
+            self._index.delete(key)
+        self._payload_path(key).unlink(missing_ok=True)
+
+    def verify(self, fix: bool = False) -> dict[str, Any]:
+        """Check every decomposition's payload against its checksum; `fix` drops the bad ones."""
+        checked, bad = 0, []
+        for entry in self.entries():
+            if entry["kind"] != "svd":
+                continue
+            checked += 1
+            try:
+                self._read_payload(entry["key"], entry)
+            except (OSError, ValueError, KeyError) as exc:
+                bad.append(
+                    {"key": entry["key"], "tensor": entry.get("tensor"), "problem": str(exc)}
+                )
+                if fix:
+                    self._drop(entry["key"])
+        return {"checked": checked, "ok": checked - len(bad), "bad": bad, "fixed": fix}
+
+    def _evict(self, keep: str | None = None) -> int:
+        """Drop least recently used decompositions until payloads fit in size_limit."""
+        if self.size_limit is None:
+            return 0
+        rows = [e for e in self.entries() if e["kind"] == "svd"]
+        total = sum(int(e.get("bytes", 0)) for e in rows)
+        dropped = 0
+        for entry in sorted(rows, key=lambda e: float(e.get("accessed", e.get("created", 0)))):
+            if total <= self.size_limit:
+                break
+            if entry["key"] == keep:
+                continue
+            self._drop(entry["key"])
+            total -= int(entry.get("bytes", 0))
+            dropped += 1
+        return dropped
 
     def put_decomposition(self, key: str, dec: Decomposition, **meta: Any) -> None:
         """Write the payload atomically, then index it with its checksum."""
@@ -150,6 +222,7 @@ class ArtifactCache:
                 **meta,
             },
         )
+        self._evict(keep=key)
 
     def entries(self) -> list[dict[str, Any]]:
         """Every artifact entry (file-digest memos excluded), newest first."""
@@ -194,5 +267,7 @@ class ArtifactCache:
         return count
 
     def close(self) -> None:
+        """Enforce the size limit (recently used entries survive), then close the index."""
         if self._index is not None:
+            self._evict()
             self._index.close()

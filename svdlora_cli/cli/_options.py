@@ -24,6 +24,14 @@ CacheDirOpt = Annotated[
         help="Artifact cache folder (default: ~/.cache/svdlora).",
     ),
 ]
+CacheSizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cache-size",
+        envvar="SVDLORA_CACHE_SIZE",
+        help="Cap on cached payloads (e.g. 2GB); least recently used go first.",
+    ),
+]
 NoCacheOpt = Annotated[
     bool, typer.Option("--no-cache", help="Neither read nor write the artifact cache.")
 ]
@@ -98,4 +106,7 @@ PromptFieldOpt = Annotated[
 ]
 AnswerFieldOpt = Annotated[
     str | None, typer.Option("--answer-field", help="Row key holding the answer.")
+]
+TrustRemoteCodeOpt = Annotated[
+    bool, typer.Option("--trust-remote-code", help="Allow models that ship their own Python code.")
 ]

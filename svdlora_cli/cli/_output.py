@@ -84,13 +84,13 @@ def require(value: Any, option: str, key: str) -> Any:
     return value
 
 
-def resolve_cache(cache_dir: Path | None, no_cache: bool, size_limit: int | None = None):
-    """The artifact cache for a command (disabled with --no-cache)."""
-    from ..cache import ArtifactCache, default_cache_dir
+def resolve_cache(cache_dir: Path | None, no_cache: bool, size: str | None = None):
+    """The artifact cache for a command (disabled with --no-cache; capped by --cache-size)."""
+    from ..cache import ArtifactCache, default_cache_dir, parse_size
 
     if no_cache:
         return ArtifactCache(None)
-    return ArtifactCache(cache_dir or default_cache_dir(), size_limit=size_limit)
+    return ArtifactCache(cache_dir or default_cache_dir(), size_limit=parse_size(size))
 
 
 def progress_enabled() -> bool:

@@ -53,6 +53,39 @@ def list_entries(
     emit(doc, json_output, lambda d: cache_table(d["entries"]))
 
 
+@app.command("verify")
+def verify(
+    fix: Annotated[
+        bool, typer.Option("--fix", help="Drop the entries that fail the check.")
+    ] = False,
+    cache_dir: CacheDirOpt = None,
+    output_dir: OutputDirOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Check every cached payload against its sha256; exit 1 when some are bad and not fixed."""
+    from ..errors import SvdloraError
+
+    cache = resolve_cache(cache_dir, False)
+    try:
+        doc = {"directory": str(cache.directory), **cache.verify(fix)}
+    finally:
+        cache.close()
+    _save(doc, output_dir, "cache_verify.json")
+    emit(
+        doc,
+        json_output,
+        lambda d: (
+            f"{d['ok']} of {d['checked']} payloads intact"
+            + "".join(f"\n  bad: {b['tensor']} ({b['problem']})" for b in d["bad"])
+        ),
+    )
+    if doc["bad"] and not fix:
+        raise SvdloraError(
+            f"{len(doc['bad'])} cache payload(s) failed the check",
+            "run `svdlora cache verify --fix` to drop them (they are recomputed on demand)",
+        )
+
+
 @app.command("clear")
 def clear(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,

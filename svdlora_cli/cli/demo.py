@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import CacheDirOpt, JsonOpt, OutputDirOpt
+from ._options import CacheDirOpt, CacheSizeOpt, JsonOpt, OutputDirOpt
 from ._output import emit, progress, resolve_cache, stderr, training_progress
 
 
@@ -44,6 +44,7 @@ def demo(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     output_dir: OutputDirOpt = None,
     cache_dir: CacheDirOpt = None,
+    cache_size: CacheSizeOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Teacher SFT, dW, SVD, random/svd/subspace students, comparison and layer report."""
@@ -74,7 +75,7 @@ def demo(
     if quick and model != "smollm2-135m":
         settings.model = model
     check_writable_dir(settings.folder)
-    cache = resolve_cache(cache_dir, False)
+    cache = resolve_cache(cache_dir, False, cache_size)
     try:
         doc = run_demo(
             settings,

@@ -10,6 +10,7 @@ from ._options import (
     DEFAULT_OUTPUT_DIR,
     BaseModelOpt,
     CacheDirOpt,
+    CacheSizeOpt,
     ExcludeOpt,
     IncludeOpt,
     JsonOpt,
@@ -47,6 +48,7 @@ def layer_report(
     exclude: ExcludeOpt = None,
     output_dir: OutputDirOpt = None,
     cache_dir: CacheDirOpt = None,
+    cache_size: CacheSizeOpt = None,
     no_cache: NoCacheOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -59,7 +61,7 @@ def layer_report(
     base = require(base_model, "--base-model", "base_model")
     tuned = require(teacher_model, "--teacher-model", "teacher_model")
     folder = check_writable_dir(output_dir or DEFAULT_OUTPUT_DIR)
-    cache = resolve_cache(cache_dir, no_cache)
+    cache = resolve_cache(cache_dir, no_cache, cache_size)
     try:
         with progress("layers") as update:
             doc = run(

@@ -10,6 +10,7 @@ from ._options import (
     DEFAULT_OUTPUT_DIR,
     BaseModelOpt,
     CacheDirOpt,
+    CacheSizeOpt,
     DeviceOpt,
     ExcludeOpt,
     IncludeOpt,
@@ -58,6 +59,7 @@ def svd(
     ] = True,
     output_dir: OutputDirOpt = None,
     cache_dir: CacheDirOpt = None,
+    cache_size: CacheSizeOpt = None,
     no_cache: NoCacheOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -74,7 +76,7 @@ def svd(
     if split not in SPLITS:
         raise InvalidOptionError(f"unknown --split {split!r}", f"use one of: {', '.join(SPLITS)}")
     folder = check_writable_dir(output_dir or DEFAULT_OUTPUT_DIR)
-    cache = resolve_cache(cache_dir, no_cache)
+    cache = resolve_cache(cache_dir, no_cache, cache_size)
     options = {
         "rank": rank,
         "energy": energy,

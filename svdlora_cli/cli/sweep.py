@@ -11,6 +11,7 @@ from ._options import (
     BaseModelOpt,
     BatchSizeOpt,
     CacheDirOpt,
+    CacheSizeOpt,
     EpochsOpt,
     EvalDataOpt,
     EvalLimitOpt,
@@ -56,6 +57,7 @@ def sweep(
     device: TrainDeviceOpt = "auto",
     output_dir: OutputDirOpt = None,
     cache_dir: CacheDirOpt = None,
+    cache_size: CacheSizeOpt = None,
     no_cache: NoCacheOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -83,7 +85,7 @@ def sweep(
             bf16=False,
             fp16=False,
         )
-    cache = resolve_cache(cache_dir, no_cache)
+    cache = resolve_cache(cache_dir, no_cache, cache_size)
     try:
         with progress("SVD") as update:
             result = rank_sweep(

@@ -12,6 +12,7 @@ from ._options import (
     BatchSizeOpt,
     Bf16Opt,
     CacheDirOpt,
+    CacheSizeOpt,
     EpochsOpt,
     EvalDataOpt,
     EvalEveryOpt,
@@ -27,6 +28,7 @@ from ._options import (
     SchedulerOpt,
     TeacherModelOpt,
     TrainDeviceOpt,
+    TrustRemoteCodeOpt,
     WarmupOpt,
     WeightDecayOpt,
 )
@@ -105,7 +107,9 @@ def train(
     prompt_field: PromptFieldOpt = None,
     answer_field: AnswerFieldOpt = None,
     cache_dir: CacheDirOpt = None,
+    cache_size: CacheSizeOpt = None,
     no_cache: NoCacheOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Train LoRA arms on identical batches; writes final_model_{init}/, training_log_{init}.csv."""
@@ -135,6 +139,7 @@ def train(
         fp16=fp16,
         gradient_checkpointing=gradient_checkpointing,
         device=device,
+        trust_remote_code=trust_remote_code,
         warmup_steps=warmup_steps,
         lr_scheduler=lr_scheduler,
         weight_decay=weight_decay,
@@ -142,7 +147,7 @@ def train(
     targets = target_modules or ()
     factors = None
     if FACTOR_INITS & set(inits) or svd_factors:
-        cache = resolve_cache(cache_dir, no_cache)
+        cache = resolve_cache(cache_dir, no_cache, cache_size)
         try:
             factors = svd_factors_for(base, lora_rank, cache, svd_factors, teacher_model, targets)
         finally:

@@ -26,6 +26,7 @@ from ._options import (
     SchedulerOpt,
     SeedOpt,
     TrainDeviceOpt,
+    TrustRemoteCodeOpt,
     WarmupOpt,
     WeightDecayOpt,
 )
@@ -72,6 +73,7 @@ def train_teacher(
         typer.Option("--workspace/--no-workspace", help="Record base and teacher in svdlora.toml."),
     ] = True,
     cache_dir: CacheDirOpt = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Fine-tune every parameter; writes final_model/ and training_log_teacher.csv."""
@@ -97,6 +99,7 @@ def train_teacher(
         fp16=fp16,
         gradient_checkpointing=gradient_checkpointing,
         device=device,
+        trust_remote_code=trust_remote_code,
         warmup_steps=warmup_steps,
         lr_scheduler=lr_scheduler,
         weight_decay=weight_decay,

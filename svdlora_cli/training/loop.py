@@ -47,6 +47,7 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_scheduler: str = "linear"
     max_grad_norm: float = 1.0
+    trust_remote_code: bool = False
 
     def validate(self) -> None:
         checks = [

@@ -19,13 +19,28 @@ from .loop import FitResult, TrainConfig
 from .steplog import write_step_log
 
 
-def load_tokenizer(model_ref: str) -> Any:
+def check_remote_code(folder: Path, trust_remote_code: bool) -> None:
+    """Refuse a model whose config asks to run its own Python code, unless trusted."""
+    config = folder / "config.json"
+    try:
+        wants_code = config.is_file() and "auto_map" in json.loads(config.read_text())
+    except ValueError:
+        wants_code = False
+    if wants_code and not trust_remote_code:
+        raise CheckpointError(
+            f"{folder} needs trust_remote_code: its config maps to Python code in the model folder",
+            "read that code first; pass --trust-remote-code only if you trust it",
+        )
+
+
+def load_tokenizer(model_ref: str, trust_remote_code: bool = False) -> Any:
     """The model folder's tokenizer, with a pad token (EOS when it has none)."""
     from transformers import AutoTokenizer
 
     folder = resolve_model_path(model_ref)
+    check_remote_code(folder, trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise CheckpointError(
             f"cannot load a tokenizer from {folder}: {str(exc).splitlines()[0]}",
@@ -36,13 +51,16 @@ def load_tokenizer(model_ref: str) -> Any:
     return tokenizer
 
 
-def load_model(model_ref: str) -> Any:
+def load_model(model_ref: str, trust_remote_code: bool = False) -> Any:
     """A causal LM in fp32 (training and dW both need full precision)."""
     from transformers import AutoModelForCausalLM
 
     folder = resolve_model_path(model_ref)
+    check_remote_code(folder, trust_remote_code)
     try:
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, trust_remote_code=trust_remote_code
+        )
     except Exception as exc:
         raise CheckpointError(
             f"cannot load {folder} as a causal LM: {str(exc).splitlines()[0]}",

@@ -84,7 +84,7 @@ def train_student(
         raise InvalidOptionError(
             f"--init {init} needs SVD factors", "pass --svd-factors or --teacher-model"
         )
-    tokenizer = load_tokenizer(base_model)
+    tokenizer = load_tokenizer(base_model, config.trust_remote_code)
     data = prepare_data(tokenizer, data_path, eval_path, config.max_length, fields)
     key = None
     if reuse or memo is not None:
@@ -106,7 +106,9 @@ def train_student(
             return found
     accelerator = make_accelerator(config.device, config.precision)
     torch.manual_seed(config.seed)  # kaiming/gaussian A draws depend on the seed only
-    model = get_peft_model(load_model(base_model), lora_config(plan, init, dropout))
+    model = get_peft_model(
+        load_model(base_model, config.trust_remote_code), lora_config(plan, init, dropout)
+    )
     if init in FACTOR_INITS and factors is not None:
         apply_factor_init(model, plan, init, factors)
     initial_dir = None

@@ -38,7 +38,7 @@ def train_teacher(
     import torch
 
     config.validate()
-    tokenizer = load_tokenizer(model_name)
+    tokenizer = load_tokenizer(model_name, config.trust_remote_code)
     data = prepare_data(tokenizer, data_path, eval_path, config.max_length, fields)
     key = (
         run_key("teacher-run", model_name, data, config, memo)
@@ -51,7 +51,7 @@ def train_teacher(
             return found
     accelerator = make_accelerator(config.device, config.precision)
     torch.manual_seed(config.seed)
-    model = load_model(model_name)
+    model = load_model(model_name, config.trust_remote_code)
     result = fit(
         model, data.train, data.evaluation, config, tokenizer.pad_token_id, accelerator, progress
     )
