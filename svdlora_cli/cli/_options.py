@@ -110,3 +110,9 @@ AnswerFieldOpt = Annotated[
 TrustRemoteCodeOpt = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow models that ship their own Python code.")
 ]
+SaveEveryOpt = Annotated[
+    int, typer.Option("--save-every", help="Checkpoint every N steps (0: never) for --resume.")
+]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue from the last checkpoint of an interrupted run.")
+]

@@ -25,6 +25,8 @@ from ._options import (
     MaxStepsOpt,
     NoCacheOpt,
     PromptFieldOpt,
+    ResumeOpt,
+    SaveEveryOpt,
     SchedulerOpt,
     TeacherModelOpt,
     TrainDeviceOpt,
@@ -110,6 +112,8 @@ def train(
     cache_size: CacheSizeOpt = None,
     no_cache: NoCacheOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    save_every: SaveEveryOpt = 0,
+    resume: ResumeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Train LoRA arms on identical batches; writes final_model_{init}/, training_log_{init}.csv."""
@@ -140,6 +144,8 @@ def train(
         gradient_checkpointing=gradient_checkpointing,
         device=device,
         trust_remote_code=trust_remote_code,
+        save_every=save_every,
+        resume=resume,
         warmup_steps=warmup_steps,
         lr_scheduler=lr_scheduler,
         weight_decay=weight_decay,

@@ -23,6 +23,8 @@ from ._options import (
     MaxLengthOpt,
     MaxStepsOpt,
     PromptFieldOpt,
+    ResumeOpt,
+    SaveEveryOpt,
     SchedulerOpt,
     SeedOpt,
     TrainDeviceOpt,
@@ -74,6 +76,8 @@ def train_teacher(
     ] = True,
     cache_dir: CacheDirOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    save_every: SaveEveryOpt = 0,
+    resume: ResumeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Fine-tune every parameter; writes final_model/ and training_log_teacher.csv."""
@@ -100,6 +104,8 @@ def train_teacher(
         gradient_checkpointing=gradient_checkpointing,
         device=device,
         trust_remote_code=trust_remote_code,
+        save_every=save_every,
+        resume=resume,
         warmup_steps=warmup_steps,
         lr_scheduler=lr_scheduler,
         weight_decay=weight_decay,

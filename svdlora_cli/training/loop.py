@@ -9,16 +9,20 @@ tokens of the whole optimizer step, so gradient accumulation is exact.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..cache import content_key
 from ..data import IGNORE_INDEX, TokenizedSet, collate
 from ..errors import InvalidOptionError
+from .checkpointing import load_checkpoint, save_checkpoint
 from .schedule import Step, batch_schedule
 from .steplog import StepRow
 
@@ -48,6 +52,8 @@ class TrainConfig:
     lr_scheduler: str = "linear"
     max_grad_norm: float = 1.0
     trust_remote_code: bool = False
+    save_every: int = 0
+    resume: bool = False
 
     def validate(self) -> None:
         checks = [
@@ -56,6 +62,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.grad_accum >= 1, f"--grad-accum must be at least 1, got {self.grad_accum}"),
             (self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every}"),
+            (self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}"),
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
             (self.precision in PRECISIONS, f"unknown precision {self.precision!r}"),
             (self.lr_scheduler in SCHEDULERS, f"unknown --lr-scheduler {self.lr_scheduler!r}"),
@@ -66,6 +73,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that shape the result (not how it is checkpointed or resumed)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("save_every", "resume")}
 
 
 @dataclass
@@ -150,8 +161,14 @@ def fit(
     pad_id: int,
     accelerator: Any,
     progress: StepProgress | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> FitResult:
-    """Train `model`'s trainable parameters; row 0 is the loss before any update."""
+    """Train `model`'s trainable parameters; row 0 is the loss before any update.
+
+    With `save_every`, a checkpoint goes to `checkpoint_dir` every N steps; with
+    `resume`, training continues from it on the same batches, so the end state
+    matches an uninterrupted run. The checkpoint is removed when training ends.
+    """
     from transformers import get_scheduler
 
     config.validate()
@@ -193,11 +210,22 @@ def fit(
 
     model.train()
     start = time.perf_counter()
-    initial = mean_loss(model, train, schedule[0].micro_batches, pad_id, accelerator)
-    rows = [StepRow(step=0, epoch=0.0, loss=initial, eval_loss=evaluate(), elapsed_s=0.0)]
-    train_seconds = 0.0
-    tokens = 0
+    key = content_key(
+        "fit", settings=config.result_settings(), steps=[s.micro_batches for s in schedule]
+    )
+    restored = None
+    if config.resume and checkpoint_dir is not None:
+        restored = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, key)
+    if restored is not None:
+        done, rows, tokens, train_seconds = restored
+        start -= rows[-1].elapsed_s
+    else:
+        initial = mean_loss(model, train, schedule[0].micro_batches, pad_id, accelerator)
+        rows = [StepRow(step=0, epoch=0.0, loss=initial, eval_loss=evaluate(), elapsed_s=0.0)]
+        done, train_seconds, tokens = 0, 0.0, 0
     for number, step in enumerate(schedule, start=1):
+        if number <= done:
+            continue
         tic = time.perf_counter()
         batches = [
             collate(mine, train, pad_id)
@@ -244,6 +272,27 @@ def fit(
                 elapsed_s=round(time.perf_counter() - start, 3),
             )
         )
+        if (
+            checkpoint_dir is not None
+            and config.save_every
+            and number % config.save_every == 0
+            and not last
+        ):
+            if accelerator.is_main_process:
+                save_checkpoint(
+                    checkpoint_dir,
+                    accelerator.unwrap_model(model),
+                    optimizer,
+                    scheduler,
+                    number,
+                    rows,
+                    tokens,
+                    train_seconds,
+                    key,
+                )
+            accelerator.wait_for_everyone()
         if progress:
             progress(number, len(schedule), loss_value)
+    if checkpoint_dir is not None and accelerator.is_main_process:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return FitResult(rows, schedule, tokens, train_seconds)

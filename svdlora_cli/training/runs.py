@@ -167,7 +167,7 @@ def run_key(
         weights=fingerprint(open_checkpoint(folder), memo),
         tokenizer=tokenizer,
         data=files,
-        config=config.to_dict(),
+        config=config.result_settings(),
         **extra,
     )
 

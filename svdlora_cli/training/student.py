@@ -120,7 +120,14 @@ def train_student(
         model.save_pretrained(initial_dir)
         model.peft_config["default"].init_lora_weights = "pissa"
     result = fit(
-        model, data.train, data.evaluation, config, tokenizer.pad_token_id, accelerator, progress
+        model,
+        data.train,
+        data.evaluation,
+        config,
+        tokenizer.pad_token_id,
+        accelerator,
+        progress,
+        checkpoint_dir=Path(output_dir) / "checkpoints" / name,
     )
     result.extras["trainable_parameters"] = sum(
         p.numel() for p in model.parameters() if p.requires_grad

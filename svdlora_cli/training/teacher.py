@@ -53,7 +53,14 @@ def train_teacher(
     torch.manual_seed(config.seed)
     model = load_model(model_name, config.trust_remote_code)
     result = fit(
-        model, data.train, data.evaluation, config, tokenizer.pad_token_id, accelerator, progress
+        model,
+        data.train,
+        data.evaluation,
+        config,
+        tokenizer.pad_token_id,
+        accelerator,
+        progress,
+        checkpoint_dir=Path(output_dir) / "checkpoints" / "teacher",
     )
     result.extras.update(train_rows=len(data.train), truncated_rows=data.train.truncated)
     summary = arm_summary("teacher", result, {})
