@@ -121,11 +121,23 @@ class ArtifactCache:
         if self._index is not None:
             self._index.set(key, {"kind": "json", "value": value, "created": time.time(), **meta})
 
+    def count(self, hit: bool) -> None:
+        """Record one lookup's outcome (for lookups made with `peek_decomposition`)."""
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
+
     def get_decomposition(self, key: str, min_k: int) -> Decomposition | None:
-        """A cached decomposition with at least `min_k` factors; corrupt payloads are dropped."""
+        """A cached decomposition with at least `min_k` factors, counted as a hit or a miss."""
+        dec = self.peek_decomposition(key, min_k)
+        self.count(hit=dec is not None)
+        return dec
+
+    def peek_decomposition(self, key: str, min_k: int) -> Decomposition | None:
+        """Like get_decomposition, without counting; corrupt payloads are dropped."""
         entry = self._index.get(key) if self._index is not None else None
         if entry is None or entry.get("kind") != "svd" or int(entry["k"]) < min_k:
-            self.misses += 1
             return None
         try:
             tensors = self._read_payload(key, entry)
@@ -134,9 +146,7 @@ class ArtifactCache:
                 "dropping corrupt cache entry for %s (%s); recomputing", entry["tensor"], exc
             )
             self._drop(key)
-            self.misses += 1
             return None
-        self.hits += 1
         if self.size_limit is not None:  # recency drives eviction
             self._index.set(key, {**entry, "accessed": time.time()})
         return Decomposition(

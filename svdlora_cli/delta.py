@@ -57,19 +57,31 @@ class DeltaRecord:
         return asdict(self)
 
 
-def tensor_stats(base: torch.Tensor, tuned: torch.Tensor, dw: torch.Tensor) -> dict[str, float]:
-    """||W||_F, ||dW||_F, ||dW||/||W|| and max|dW| in float64 accumulation."""
-    base_sq = float(torch.sum(base.to(torch.float64) ** 2))
-    delta_sq = float(torch.sum(dw.to(torch.float64) ** 2))
-    base_norm = math.sqrt(base_sq)
-    delta_norm = math.sqrt(delta_sq)
+STATS_CHUNK = 1 << 22  # elements per block: bounded memory for embedding-sized tensors
+
+
+def tensor_stats(name: str, base: torch.Tensor, tuned: torch.Tensor) -> dict[str, float]:
+    """||W||_F, ||dW||_F, ||dW||/||W|| and max|dW|, one block of rows at a time.
+
+    Blocks are promoted to fp32 for the difference and summed in float64, so a
+    150k x 4k embedding never exists in fp32 or fp64 as a whole.
+    """
+    flat_base, flat_tuned = base.reshape(-1), tuned.reshape(-1)
+    base_sq = delta_sq = 0.0
+    max_abs = 0.0
+    for start in range(0, flat_base.numel(), STATS_CHUNK):
+        b = flat_base[start : start + STATS_CHUNK].to(torch.float32)
+        d = delta_matrix(name, b, flat_tuned[start : start + STATS_CHUNK])
+        base_sq += float(torch.sum(b.double() ** 2))
+        delta_sq += float(torch.sum(d.double() ** 2))
+        max_abs = max(max_abs, float(d.abs().max()) if d.numel() else 0.0)
+    base_norm, delta_norm = math.sqrt(base_sq), math.sqrt(delta_sq)
+    rel_change = delta_norm / base_norm if base_norm > 0 else (math.inf if delta_norm else 0.0)
     return {
         "base_norm": base_norm,
         "delta_norm": delta_norm,
-        "rel_change": delta_norm / base_norm
-        if base_norm > 0
-        else (0.0 if delta_norm == 0 else math.inf),
-        "max_abs": float(dw.abs().max()) if dw.numel() else 0.0,
+        "rel_change": rel_change,
+        "max_abs": max_abs,
         "delta_sq": delta_sq,
     }
 
@@ -131,7 +143,7 @@ def collect_deltas(
             if not torch.equal(base, tuned):
                 stats["max_abs"] = math.nan
         else:
-            stats = tensor_stats(base, tuned, delta_matrix(name, base, tuned))
+            stats = tensor_stats(name, base, tuned)
         cache.put_json(stats_key(pair, name), stats, tensor=name)
         found[name] = stats
     model_type = pair.base.model_type

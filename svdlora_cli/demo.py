@@ -160,7 +160,9 @@ def run_demo(
         write_delta_outputs(delta, svd_dir, base, teacher_model)
     with _timed(timings, "svd"), items("3/6 SVD") as update:
         say(f"[3/6] svd --rank {settings.rank}")
-        spectra = run_svd(base, teacher_model, cache, rank=settings.rank, progress=update)
+        spectra = run_svd(
+            base, teacher_model, cache, rank=settings.rank, method="exact", progress=update
+        )
         svd_doc = write_svd_outputs(spectra, svd_dir, base, teacher_model)
     factors = spectra.factors("b")
     plan = base_plan(base, settings.rank, None, factors=factors)
@@ -208,7 +210,9 @@ def run_demo(
         write_compare_outputs(comparison, curves_for_plot(runs), folder)
     with _timed(timings, "layer_report"):
         say("[6/6] layer-report")
-        layers = layer_report(base, teacher_model, cache, rank=settings.rank, sort="layer")
+        layers = layer_report(
+            base, teacher_model, cache, rank=settings.rank, method="exact", sort="layer"
+        )
         layers = {"base_model": base, "tuned_model": teacher_model, **layers}
         write_layer_outputs(layers, svd_dir)
     if settings.workspace is not None:

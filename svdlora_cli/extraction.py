@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -224,6 +225,29 @@ def _svd_key(
     )
 
 
+def _prefetched(
+    pair: ModelPair, names: Sequence[str]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Tensor pairs in order, the next one read by a background thread while this one is used.
+
+    Reading (safetensors, mostly I/O and memcpy) overlaps the SVD (torch kernels release
+    the GIL); only the reader thread touches the shard handles, and at most two pairs live.
+    """
+    if not names:
+        return
+    with (
+        ThreadPoolExecutor(max_workers=1) as pool,
+        TensorReader(pair.base) as b,
+        TensorReader(pair.tuned) as t,
+    ):
+        future = pool.submit(lambda n=names[0]: (b.get(n), t.get(n)))
+        for following in [*names[1:], None]:
+            current = future.result()
+            if following is not None:
+                future = pool.submit(lambda n=following: (b.get(n), t.get(n)))
+            yield current
+
+
 def _round(values: torch.Tensor) -> list[float]:
     return [float(f"{v:.7g}") for v in values.tolist()]
 
@@ -277,44 +301,53 @@ def run_svd(
     decs: dict[str, Decomposition] = {}
     known_stats: dict[str, dict] = {}
     hits_before, misses_before = cache.hits, cache.misses
-    with TensorReader(pair.base) as base_reader, TensorReader(pair.tuned) as tuned_reader:
-        for i, target in enumerate(targets):
-            if progress:
-                progress(target.tensor, i + 1, len(targets))
-            full = min(target.shape)
-            if wanted > full:
-                clamped.append(target.module)
-            k = min(keep, full)
-            resolved = resolve_method(method, target.shape, k)
-            key = _svd_key(pair, target, resolved, oversample, power_iters, seed)
-            dec = cache.get_decomposition(key, min(k, full))
-            if dec is None:
-                base = base_reader.get(target.tensor)
-                tuned = tuned_reader.get(target.tensor)
-                dw = delta_matrix(target.tensor, base, tuned, target.transposed)
-                known_stats[target.tensor] = tensor_stats(base, tuned, dw)
-                cache.put_json(
-                    stats_key(pair, target.tensor), known_stats[target.tensor], tensor=target.tensor
-                )
-                del base, tuned
-                dec = decompose(
-                    dw.to(torch_device),
-                    k,
-                    method=resolved,
-                    oversample=oversample,
-                    power_iters=power_iters,
-                    seed=seed,
-                )
-                del dw
-                cache.put_decomposition(
-                    key,
-                    dec,
-                    tensor=target.tensor,
-                    shape=list(target.shape),
-                    base=pair.base_fingerprint,
-                    tuned=pair.tuned_fingerprint,
-                )
+    todo: list[tuple[Target, str, int, str]] = []
+    for target in targets:
+        full = min(target.shape)
+        if wanted > full:
+            clamped.append(target.module)
+        k = min(keep, full)
+        resolved = resolve_method(method, target.shape, k)
+        # An exact decomposition already cached serves an `auto` request too.
+        tried = [resolved, "exact"] if method == "auto" and resolved != "exact" else [resolved]
+        keys = [_svd_key(pair, target, m, oversample, power_iters, seed) for m in tried]
+        dec = next(
+            (d for d in (cache.peek_decomposition(key, k) for key in keys) if d is not None), None
+        )
+        cache.count(hit=dec is not None)
+        if dec is None:
+            todo.append((target, resolved, k, keys[0]))
+        else:
             decs[target.tensor] = dec
+    for i, ((target, resolved, k, key), (base, tuned)) in enumerate(
+        zip(todo, _prefetched(pair, [t.tensor for t, *_ in todo]), strict=True)
+    ):
+        if progress:
+            progress(target.tensor, i + 1, len(todo))
+        dw = delta_matrix(target.tensor, base, tuned, target.transposed)
+        known_stats[target.tensor] = tensor_stats(target.tensor, base, tuned)
+        cache.put_json(
+            stats_key(pair, target.tensor), known_stats[target.tensor], tensor=target.tensor
+        )
+        del base, tuned
+        dec = decompose(
+            dw.to(torch_device),
+            k,
+            method=resolved,
+            oversample=oversample,
+            power_iters=power_iters,
+            seed=seed,
+        )
+        del dw
+        cache.put_decomposition(
+            key,
+            dec,
+            tensor=target.tensor,
+            shape=list(target.shape),
+            base=pair.base_fingerprint,
+            tuned=pair.tuned_fingerprint,
+        )
+        decs[target.tensor] = dec
     if clamped:
         warnings.append(
             f"rank {wanted} exceeds min(out, in) of {len(clamped)} module(s) "
