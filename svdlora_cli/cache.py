@@ -26,7 +26,7 @@ from safetensors.torch import save as save_safetensors
 from .decompose import Decomposition
 from .files import atomic_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sha256 file digests, oversample default k/2
 DEFAULT_CACHE_RANK = 64
 log = logging.getLogger("svdlora")
 

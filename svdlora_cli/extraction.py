@@ -15,6 +15,7 @@ from .checkpoints import ModelPair, TensorReader, open_pair
 from .decompose import (
     ENERGY_LEVELS,
     METHODS,
+    POWER_ITERS,
     Decomposition,
     decompose,
     rank_for_energy,
@@ -286,7 +287,7 @@ def run_svd(
     exclude: Sequence[str] = (),
     cache_rank: int = DEFAULT_CACHE_RANK,
     oversample: int | None = None,
-    power_iters: int = 4,
+    power_iters: int = POWER_ITERS,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> SvdResult:

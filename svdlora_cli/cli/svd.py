@@ -48,11 +48,11 @@ def svd(
     ] = 64,
     oversample: Annotated[
         int | None,
-        typer.Option("--oversample", help="Randomized SVD oversampling (default: k)."),
+        typer.Option("--oversample", help="Randomized SVD oversampling (default: k/2)."),
     ] = None,
     power_iters: Annotated[
         int, typer.Option("--power-iters", help="Randomized SVD power iterations.")
-    ] = 4,
+    ] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the randomized SVD sketch.")] = 0,
     plot: Annotated[
         bool, typer.Option("--plot/--no-plot", help="Write svd_analysis_*.png.")

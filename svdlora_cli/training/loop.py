@@ -121,12 +121,22 @@ def _shard(indices: Sequence[int], accelerator: Any) -> list[int]:
 
 
 def _loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over answer tokens, and their count."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1]
-    keep = labels != IGNORE_INDEX
-    loss = F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum")
+    """Summed next-token cross-entropy over answer tokens, and their count.
+
+    The LM head runs only at positions where some row predicts an answer token
+    (transformers' `logits_to_keep`), which skips the prompts' share of the
+    vocabulary projection and softmax.
+    """
+    targets = batch["labels"][:, 1:]
+    positions = torch.nonzero((targets != IGNORE_INDEX).any(dim=0)).squeeze(1)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    try:
+        logits = model(**inputs, logits_to_keep=positions).logits
+        targets = targets[:, positions]
+    except TypeError:  # a model without logits_to_keep: full logits
+        logits = model(**inputs).logits[:, :-1]
+    keep = targets != IGNORE_INDEX
+    loss = F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
     return loss, int(keep.sum())
 
 
