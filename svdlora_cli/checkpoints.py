@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -276,6 +277,26 @@ class TensorReader:
                 "re-download or re-save the checkpoint; the file looks corrupt",
             ) from exc
 
+    def chunks(self, name: str, size: int) -> Iterator[torch.Tensor]:
+        """A tensor as flat blocks of at most `size` elements, read piece by piece."""
+        info = self.checkpoint.tensors[name]
+        dtype = SAFETENSORS_DTYPES.get(info.dtype)
+        numel = math.prod(info.shape)
+        if dtype is None or info.offset < 0 or numel <= size:
+            yield from self.get(name).reshape(-1).split(size)
+            return
+        handle = self._open(info.file)
+        width = info.nbytes // numel
+        for start in range(0, numel, size):
+            count = min(size, numel - start)
+            buffer = bytearray(count * width)
+            handle.seek(info.offset + start * width)
+            if handle.readinto(buffer) != len(buffer):
+                raise CheckpointError(
+                    f"{info.file} ended inside tensor {name}", "re-download the checkpoint"
+                )
+            yield torch.frombuffer(buffer, dtype=dtype)
+
     def close(self) -> None:
         if self._handle is not None and not isinstance(self._handle, dict):
             self._handle.close()
@@ -339,13 +360,16 @@ class ModelPair:
     def fingerprints(self) -> dict[str, str | None]:
         return {"base": self.base_fingerprint, "tuned": self.tuned_fingerprint}
 
-    def iter_tensors(
-        self, names: Iterable[str]
-    ) -> Iterable[tuple[str, torch.Tensor, torch.Tensor]]:
-        """Stream (name, base tensor, tuned tensor), one pair in memory at a time."""
+    def iter_chunks(
+        self, names: Iterable[str], size: int
+    ) -> Iterator[tuple[str, Iterator[tuple[torch.Tensor, torch.Tensor]]]]:
+        """Per tensor, its (base, tuned) blocks of `size` elements; consume each in turn."""
         with TensorReader(self.base) as base_reader, TensorReader(self.tuned) as tuned_reader:
             for name in names:
-                yield name, base_reader.get(name), tuned_reader.get(name)
+                blocks = zip(
+                    base_reader.chunks(name, size), tuned_reader.chunks(name, size), strict=True
+                )
+                yield name, blocks
 
 
 def open_pair(

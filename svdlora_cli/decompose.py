@@ -59,7 +59,7 @@ def frobenius_sq(matrix: torch.Tensor) -> float:
     return total
 
 
-def svd_exact(dw: torch.Tensor, k: int) -> Decomposition:
+def svd_exact(dw: torch.Tensor, k: int, fro_sq: float | None = None) -> Decomposition:
     """Full SVD: the whole spectrum plus the top-k singular vectors."""
     U, S, Vh = torch.linalg.svd(dw, full_matrices=False)
     k = min(k, S.shape[0])
@@ -67,7 +67,7 @@ def svd_exact(dw: torch.Tensor, k: int) -> Decomposition:
         U=U[:, :k].contiguous(),
         S=S.contiguous(),
         Vh=Vh[:k].contiguous(),
-        fro_sq=frobenius_sq(dw),
+        fro_sq=frobenius_sq(dw) if fro_sq is None else fro_sq,
         method="exact",
         complete=True,
     )
@@ -79,6 +79,7 @@ def svd_randomized(
     oversample: int | None = None,
     power_iters: int = POWER_ITERS,
     seed: int = 0,
+    fro_sq: float | None = None,
 ) -> Decomposition:
     """Randomized range finder with subspace iteration (Halko, Martinsson & Tropp 2011, Alg. 4.4).
 
@@ -103,7 +104,7 @@ def svd_randomized(
         U=U[:, :k].contiguous(),
         S=S[:k].contiguous(),
         Vh=Vh[:k].contiguous(),
-        fro_sq=frobenius_sq(dw),
+        fro_sq=frobenius_sq(dw) if fro_sq is None else fro_sq,
         method="randomized",
         complete=small == k,
     )
@@ -116,13 +117,17 @@ def decompose(
     oversample: int | None = None,
     power_iters: int = POWER_ITERS,
     seed: int = 0,
+    fro_sq: float | None = None,
 ) -> Decomposition:
-    """Top-k SVD of a 2-D fp32 delta with the chosen method; results live on the CPU."""
+    """Top-k SVD of a 2-D fp32 delta with the chosen method; results live on the CPU.
+
+    `fro_sq` is ||dW||_F**2 when the caller already has it (it is computed otherwise).
+    """
     resolved = resolve_method(method, (int(dw.shape[0]), int(dw.shape[1])), k)
     if resolved == "exact":
-        result = svd_exact(dw, k)
+        result = svd_exact(dw, k, fro_sq)
     else:
-        result = svd_randomized(dw, k, oversample, power_iters, seed)
+        result = svd_randomized(dw, k, oversample, power_iters, seed, fro_sq)
     result.U, result.S, result.Vh = (t.cpu() for t in (result.U, result.S, result.Vh))
     return result
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -12,6 +12,8 @@ from .cache import ArtifactCache, content_key
 from .checkpoints import ModelPair
 from .errors import NonFiniteDeltaError, SvdloraError
 from .targets import Target, describe, untargeted_kind
+
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "float64", "float32", "float16", "bfloat16"})
 
 Progress = Callable[[str, int, int], None]
 
@@ -60,22 +62,24 @@ class DeltaRecord:
 STATS_CHUNK = 1 << 22  # elements per block: bounded memory for embedding-sized tensors
 
 
-def tensor_stats(name: str, base: torch.Tensor, tuned: torch.Tensor) -> dict[str, float]:
-    """||W||_F, ||dW||_F, ||dW||/||W|| and max|dW|, one block at a time.
+def chunk_stats(name: str, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """||W||_F, ||dW||_F, ||dW||/||W|| and max|dW| over (base, tuned) blocks of one tensor.
 
-    Blocks are promoted to fp32 for the difference; each block's sum of squares
-    is an fp32 dot product (pairwise-summed, relative error about 1e-7) added
-    up in float64, so a 150k x 4k embedding never exists in fp32 as a whole.
+    Each block is promoted to fp32 for the difference; its sum of squares is an fp32
+    dot product (pairwise-summed, relative error about 1e-7) added up in float64, so
+    an embedding-sized tensor never has to exist in fp32 as a whole.
     """
-    flat_base, flat_tuned = base.reshape(-1), tuned.reshape(-1)
-    base_sq = delta_sq = 0.0
-    max_abs = 0.0
-    for start in range(0, flat_base.numel(), STATS_CHUNK):
-        b = flat_base[start : start + STATS_CHUNK].to(torch.float32)
-        d = delta_matrix(name, b, flat_tuned[start : start + STATS_CHUNK])
+    base_sq = delta_sq = max_abs = 0.0
+    for base, tuned in chunks:
+        b = base.reshape(-1).to(torch.float32)
+        d = delta_matrix(name, b, tuned.reshape(-1))
         base_sq += float(torch.dot(b, b))
         delta_sq += float(torch.dot(d, d))
         max_abs = max(max_abs, float(d.abs().max()) if d.numel() else 0.0)
+    return _stats(base_sq, delta_sq, max_abs)
+
+
+def _stats(base_sq: float, delta_sq: float, max_abs: float) -> dict[str, float]:
     base_norm, delta_norm = math.sqrt(base_sq), math.sqrt(delta_sq)
     rel_change = delta_norm / base_norm if base_norm > 0 else (math.inf if delta_norm else 0.0)
     return {
@@ -85,6 +89,37 @@ def tensor_stats(name: str, base: torch.Tensor, tuned: torch.Tensor) -> dict[str
         "max_abs": max_abs,
         "delta_sq": delta_sq,
     }
+
+
+def tensor_stats(name: str, base: torch.Tensor, tuned: torch.Tensor) -> dict[str, float]:
+    """chunk_stats of two whole tensors, block by block."""
+    flat_base, flat_tuned = base.reshape(-1), tuned.reshape(-1)
+    blocks = (
+        (flat_base[i : i + STATS_CHUNK], flat_tuned[i : i + STATS_CHUNK])
+        for i in range(0, max(1, flat_base.numel()), STATS_CHUNK)
+    )
+    return chunk_stats(name, blocks)
+
+
+def target_delta(
+    name: str, base: torch.Tensor, tuned: torch.Tensor, transposed: bool
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """A target's fp32 dW in (out, in) orientation and its statistics, converting each once."""
+    b = base.to(torch.float32)
+    dw = delta_matrix(name, b, tuned)
+    flat_b, flat_d = b.reshape(-1), dw.reshape(-1)
+    base_sq, delta_sq = float(torch.dot(flat_b, flat_b)), float(torch.dot(flat_d, flat_d))
+    base_norm, delta_norm = math.sqrt(base_sq), math.sqrt(delta_sq)
+    stats = {
+        "base_norm": base_norm,
+        "delta_norm": delta_norm,
+        "rel_change": delta_norm / base_norm
+        if base_norm > 0
+        else (math.inf if delta_norm else 0.0),
+        "max_abs": float(flat_d.abs().max()) if flat_d.numel() else 0.0,
+        "delta_sq": delta_sq,
+    }
+    return (dw.T if transposed else dw), stats
 
 
 def _record(
@@ -130,10 +165,13 @@ def collect_deltas(
             todo.append(name)
         else:
             found[name] = cached
-    for i, (name, base, tuned) in enumerate(pair.iter_tensors(todo)):
+    for i, (name, chunks) in enumerate(pair.iter_chunks(todo, STATS_CHUNK)):
         if progress:
             progress(name, i + 1, len(todo))
-        if base.dtype == torch.bool or not (base.is_floating_point() and tuned.is_floating_point()):
+        info = pair.base.tensors[name]
+        if info.dtype not in FLOAT_DTYPES:
+            blocks = list(chunks)
+            base, tuned = (torch.cat([c[j].reshape(-1) for c in blocks]) for j in (0, 1))
             stats = {
                 "base_norm": 0.0,
                 "delta_norm": 0.0,
@@ -144,7 +182,7 @@ def collect_deltas(
             if not torch.equal(base, tuned):
                 stats["max_abs"] = math.nan
         else:
-            stats = tensor_stats(name, base, tuned)
+            stats = chunk_stats(name, chunks)
         cache.put_json(stats_key(pair, name), stats, tensor=name)
         found[name] = stats
     model_type = pair.base.model_type

@@ -27,10 +27,9 @@ from .delta import (
     Progress,
     check_pair_names,
     collect_deltas,
-    delta_matrix,
     stats_key,
     summarize_deltas,
-    tensor_stats,
+    target_delta,
 )
 from .errors import InvalidOptionError
 from .targets import Target, select_targets
@@ -325,8 +324,7 @@ def run_svd(
     ):
         if progress:
             progress(target.tensor, i + 1, len(todo))
-        dw = delta_matrix(target.tensor, base, tuned, target.transposed)
-        known_stats[target.tensor] = tensor_stats(target.tensor, base, tuned)
+        dw, known_stats[target.tensor] = target_delta(target.tensor, base, tuned, target.transposed)
         cache.put_json(
             stats_key(pair, target.tensor), known_stats[target.tensor], tensor=target.tensor
         )
@@ -334,6 +332,7 @@ def run_svd(
         dec = decompose(
             dw.to(torch_device),
             k,
+            fro_sq=known_stats[target.tensor]["delta_sq"],
             method=resolved,
             oversample=oversample,
             power_iters=power_iters,

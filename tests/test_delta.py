@@ -50,3 +50,15 @@ def test_identical_models_give_zero_and_a_warning(llama_pair):
     result = run_delta(str(llama_pair.base), str(llama_pair.base), ArtifactCache(None))
     assert result.summary["all_zero"] and result.summary["targeted_share"] == 0.0
     assert any("identical" in w for w in result.warnings)
+
+
+def test_blockwise_reads_give_the_same_statistics(llama_pair, monkeypatch):
+    from svdlora_cli import delta
+
+    whole = run_delta(str(llama_pair.base), str(llama_pair.tuned), ArtifactCache(None))
+    monkeypatch.setattr(delta, "STATS_CHUNK", 100)  # every tensor is read in many blocks
+    blocks = run_delta(str(llama_pair.base), str(llama_pair.tuned), ArtifactCache(None))
+    for a, b in zip(whole.untargeted + whole.modules, blocks.untargeted + blocks.modules, strict=True):
+        assert a.name == b.name
+        assert b.delta_norm == pytest.approx(a.delta_norm, rel=1e-6)
+        assert b.base_norm == pytest.approx(a.base_norm, rel=1e-6) and b.max_abs == a.max_abs
