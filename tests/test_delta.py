@@ -58,7 +58,9 @@ def test_blockwise_reads_give_the_same_statistics(llama_pair, monkeypatch):
     whole = run_delta(str(llama_pair.base), str(llama_pair.tuned), ArtifactCache(None))
     monkeypatch.setattr(delta, "STATS_CHUNK", 100)  # every tensor is read in many blocks
     blocks = run_delta(str(llama_pair.base), str(llama_pair.tuned), ArtifactCache(None))
-    for a, b in zip(whole.untargeted + whole.modules, blocks.untargeted + blocks.modules, strict=True):
+    for a, b in zip(
+        whole.untargeted + whole.modules, blocks.untargeted + blocks.modules, strict=True
+    ):
         assert a.name == b.name
         assert b.delta_norm == pytest.approx(a.delta_norm, rel=1e-6)
         assert b.base_norm == pytest.approx(a.base_norm, rel=1e-6) and b.max_abs == a.max_abs
