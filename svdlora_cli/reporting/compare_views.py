@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import atomic_path
+from .plots import pyplot, save_figure
 from .text import fixed_width
 
 Row = tuple[str, str, Callable[[Mapping[str, Any]], str], bool]
@@ -186,10 +186,7 @@ def comparison_png(
     dpi: int = 110,
 ) -> Path:
     """Train and eval loss per arm (mean with a min-max band over seeds) and the target line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for i, (arm, runs) in enumerate(curves.items()):
@@ -223,7 +220,4 @@ def comparison_png(
             ax.set_yscale("log")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi)

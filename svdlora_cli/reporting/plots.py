@@ -11,6 +11,24 @@ import numpy as np
 from ..files import atomic_path
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Write a figure atomically as PNG and free it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)
+    return path
+
+
 def _representatives(
     modules: Sequence[Mapping[str, Any]], limit: int = 6
 ) -> list[Mapping[str, Any]]:
@@ -36,10 +54,7 @@ def _cumulative_energy(m: Mapping[str, Any]) -> np.ndarray:
 
 def svd_analysis_png(doc: Mapping[str, Any], path: Path, dpi: int = 110) -> Path:
     """Spectra of representative layers, energy vs rank, mean decay, per-layer energy heatmap."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     modules = [m for m in doc["modules"] if not m["zero_delta"]]
     fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
@@ -111,18 +126,12 @@ def svd_analysis_png(doc: Mapping[str, Any], path: Path, dpi: int = 110) -> Path
         f"total {100 * doc['summary']['total_energy']:.1f}%"
     )
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi)
 
 
 def layer_heatmap_png(doc: Mapping[str, Any], path: Path, value: str = "rank_90") -> Path:
     """Layer x module type, coloured by the rank needed for 90% of ||dW||^2."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = doc["modules"]
     layers = sorted({r["layer"] for r in rows if r["layer"] is not None}) or [0]
@@ -142,18 +151,12 @@ def layer_heatmap_png(doc: Mapping[str, Any], path: Path, value: str = "rank_90"
     )
     fig.colorbar(image, ax=ax, label=value)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 110)
 
 
 def sweep_png(doc: Mapping[str, Any], path: Path) -> Path:
     """Energy captured and relative error against rank, per module type and overall."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = doc["ranks"]
     ranks = [r["rank"] for r in rows]
@@ -187,18 +190,12 @@ def sweep_png(doc: Mapping[str, Any], path: Path) -> Path:
         ax.set_xticks(ranks, [str(r) for r in ranks])
         ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 110)
 
 
 def rank_study_png(study: Mapping[str, Any], path: Path) -> Path:
     """Final loss of the SVD-init student per rank, with the random student as a reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ranks = [s["rank"] for s in study["svd"]]
@@ -219,7 +216,4 @@ def rank_study_png(study: Mapping[str, Any], path: Path) -> Path:
     ax.set(title="Rank study: final loss against LoRA rank", xlabel="rank", ylabel="loss")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 110)

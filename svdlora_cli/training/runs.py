@@ -189,6 +189,23 @@ def reusable_summary(model_dir: Path, key: str) -> dict[str, Any] | None:
     return {**summary, "reused": True}
 
 
+def reuse_or_key(
+    kind: str,
+    model_ref: str,
+    data: Datasets,
+    config: TrainConfig,
+    model_dir: Path,
+    reuse: bool,
+    memo: Any = None,
+    **extra: Any,
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The run's content key (when it is wanted) and a finished run to reuse, if any."""
+    if not (reuse or memo is not None):
+        return None, None
+    key = run_key(kind, model_ref, data, config, memo, **extra)
+    return key, reusable_summary(model_dir, key) if reuse else None
+
+
 def save_hyperparameters(folder: Path, record: dict[str, Any]) -> None:
     """The run's hyperparameters next to its model, as litgpt does."""
     (folder / "svdlora_run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")

@@ -22,8 +22,7 @@ from .runs import (
     load_model,
     load_tokenizer,
     prepare_data,
-    reusable_summary,
-    run_key,
+    reuse_or_key,
     save_hyperparameters,
     write_run_files,
 )
@@ -86,24 +85,22 @@ def train_student(
         )
     tokenizer = load_tokenizer(base_model, config.trust_remote_code)
     data = prepare_data(tokenizer, data_path, eval_path, config.max_length, fields)
-    key = None
-    if reuse or memo is not None:
-        key = run_key(
-            "student-run",
-            base_model,
-            data,
-            config,
-            memo,
-            init=init,
-            ranks=plan.ranks,
-            alpha=plan.alpha,
-            dropout=dropout,
-            factors=factors_digest(factors) if init in FACTOR_INITS else None,
-        )
-    if reuse and key is not None:
-        found = reusable_summary(Path(output_dir) / f"final_model_{name}", key)
-        if found is not None:
-            return found
+    key, found = reuse_or_key(
+        "student-run",
+        base_model,
+        data,
+        config,
+        Path(output_dir) / f"final_model_{name}",
+        reuse,
+        memo,
+        init=init,
+        ranks=plan.ranks,
+        alpha=plan.alpha,
+        dropout=dropout,
+        factors=factors_digest(factors) if init in FACTOR_INITS else None,
+    )
+    if found is not None:
+        return found
     accelerator = make_accelerator(config.device, config.precision)
     torch.manual_seed(config.seed)  # kaiming/gaussian A draws depend on the seed only
     model = get_peft_model(

@@ -13,8 +13,7 @@ from .runs import (
     load_model,
     load_tokenizer,
     prepare_data,
-    reusable_summary,
-    run_key,
+    reuse_or_key,
     save_hyperparameters,
     write_run_files,
 )
@@ -40,15 +39,10 @@ def train_teacher(
     config.validate()
     tokenizer = load_tokenizer(model_name, config.trust_remote_code)
     data = prepare_data(tokenizer, data_path, eval_path, config.max_length, fields)
-    key = (
-        run_key("teacher-run", model_name, data, config, memo)
-        if (reuse or memo is not None)
-        else None
-    )
-    if reuse and key is not None:
-        found = reusable_summary(Path(output_dir) / "final_model", key)
-        if found is not None:
-            return found
+    final = Path(output_dir) / "final_model"
+    key, found = reuse_or_key("teacher-run", model_name, data, config, final, reuse, memo)
+    if found is not None:
+        return found
     accelerator = make_accelerator(config.device, config.precision)
     torch.manual_seed(config.seed)
     model = load_model(model_name, config.trust_remote_code)
