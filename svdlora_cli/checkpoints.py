@@ -103,11 +103,14 @@ def resolve_model_path(ref: str | os.PathLike[str]) -> Path:
             )
         except Exception:  # any miss: not cached, bad id, offline
             pass
-    raise ModelNotFoundError(
-        f"model not found: {text}",
-        "pass a local HF model folder, or a hub id already downloaded to the HF cache "
-        f"(`hf download {text}` on a machine with internet)",
-    )
+    if looks_like_hub_id and text:
+        hint = (
+            "pass a local HF model folder, or a hub id already in the local HF cache "
+            f"(`hf download {text}` on a machine with internet)"
+        )
+    else:
+        hint = "check the path: it should be a model folder with config.json and weight files"
+    raise ModelNotFoundError(f"model not found: {text}", hint)
 
 
 def _read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
