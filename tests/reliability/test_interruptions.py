@@ -105,9 +105,12 @@ def test_sigkill_at_random_points_then_resume(qwen2_pair, tmp_path):
 
 def test_sigint_exits_130_and_keeps_finished_entries(qwen2_pair, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    # A test runner started in the background inherits an ignored SIGINT; restore the
+    # default in the child so it behaves as it does in a terminal.
     proc = subprocess.Popen(
         _svd(qwen2_pair, tmp_path / "out", tmp_path / "cache"),
         env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
