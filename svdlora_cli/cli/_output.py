@@ -37,10 +37,20 @@ def warn(message: str) -> None:
     stderr.print(f"[yellow]Warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def is_primary_process() -> bool:
+    """False on the non-zero ranks of a torchrun / accelerate launch: they stay quiet."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def emit(doc: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], Any]) -> None:
-    """Print `doc` as JSON on stdout, or its rich rendering; warnings go to stderr first."""
+    """Print `doc` as JSON on stdout, or its rich rendering; warnings go to stderr first.
+
+    Under a distributed launch only rank 0 prints, so stdout holds one document.
+    """
     from ..files import dumps_json
 
+    if not is_primary_process():
+        return
     for message in doc.get("warnings", []):
         warn(message)
     if as_json:

@@ -32,7 +32,7 @@ from ._options import (
     WarmupOpt,
     WeightDecayOpt,
 )
-from ._output import emit, require, train_config, training_progress
+from ._output import emit, is_primary_process, require, train_config, training_progress
 
 
 def train_teacher(
@@ -121,7 +121,7 @@ def train_teacher(
             update,
         )
     doc = {"arms": [summary], "config": config.to_dict(), "output_dir": str(folder)}
-    if workspace and summary["artifacts"]:
+    if workspace and summary["artifacts"] and is_primary_process():
         path = (ctx.obj or {}).get("workspace") or Path(WORKSPACE_FILE)
         update_workspace(
             Path(path),
