@@ -115,6 +115,13 @@ def make_accelerator(device: str, precision: str) -> Any:
     return Accelerator(cpu=device == "cpu", mixed_precision=precision)
 
 
+def gathered_state_dict(accelerator: Any, model: Any) -> dict[str, Any] | None:
+    """Under FSDP or ZeRO-3 the full weights, gathered on every rank (a collective);
+    None elsewhere, where `save_pretrained` reads the model itself."""
+    sharded = str(accelerator.distributed_type).rsplit(".", 1)[-1] in ("FSDP", "DEEPSPEED")
+    return accelerator.get_state_dict(model) if sharded else None
+
+
 def _shard(indices: Sequence[int], accelerator: Any) -> list[int]:
     """This process's rows of a micro-batch (all of them in a single process)."""
     return list(indices)[accelerator.process_index :: accelerator.num_processes]

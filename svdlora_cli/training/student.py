@@ -16,7 +16,7 @@ from ..data import FieldNames
 from ..errors import InvalidOptionError
 from ..files import atomic_dir, ensure_writable_dir, write_run_config
 from .inits import FACTOR_INITS, LoraPlan, apply_factor_init, lora_config, plan_lora
-from .loop import StepProgress, TrainConfig, fit, make_accelerator
+from .loop import StepProgress, TrainConfig, fit, gathered_state_dict, make_accelerator
 from .runs import (
     arm_summary,
     load_model,
@@ -132,6 +132,7 @@ def train_student(
     extra = {"init": init, "seed": config.seed}
     summary = arm_summary(name, result, {}) | extra
     accelerator.wait_for_everyone()
+    state_dict = gathered_state_dict(accelerator, model)
     if accelerator.is_main_process:
         folder = ensure_writable_dir(output_dir)
         final = folder / f"final_model_{name}"
@@ -142,10 +143,12 @@ def train_student(
             unwrapped = accelerator.unwrap_model(model)
             if initial_dir is not None:
                 unwrapped.save_pretrained(
-                    tmp, path_initial_model_for_weight_conversion=str(initial_dir)
+                    tmp,
+                    state_dict=state_dict,
+                    path_initial_model_for_weight_conversion=str(initial_dir),
                 )
             else:
-                unwrapped.save_pretrained(tmp)
+                unwrapped.save_pretrained(tmp, state_dict=state_dict)
             save_hyperparameters(tmp, {**record, "run_key": key, "summary": summary})
         write_run_config(folder, "train", record, {"base_model": base_model})
     if initial_dir is not None:

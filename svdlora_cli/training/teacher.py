@@ -7,7 +7,7 @@ from typing import Any
 
 from ..data import FieldNames
 from ..files import atomic_dir, ensure_writable_dir, write_run_config
-from .loop import StepProgress, TrainConfig, fit, make_accelerator
+from .loop import StepProgress, TrainConfig, fit, gathered_state_dict, make_accelerator
 from .runs import (
     arm_summary,
     load_model,
@@ -59,6 +59,7 @@ def train_teacher(
     result.extras.update(train_rows=len(data.train), truncated_rows=data.train.truncated)
     summary = arm_summary("teacher", result, {})
     accelerator.wait_for_everyone()
+    state_dict = gathered_state_dict(accelerator, model)
     if accelerator.is_main_process:
         folder = ensure_writable_dir(output_dir)
         final = folder / "final_model"
@@ -70,7 +71,7 @@ def train_teacher(
         record = _record(model_name, data, config)
         with atomic_dir(final) as tmp:
             # fp32 on purpose: rounding W + dW to bf16 would bury a small dW in noise.
-            accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
             save_hyperparameters(tmp, {**record, "run_key": key, "summary": summary})
         write_run_config(folder, "train-teacher", record, {"base_model": model_name})
