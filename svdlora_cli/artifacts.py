@@ -12,6 +12,24 @@ from .reporting.plots import svd_analysis_png
 from .reporting.text import delta_report, svd_report
 
 
+def _announce(doc: dict[str, Any], paths: dict[str, Path]) -> None:
+    """Record the output paths in the document before anything is written."""
+    doc["artifacts"] = {name: str(path) for name, path in paths.items()}
+
+
+def _finish(
+    doc: dict[str, Any],
+    json_path: Path,
+    command: str,
+    options: dict[str, Any] | None,
+    inputs: dict[str, Any],
+) -> dict[str, Any]:
+    """run_config.json, then the document itself last: its presence means the rest is there."""
+    write_run_config(json_path.parent, command, options or {}, inputs)
+    write_json(json_path, doc)
+    return doc
+
+
 def svd_document(
     result: SvdResult, base_model: str, tuned_model: str, split: str
 ) -> dict[str, Any]:
@@ -46,7 +64,7 @@ def write_svd_outputs(
     if plot:
         paths["plot"] = folder / f"svd_analysis_{label}.png"
     paths["run_config"] = folder / "run_config.json"
-    doc["artifacts"] = {name: str(path) for name, path in paths.items()}
+    _announce(doc, paths)
     metadata = {
         "base_model": base_model,
         "tuned_model": tuned_model,
@@ -65,14 +83,8 @@ def write_svd_outputs(
     write_text(paths["report"], svd_report(doc))
     if plot:
         svd_analysis_png(doc, paths["plot"])
-    write_run_config(
-        folder,
-        "svd",
-        options or {},
-        {"base_model": base_model, "tuned_model": tuned_model, **result.fingerprints},
-    )
-    write_json(paths["analysis"], doc)
-    return doc
+    inputs = {"base_model": base_model, "tuned_model": tuned_model, **result.fingerprints}
+    return _finish(doc, paths["analysis"], "svd", options, inputs)
 
 
 def write_delta_outputs(
@@ -90,16 +102,10 @@ def write_delta_outputs(
         "report": folder / "delta_report.txt",
         "run_config": folder / "run_config.json",
     }
-    doc["artifacts"] = {name: str(path) for name, path in paths.items()}
+    _announce(doc, paths)
     write_text(paths["report"], delta_report(doc))
-    write_run_config(
-        folder,
-        "delta",
-        options or {},
-        {"base_model": base_model, "tuned_model": tuned_model, **result.fingerprints},
-    )
-    write_json(paths["analysis"], doc)
-    return doc
+    inputs = {"base_model": base_model, "tuned_model": tuned_model, **result.fingerprints}
+    return _finish(doc, paths["analysis"], "delta", options, inputs)
 
 
 def write_compare_outputs(
@@ -119,13 +125,11 @@ def write_compare_outputs(
         "markdown": folder / "comparison_report.md",
         "json": folder / "comparison.json",
     }
-    doc["artifacts"] = {name: str(path) for name, path in paths.items()}
+    _announce(doc, paths)
     comparison_png(curves, doc, paths["plot"], log_y)
     write_text(paths["report"], comparison_text(doc))
     write_text(paths["markdown"], comparison_markdown(doc))
-    write_run_config(folder, "compare", options or {}, {})
-    write_json(paths["json"], doc)
-    return doc
+    return _finish(doc, paths["json"], "compare", options, {})
 
 
 def write_layer_outputs(
@@ -136,11 +140,9 @@ def write_layer_outputs(
 
     folder = ensure_writable_dir(output_dir)
     paths = {"json": folder / "layer_report.json", "heatmap": folder / "layer_report_heatmap.png"}
-    doc["artifacts"] = {name: str(path) for name, path in paths.items()}
+    _announce(doc, paths)
     layer_heatmap_png(doc, paths["heatmap"])
-    write_run_config(folder, "layer-report", options or {}, doc.get("fingerprints") or {})
-    write_json(paths["json"], doc)
-    return doc
+    return _finish(doc, paths["json"], "layer-report", options, doc.get("fingerprints") or {})
 
 
 def write_sweep_outputs(
@@ -153,10 +155,8 @@ def write_sweep_outputs(
     paths = {"json": folder / "sweep.json", "plot": folder / "sweep_energy.png"}
     if doc.get("study"):
         paths["rank_study"] = folder / "rank_study.png"
-    doc["artifacts"] = {name: str(path) for name, path in paths.items()}
+    _announce(doc, paths)
     sweep_png(doc, paths["plot"])
     if doc.get("study"):
         rank_study_png(doc["study"], paths["rank_study"])
-    write_run_config(folder, "sweep", options or {}, {})
-    write_json(paths["json"], doc)
-    return doc
+    return _finish(doc, paths["json"], "sweep", options, {})

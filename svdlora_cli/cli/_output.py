@@ -130,15 +130,22 @@ def training_progress(label: str) -> Iterator[Callable[[int, int, float], None]]
         yield update
 
 
-def train_config(**options: Any):
-    """TrainConfig from command options; --bf16/--fp16 become the precision."""
+def train_config(options: dict[str, Any], **overrides: Any):
+    """TrainConfig from a command's options (pass its `locals()`): the keys that name a
+    TrainConfig field are taken, the rest ignored; --bf16/--fp16 become the precision."""
+    import dataclasses
+
     from ..errors import InvalidOptionError
     from ..training.loop import TrainConfig
 
-    bf16, fp16 = options.pop("bf16"), options.pop("fp16")
+    merged = {**options, **overrides}
+    bf16, fp16 = merged.get("bf16", False), merged.get("fp16", False)
     if bf16 and fp16:
         raise InvalidOptionError("--bf16 and --fp16 are exclusive", "pass one of them")
-    options["precision"] = "bf16" if bf16 else "fp16" if fp16 else "no"
-    config = TrainConfig(**options)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"precision"}
+    config = TrainConfig(
+        **{k: v for k, v in merged.items() if k in fields},
+        precision="bf16" if bf16 else "fp16" if fp16 else "no",
+    )
     config.validate()
     return config

@@ -73,18 +73,7 @@ def sweep(
     folder = check_writable_dir(output_dir or DEFAULT_OUTPUT_DIR)
     config = None
     if train:
-        config = train_config(
-            epochs=epochs,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            max_length=max_length,
-            max_steps=max_steps,
-            eval_limit=eval_limit,
-            seed=seed,
-            device=device,
-            bf16=False,
-            fp16=False,
-        )
+        config = train_config(locals())
     cache = resolve_cache(cache_dir, no_cache, cache_size)
     try:
         with progress("SVD") as update:

@@ -89,27 +89,7 @@ def train_teacher(
 
     model = require(model_name, "--model-name", "model_name")
     folder = check_writable_dir(output_dir or Path("svdlora-runs") / "teacher")
-    config = train_config(
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        max_length=max_length,
-        seed=seed,
-        eval_every=eval_every,
-        eval_limit=eval_limit,
-        max_steps=max_steps,
-        bf16=bf16,
-        fp16=fp16,
-        gradient_checkpointing=gradient_checkpointing,
-        device=device,
-        trust_remote_code=trust_remote_code,
-        save_every=save_every,
-        resume=resume,
-        warmup_steps=warmup_steps,
-        lr_scheduler=lr_scheduler,
-        weight_decay=weight_decay,
-    )
+    config = train_config(locals())
     with training_progress("teacher") as update:
         summary = run(
             model,
