@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,21 @@ def split_factors(
     raise InvalidOptionError(f"unknown --split {split!r}", f"use one of: {', '.join(SPLITS)}")
 
 
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """A safetensors file whose bytes depend only on its content.
+
+    safetensors writes the metadata in hash-map order, which changes from process to
+    process; the header is rewritten with sorted keys (offsets are unaffected).
+    """
+    data = save_safetensors(dict(tensors), metadata=dict(metadata))
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.dumps(
+        json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + data[8 + size :]
+
+
 def save_factors(
     path: Path, factors: Mapping[str, LowRankFactors], metadata: Mapping[str, str]
 ) -> Path:
@@ -62,7 +78,7 @@ def save_factors(
         tensors[f"{module}.S"] = f.S.contiguous()
     meta = {"format": "pt", "layout": FACTORS_LAYOUT, **{k: str(v) for k, v in metadata.items()}}
     with atomic_path(path) as tmp:
-        tmp.write_bytes(save_safetensors(tensors, metadata=meta))
+        tmp.write_bytes(safetensors_bytes(tensors, meta))
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -10,8 +11,11 @@ import torch
 
 from .cache import ArtifactCache, content_key
 from .checkpoints import ModelPair
+from .distributed import missing_warning, work_group
 from .errors import NonFiniteDeltaError, SvdloraError
 from .targets import Target, describe, untargeted_kind
+
+log = logging.getLogger("svdlora")
 
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "float64", "float32", "float16", "bfloat16"})
 
@@ -145,6 +149,34 @@ def stats_key(pair: ModelPair, name: str) -> str:
     )
 
 
+def _tensor_stats(
+    pair: ModelPair, names: Sequence[str], cache: ArtifactCache, progress: Progress | None
+) -> dict[str, dict]:
+    """Change statistics of each named tensor, read in blocks, each written to the cache."""
+    found = {}
+    for i, (name, chunks) in enumerate(pair.iter_chunks(names, STATS_CHUNK)):
+        if progress:
+            progress(name, i + 1, len(names))
+        info = pair.base.tensors[name]
+        if info.dtype not in FLOAT_DTYPES:
+            blocks = list(chunks)
+            base, tuned = (torch.cat([c[j].reshape(-1) for c in blocks]) for j in (0, 1))
+            stats = {
+                "base_norm": 0.0,
+                "delta_norm": 0.0,
+                "rel_change": 0.0,
+                "max_abs": 0.0,
+                "delta_sq": 0.0,
+            }
+            if not torch.equal(base, tuned):
+                stats["max_abs"] = math.nan
+        else:
+            stats = chunk_stats(name, chunks)
+        cache.put_json(stats_key(pair, name), stats, tensor=name)
+        found[name] = stats
+    return found
+
+
 def collect_deltas(
     pair: ModelPair,
     targets: Sequence[Target],
@@ -165,26 +197,17 @@ def collect_deltas(
             todo.append(name)
         else:
             found[name] = cached
-    for i, (name, chunks) in enumerate(pair.iter_chunks(todo, STATS_CHUNK)):
-        if progress:
-            progress(name, i + 1, len(todo))
-        info = pair.base.tensors[name]
-        if info.dtype not in FLOAT_DTYPES:
-            blocks = list(chunks)
-            base, tuned = (torch.cat([c[j].reshape(-1) for c in blocks]) for j in (0, 1))
-            stats = {
-                "base_norm": 0.0,
-                "delta_norm": 0.0,
-                "rel_change": 0.0,
-                "max_abs": 0.0,
-                "delta_sq": 0.0,
-            }
-            if not torch.equal(base, tuned):
-                stats["max_abs"] = math.nan
-        else:
-            stats = chunk_stats(name, chunks)
-        cache.put_json(stats_key(pair, name), stats, tensor=name)
-        found[name] = stats
+    with work_group(cache.enabled) as group:
+        computed, late = group.run(
+            todo,
+            key=str,
+            cost=lambda n: pair.base.tensors[n].nbytes,
+            compute=lambda names: _tensor_stats(pair, names, cache, progress),
+            fetch=lambda n: cache.get_json(stats_key(pair, n)),
+        )
+    found.update(computed)
+    if late:
+        log.warning(missing_warning(late, "statistics", cache.directory))
     model_type = pair.base.model_type
     records = [
         _record(by_name[n], n, pair.base.tensors[n].shape, model_type, found[n]) for n in order

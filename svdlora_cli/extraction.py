@@ -31,6 +31,7 @@ from .delta import (
     summarize_deltas,
     target_delta,
 )
+from .distributed import Launch, missing_warning, work_group
 from .errors import InvalidOptionError
 from .targets import Target, select_targets
 
@@ -49,6 +50,13 @@ def check_device(device: str) -> torch.device:
     if parsed.type not in ("cpu", "cuda"):
         raise InvalidOptionError(f"device {device!r} is not supported", "use cpu, cuda or cuda:N")
     return parsed
+
+
+def local_device(device: torch.device) -> torch.device:
+    """`cuda` without an index means this process's GPU (LOCAL_RANK) under a launch."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", Launch.from_env().local_rank)
+    return device
 
 
 def pair_targets(
@@ -273,6 +281,83 @@ def _spectrum_summary(modules: Sequence[ModuleSpectrum]) -> dict:
     }
 
 
+# Reading two bf16 matrices and forming dW costs about this many flops per element of
+# compute time on a CPU (memory bound); it keeps small matrices from looking free.
+READ_COST_PER_ELEMENT = 100.0
+
+
+@dataclass(frozen=True)
+class _SvdItem:
+    """One target to decompose: its method, number of factors and cache key."""
+
+    target: Target
+    method: str
+    k: int
+    key: str
+
+    def cost(self, oversample: int | None, power_iters: int) -> float:
+        """Estimated flops of reading and decomposing, to balance ranks (not a timing)."""
+        m, n = self.target.shape
+        small = min(m, n)
+        read = READ_COST_PER_ELEMENT * m * n
+        if self.method == "exact":  # LAPACK gesdd with thin singular vectors
+            return read + 4.0 * m * n * small + 8.0 * small**3
+        q = min(small, self.k + (max(8, self.k // 2) if oversample is None else oversample))
+        return read + 2.0 * m * n * q * (2 * power_iters + 2)
+
+
+@dataclass
+class _SvdJob:
+    """Decomposes items in order (the next pair read meanwhile) into the cache."""
+
+    pair: ModelPair
+    cache: ArtifactCache
+    device: torch.device
+    oversample: int | None
+    power_iters: int
+    seed: int
+    stats: dict[str, dict] = field(default_factory=dict)
+
+    def run(self, items: Sequence[_SvdItem], progress: Progress | None) -> dict[str, Decomposition]:
+        pair, cache = self.pair, self.cache
+        decs = {}
+        names = [item.target.tensor for item in items]
+        for i, (item, (base, tuned)) in enumerate(
+            zip(items, _prefetched(pair, names), strict=True)
+        ):
+            target = item.target
+            if progress:
+                progress(target.tensor, i + 1, len(items))
+            dw, self.stats[target.tensor] = target_delta(
+                target.tensor, base, tuned, target.transposed
+            )
+            cache.put_json(
+                stats_key(pair, target.tensor), self.stats[target.tensor], tensor=target.tensor
+            )
+            del base, tuned
+            dec = decompose(
+                dw.to(self.device),
+                item.k,
+                fro_sq=self.stats[target.tensor]["delta_sq"],
+                method=item.method,
+                oversample=self.oversample,
+                power_iters=self.power_iters,
+                seed=self.seed,
+            )
+            del dw
+            cache.put_decomposition(
+                item.key,
+                dec,
+                tensor=target.tensor,
+                shape=list(target.shape),
+                base=pair.base_fingerprint,
+                tuned=pair.tuned_fingerprint,
+                rank=Launch.from_env().rank,
+            )
+            decs[target.tensor] = dec
+        return decs
+
+
 def run_svd(
     base_model: str,
     tuned_model: str,
@@ -299,9 +384,8 @@ def run_svd(
     keep = max(wanted, cache_rank)
     clamped = []
     decs: dict[str, Decomposition] = {}
-    known_stats: dict[str, dict] = {}
     hits_before, misses_before = cache.hits, cache.misses
-    todo: list[tuple[Target, str, int, str]] = []
+    todo: list[_SvdItem] = []
     for target in targets:
         full = min(target.shape)
         if wanted > full:
@@ -316,46 +400,34 @@ def run_svd(
         )
         cache.count(hit=dec is not None)
         if dec is None:
-            todo.append((target, resolved, k, keys[0]))
+            todo.append(_SvdItem(target, resolved, k, keys[0]))
         else:
             decs[target.tensor] = dec
-    for i, ((target, resolved, k, key), (base, tuned)) in enumerate(
-        zip(todo, _prefetched(pair, [t.tensor for t, *_ in todo]), strict=True)
-    ):
-        if progress:
-            progress(target.tensor, i + 1, len(todo))
-        dw, known_stats[target.tensor] = target_delta(target.tensor, base, tuned, target.transposed)
-        cache.put_json(
-            stats_key(pair, target.tensor), known_stats[target.tensor], tensor=target.tensor
+    with work_group(cache.enabled) as group:
+        if group.launch.distributed and not cache.enabled:
+            warnings.append(
+                f"without the cache the {group.launch.world_size} processes cannot share "
+                "results: each one decomposed every tensor"
+            )
+        job = _SvdJob(pair, cache, local_device(torch_device), oversample, power_iters, seed)
+        computed, late = group.run(
+            todo,
+            key=lambda item: item.target.tensor,
+            cost=lambda item: item.cost(oversample, power_iters),
+            compute=lambda items: job.run(items, progress),
+            fetch=lambda item: cache.peek_decomposition(item.key, item.k),
         )
-        del base, tuned
-        dec = decompose(
-            dw.to(torch_device),
-            k,
-            fro_sq=known_stats[target.tensor]["delta_sq"],
-            method=resolved,
-            oversample=oversample,
-            power_iters=power_iters,
-            seed=seed,
+        decs.update(computed)
+        if late:
+            warnings.append(missing_warning(late, "decomposition(s)", cache.directory))
+        delta_records, untargeted = collect_deltas(
+            pair, targets, rest, cache, progress=None, known=job.stats
         )
-        del dw
-        cache.put_decomposition(
-            key,
-            dec,
-            tensor=target.tensor,
-            shape=list(target.shape),
-            base=pair.base_fingerprint,
-            tuned=pair.tuned_fingerprint,
-        )
-        decs[target.tensor] = dec
     if clamped:
         warnings.append(
             f"rank {wanted} exceeds min(out, in) of {len(clamped)} module(s) "
             f"(e.g. {clamped[0]}); clamped to their full rank"
         )
-    delta_records, untargeted = collect_deltas(
-        pair, targets, rest, cache, progress=None, known=known_stats
-    )
     by_tensor = {r.name: r for r in delta_records}
     modules: list[ModuleSpectrum] = []
     truncated = {}

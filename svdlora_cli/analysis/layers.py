@@ -16,6 +16,7 @@ import torch
 
 from ..cache import ArtifactCache, content_key
 from ..checkpoints import TensorReader, open_pair
+from ..distributed import missing_warning, work_group
 from ..extraction import SvdResult, run_svd
 from ..targets import describe
 
@@ -114,31 +115,53 @@ def attach_intruders(
     k: int,
     threshold: float,
     progress: Callable[[str, int, int], None] | None = None,
-) -> None:
-    """Add `intruders` to each row (two full SVDs per module, cached per tensor)."""
+) -> int:
+    """Add `intruders` to each row (two full SVDs per module, cached per tensor, split
+    across the processes of a launch); returns how many other ranks' results were missing."""
     pair = open_pair(base_model, tuned_model, cache.memo, with_fingerprints=cache.enabled)
-    with TensorReader(pair.base) as base_reader, TensorReader(pair.tuned) as tuned_reader:
-        for i, row in enumerate(rows):
-            name = f"{row['name']}.weight"
-            key = content_key(
-                "intruders",
-                base=pair.base_fingerprint,
-                tuned=pair.tuned_fingerprint,
-                tensor=name,
-                k=k,
-                threshold=threshold,
-            )
-            cached = cache.get_json(key)
-            if cached is None:
+
+    def key_for(name: str) -> str:
+        return content_key(
+            "intruders",
+            base=pair.base_fingerprint,
+            tuned=pair.tuned_fingerprint,
+            tensor=name,
+            k=k,
+            threshold=threshold,
+        )
+
+    def compute(names: Sequence[str]) -> dict[str, int]:
+        counts = {}
+        with TensorReader(pair.base) as base_reader, TensorReader(pair.tuned) as tuned_reader:
+            for i, name in enumerate(names):
                 if progress:
-                    progress(name, i + 1, len(rows))
+                    progress(name, i + 1, len(names))
                 target = describe(name, pair.base.tensors[name].shape, pair.base.model_type)
                 base, tuned = base_reader.get(name), tuned_reader.get(name)
                 if target.transposed:
                     base, tuned = base.T, tuned.T
-                cached = intruder_count(base, tuned, k, threshold)
-                cache.put_json(key, cached, tensor=name)
-            row["intruders"] = int(cached)
+                counts[name] = intruder_count(base, tuned, k, threshold)
+                cache.put_json(key_for(name), counts[name], tensor=name)
+        return counts
+
+    def cost(name: str) -> float:
+        m, n = pair.base.tensors[name].shape
+        return 2.0 * m * n * min(m, n)
+
+    names = [f"{row['name']}.weight" for row in rows]
+    counts = {n: c for n in names if (c := cache.get_json(key_for(n))) is not None}
+    with work_group(cache.enabled) as group:
+        computed, late = group.run(
+            [n for n in names if n not in counts],
+            str,
+            cost,
+            compute,
+            lambda n: cache.get_json(key_for(n)),
+        )
+    counts.update(computed)
+    for row, name in zip(rows, names, strict=True):
+        row["intruders"] = int(counts[name])
+    return late
 
 
 def layer_report(
@@ -175,10 +198,13 @@ def layer_report(
         progress=progress,
     )
     rows = module_rows(result)
+    warnings = list(result.warnings)
     if intruders:
-        attach_intruders(
+        late = attach_intruders(
             rows, base_model, tuned_model, cache, intruder_k, intruder_threshold, progress
         )
+        if late:
+            warnings.append(missing_warning(late, "intruder count(s)", cache.directory))
     descending = sort not in ("layer", "name")
     rows.sort(
         key=lambda r: (
@@ -198,5 +224,5 @@ def layer_report(
         "intruders": {"k": intruder_k, "threshold": intruder_threshold} if intruders else None,
         "cache": result.cache,
         "fingerprints": result.fingerprints,
-        "warnings": result.warnings,
+        "warnings": warnings,
     }

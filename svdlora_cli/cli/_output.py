@@ -104,8 +104,8 @@ def resolve_cache(cache_dir: Path | None, no_cache: bool, size: str | None = Non
 
 
 def progress_enabled() -> bool:
-    """Progress bars draw on stderr unless SVDLORA_NO_PROGRESS is set."""
-    return os.environ.get("SVDLORA_NO_PROGRESS") is None
+    """Progress bars draw on stderr unless SVDLORA_NO_PROGRESS is set (rank 0 only)."""
+    return os.environ.get("SVDLORA_NO_PROGRESS") is None and is_primary_process()
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from ._options import (
     OutputDirOpt,
     TeacherModelOpt,
 )
-from ._output import emit, progress, resolve_cache
+from ._output import emit, is_primary_process, progress, resolve_cache
 
 
 def compare(
@@ -101,5 +101,7 @@ def compare(
         "eval_limit": eval_limit,
         "log_y": log_y,
     }
+    if not is_primary_process():  # the other ranks computed their share
+        return
     write_compare_outputs(doc, curves_for_plot(runs), folder, log_y, options)
     emit(doc, json_output, compare_table)

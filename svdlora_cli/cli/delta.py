@@ -13,7 +13,7 @@ from ._options import (
     OutputDirOpt,
     TeacherModelOpt,
 )
-from ._output import emit, progress, require, resolve_cache
+from ._output import emit, is_primary_process, progress, require, resolve_cache
 
 
 def delta(
@@ -42,5 +42,7 @@ def delta(
     finally:
         cache.close()
     options = {"include": include, "exclude": exclude, "no_cache": no_cache}
+    if not is_primary_process():  # the other ranks computed their share
+        return
     doc = write_delta_outputs(result, folder, base, tuned, options)
     emit(doc, json_output, delta_table)

@@ -18,7 +18,7 @@ from ._options import (
     OutputDirOpt,
     TeacherModelOpt,
 )
-from ._output import emit, progress, require, resolve_cache
+from ._output import emit, is_primary_process, progress, require, resolve_cache
 
 
 def layer_report(
@@ -82,5 +82,7 @@ def layer_report(
         cache.close()
     doc = {"base_model": base, "tuned_model": tuned, **doc}
     options = {"rank": rank, "sort": sort, "intruders": intruders, "method": method}
+    if not is_primary_process():  # the other ranks computed their share
+        return
     write_layer_outputs(doc, folder, options)
     emit(doc, json_output, layer_table)

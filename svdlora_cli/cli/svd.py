@@ -19,7 +19,7 @@ from ._options import (
     OutputDirOpt,
     TeacherModelOpt,
 )
-from ._output import emit, progress, require, resolve_cache
+from ._output import emit, is_primary_process, progress, require, resolve_cache
 
 
 def svd(
@@ -112,5 +112,7 @@ def svd(
             )
     finally:
         cache.close()
+    if not is_primary_process():  # the other ranks computed their share
+        return
     doc = write_svd_outputs(result, folder, base, tuned, split, options, plot=plot)
     emit(doc, json_output, svd_table)

@@ -26,7 +26,15 @@ from ._options import (
     TeacherModelOpt,
     TrainDeviceOpt,
 )
-from ._output import emit, progress, require, resolve_cache, train_config, training_progress
+from ._output import (
+    emit,
+    is_primary_process,
+    progress,
+    require,
+    resolve_cache,
+    train_config,
+    training_progress,
+)
 
 
 def sweep(
@@ -95,5 +103,7 @@ def sweep(
         "study": study,
         "warnings": result["warnings"],
     }
+    if not is_primary_process():  # the other ranks computed their share
+        return
     write_sweep_outputs(doc, folder, {"ranks": rank_list, "method": method, "train": train})
     emit(doc, json_output, sweep_table)

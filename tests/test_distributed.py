@@ -1,0 +1,179 @@
+"""Splitting extraction work across processes: the balance, the fallback, and torchrun runs."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from svdlora_cli import extraction
+from svdlora_cli.cache import ArtifactCache
+from svdlora_cli.distributed import Launch, WorkGroup, balance, work_group
+from svdlora_cli.extraction import run_svd
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+
+
+def _loads(costs, bins):
+    return [sum(costs[i] for i in b) for b in bins]
+
+
+def test_balance_is_a_partition_close_to_the_best_split():
+    costs = [9.0, 7.0, 6.0, 5.0, 5.0, 4.0, 3.0, 2.0, 1.0, 1.0]
+    for parts in (1, 2, 3, 4):
+        bins = balance(costs, parts)
+        assert sorted(itertools.chain(*bins)) == list(range(len(costs)))
+        assert all(b == sorted(b) for b in bins)
+        best = (
+            min(
+                max(_loads(costs, [[i for i, p in enumerate(a) if p == j] for j in range(parts)]))
+                for a in itertools.product(range(parts), repeat=len(costs))
+            )
+            if parts <= 3
+            else sum(costs) / parts
+        )
+        assert max(_loads(costs, bins)) <= 4 / 3 * best + 1e-9
+    assert balance(costs, 3) == balance(list(costs), 3)  # deterministic
+    assert balance([], 2) == [[], []]
+    # Cost, not count: one big matrix is a share of its own.
+    assert balance([100.0, 1.0, 1.0, 1.0], 2) == [[0], [1, 2, 3]]
+
+
+def test_launch_reads_torchrun_environment(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    launch = Launch.from_env()
+    assert (launch.rank, launch.world_size, launch.local_rank) == (3, 8, 1)
+    assert launch.distributed and not launch.primary
+    assert extraction.local_device(extraction.torch.device("cuda")).index == 1
+    assert extraction.local_device(extraction.torch.device("cuda:0")).index == 0
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name)
+    assert Launch.from_env() == Launch()
+
+
+def test_single_process_group_does_everything():
+    with work_group() as group:
+        assert not group.active
+        assert group.split(["a", "b"], key=str, cost=len) == (["a", "b"], [])
+        group.wait()
+
+
+class _HalfGroup(WorkGroup):
+    """Rank 0 of 2 whose partner never delivers: the other half is missing after `wait`."""
+
+    def __init__(self) -> None:
+        super().__init__(Launch(rank=0, world_size=2), active=False)
+
+    def split(self, todo, key, cost):
+        todo = list(todo)
+        return todo[::2], todo[1::2]
+
+
+def test_results_missing_after_the_barrier_are_computed_here(llama_pair, tmp_path, monkeypatch):
+    reference = run_svd(str(llama_pair.base), str(llama_pair.tuned), ArtifactCache(None), rank=2)
+
+    @contextlib.contextmanager
+    def half(share_through_cache=True):
+        yield _HalfGroup()
+
+    monkeypatch.setattr(extraction, "work_group", half)
+    cache = ArtifactCache(tmp_path / "cache")
+    result = run_svd(str(llama_pair.base), str(llama_pair.tuned), cache, rank=2)
+    assert any("were not in the cache" in w for w in result.warnings)
+    for module, (U, S, _) in reference.truncated.items():
+        assert result.truncated[module][1].equal(S)
+        assert (result.truncated[module][0] * S).allclose(U * S, atol=1e-6)
+    assert result.cache == reference.cache
+
+
+def _torchrun(args: list[str], port: int, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SVDLORA_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [
+            str(TORCHRUN),
+            "--nproc_per_node",
+            "2",
+            f"--master_port={port}",
+            "-m",
+            "svdlora_cli",
+            *args,
+        ],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _single(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    # torchrun gives each process one BLAS thread; one process gets the same, because BLAS
+    # sums in a thread-dependent order and byte equality needs the same order.
+    env = {**os.environ, "SVDLORA_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "svdlora_cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _both(args: list[str], tmp_path: Path, port: int) -> tuple[Path, Path, dict]:
+    """Run one process and two processes, each with its own cache; return both folders."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    runs = {}
+    for label in ("single", "multi"):
+        full = [*args, "-o", str(tmp_path / label), "--cache-dir", str(tmp_path / f"c-{label}")]
+        done = _single(full, tmp_path) if label == "single" else _torchrun(full, port, tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert len(done.stdout.strip().splitlines()) == 1  # one JSON document, from rank 0
+        runs[label] = json.loads(done.stdout)
+    return tmp_path / "single", tmp_path / "multi", runs
+
+
+def _computed_by(cache_dir: Path) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for entry in ArtifactCache(cache_dir).entries():
+        if entry["kind"] == "svd":
+            counts[entry["rank"]] = counts.get(entry["rank"], 0) + 1
+    return counts
+
+
+@needs_torchrun
+@pytest.mark.parametrize("method", ["exact", "randomized"])
+def test_svd_two_processes_write_the_same_bytes(qwen2_pair, tmp_path, method):
+    args = ["svd", "-b", str(qwen2_pair.base), "-t", str(qwen2_pair.tuned), "--rank", "4"]
+    args += ["--method", method, "--cache-rank", "8", "--json", "--no-plot"]
+    single, multi, docs = _both(args, tmp_path, 29541 + (method == "exact"))
+    for name in ("adapter_rank4/adapter_model.safetensors", "svd_factors_rank4.safetensors"):
+        assert (single / name).read_bytes() == (multi / name).read_bytes(), name
+    assert docs["multi"]["modules"] == docs["single"]["modules"]
+    assert docs["multi"]["cache"] == docs["single"]["cache"] == {"hits": 0, "misses": 14}
+    # Both processes decomposed part of the 14 targets, and each target once.
+    assert sorted(_computed_by(tmp_path / "c-multi")) == [0, 1]
+    assert sum(_computed_by(tmp_path / "c-multi").values()) == 14
+    assert sorted(p.name for p in multi.iterdir()) == sorted(p.name for p in single.iterdir())
+
+
+@needs_torchrun
+def test_delta_and_layer_report_two_processes_match_one(llama_pair, tmp_path):
+    pair = ["-b", str(llama_pair.base), "-t", str(llama_pair.tuned), "--json"]
+    _, _, delta = _both(["delta", *pair], tmp_path / "delta", 29543)
+    assert delta["multi"]["modules"] == delta["single"]["modules"]
+    assert delta["multi"]["untargeted"] == delta["single"]["untargeted"]
+    _, _, layers = _both(
+        ["layer-report", *pair, "--rank", "2", "--intruders"], tmp_path / "layers", 29544
+    )
+    assert layers["multi"]["modules"] == layers["single"]["modules"]
+    assert layers["multi"]["by_layer"] == layers["single"]["by_layer"]
