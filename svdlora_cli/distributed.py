@@ -9,14 +9,15 @@ the same code from the same bytes wherever it runs, so the split does not change
 result (on the CPU, given the same number of BLAS threads per process: BLAS sums in a
 thread-dependent order).
 
-The process group is the one already running (accelerate's, under `train`) or a gloo
-group made for the command and destroyed after it, so a later NCCL group is unaffected.
+The process group is the one already running, or one made on first use that lasts
+until exit (accelerate then reuses it for training).
 Several nodes need a --cache-dir on a shared filesystem; a result missing from the cache
 after the barrier is computed locally, with a warning, rather than lost.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -153,25 +154,38 @@ def missing_warning(count: int, what: str, directory: object) -> str:
 
 @contextlib.contextmanager
 def work_group(share_through_cache: bool = True) -> Iterator[WorkGroup]:
-    """The launch's process group for the duration of a step (re-entrant).
+    """The launch's process group for a step (joined, or made on first use).
 
     Without a cache the ranks cannot share results, so each computes everything.
     """
     launch = Launch.from_env()
     group = WorkGroup(launch, share_through_cache)
-    if not group.active:
-        yield group
-        return
+    if group.active:
+        _ensure_process_group(launch)
+    yield group
+
+
+def _ensure_process_group(launch: Launch) -> None:
+    """Join the running process group, or make the one the whole process will use.
+
+    A group cannot be made again after it is destroyed under torchrun (the rendezvous
+    store keeps the old addresses), so the group made here lives until exit, and
+    accelerate reuses it under `train`: gloo for CPU tensors and NCCL for CUDA tensors.
+    """
+    import torch
     import torch.distributed as dist
 
-    created = False
-    if not dist.is_initialized():
-        dist.init_process_group(
-            "gloo", rank=launch.rank, world_size=launch.world_size, timeout=BARRIER_TIMEOUT
-        )
-        created = True
-    try:
-        yield group
-    finally:
-        if created:  # only the outermost step made it
-            dist.destroy_process_group()
+    if dist.is_initialized():
+        return
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(
+        backend, rank=launch.rank, world_size=launch.world_size, timeout=BARRIER_TIMEOUT
+    )
+    atexit.register(_destroy)
+
+
+def _destroy() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
