@@ -1,8 +1,8 @@
 """Training checkpoints for --save-every / --resume, without pickle.
 
-Trainable parameters, AdamW moments and the RNG state go to safetensors; the
-step, the scheduler state, the optimizer's hyperparameters and the step log go
-to JSON. The folder is replaced atomically, so a crash leaves the previous
+Trainable parameters, AdamW moments and every rank's RNG state go to
+safetensors; the step, the scheduler state, the optimizer's hyperparameters and
+the step log go to JSON. The folder is replaced atomically, so a crash leaves the previous
 checkpoint intact.
 """
 
@@ -22,6 +22,30 @@ from .steplog import StepRow
 
 STATE = "state.json"
 TENSORS = "tensors.safetensors"
+FORMAT = 2  # 1 (svdlora <= 0.1) indexed the optimizer state by position
+
+
+def _options(**extra: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **extra)
+
+
+def _all_ranks(value: Any) -> list[Any]:
+    """`value` from every process of a launch, in rank order ([value] in one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def save_checkpoint(
@@ -35,26 +59,38 @@ def save_checkpoint(
     train_seconds: float,
     run_key: str,
 ) -> None:
-    """Everything needed to continue exactly after `step`."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    tensors: dict[str, torch.Tensor] = {
-        f"param.{n}": p.detach().cpu().contiguous()
-        for n, p in model.named_parameters()
-        if p.requires_grad
-    }
-    opt_state = optimizer.state_dict()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for index, state in opt_state["state"].items():
+    """Everything needed to continue exactly after `step`.
+
+    Trainable weights and optimizer moments are gathered into full tensors named by
+    parameter (torch.distributed.checkpoint's full state dict), so one checkpoint serves
+    a single process, DDP and FSDP alike, and any world size on resume. Under a launch
+    every rank must call this (the gather is a collective); rank 0 writes.
+    """
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    params, optim = get_state_dict(
+        model, optimizer, options=_options(cpu_offload=True, ignore_frozen_params=True)
+    )
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+    rng = _all_ranks((torch.get_rng_state(), cuda))
+    if _rank() != 0:
+        return
+    tensors = {f"param.{name}": t.detach().cpu().contiguous() for name, t in params.items()}
+    for name, state in optim["state"].items():
         for key, value in state.items():
-            tensors[f"opt.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tensors["rng.cpu"] = torch.get_rng_state()
+            tensors[f"opt.{name}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    for rank, (cpu_state, cuda_state) in enumerate(rng):
+        tensors[f"rng.cpu.{rank}"] = cpu_state
+        if cuda_state is not None:
+            tensors[f"rng.cuda.{rank}"] = cuda_state
     record = {
+        "format": FORMAT,
         "step": step,
         "tokens": tokens,
         "train_seconds": train_seconds,
         "run_key": run_key,
-        "param_names": [names[id(p)] for p in params],
-        "param_groups": opt_state["param_groups"],
+        "world_size": len(rng),
+        "param_groups": optim["param_groups"],
         "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
         "rows": [asdict(r) for r in rows],
     }
@@ -66,28 +102,51 @@ def save_checkpoint(
 def load_checkpoint(
     folder: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, run_key: str
 ) -> tuple[int, list[StepRow], int, float] | None:
-    """Restore a checkpoint made by the same run; None when there is none."""
-    if not (folder / STATE).is_file():
+    """Restore a checkpoint made by the same run; None when there is none.
+
+    Under a launch every rank reads the folder, so it must be on a filesystem every node
+    sees; a checkpoint some ranks see and others do not is an error, not a silent restart.
+    """
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    seen = _all_ranks((folder / STATE).is_file())
+    if any(seen) and not all(seen):
+        missing = [rank for rank, found in enumerate(seen) if not found]
+        raise SvdloraError(
+            f"the checkpoint in {folder} is missing on process(es) {missing}",
+            "put --output-dir on a filesystem that every node shares",
+        )
+    if not seen[0]:
         return None
     record = json.loads((folder / STATE).read_text())
+    if record.get("format") != FORMAT:
+        raise SvdloraError(
+            f"the checkpoint in {folder} was written by another svdlora version",
+            "delete the folder to start afresh",
+        )
     if record.get("run_key") != run_key:
         raise SvdloraError(
             f"the checkpoint in {folder} belongs to a run with other inputs or settings",
             "rerun with the original settings, or delete the folder to start afresh",
         )
     tensors = load_file(str(folder / TENSORS))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for key, value in tensors.items():
-            if key.startswith("param."):
-                params[key.removeprefix("param.")].copy_(value)
-    state: dict[int, dict[str, torch.Tensor]] = {}
+    params = {k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}
+    state: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("opt."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": record["param_groups"]})
+            name, field = key.removeprefix("opt.").rsplit(".", 1)
+            state.setdefault(name, {})[field] = value
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=params,
+        optim_state_dict={"state": state, "param_groups": record["param_groups"]},
+        options=_options(strict=False),  # the frozen weights are not in the checkpoint
+    )
     scheduler.load_state_dict({**scheduler.state_dict(), **record["scheduler"]})
-    torch.set_rng_state(tensors["rng.cpu"])
+    rank = _rank() if f"rng.cpu.{_rank()}" in tensors else 0
+    torch.set_rng_state(tensors[f"rng.cpu.{rank}"])
+    if torch.cuda.is_available() and f"rng.cuda.{rank}" in tensors:
+        torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"])
     rows = [StepRow(**r) for r in record["rows"]]
     return int(record["step"]), rows, int(record["tokens"]), float(record["train_seconds"])

@@ -115,10 +115,15 @@ def make_accelerator(device: str, precision: str) -> Any:
     return Accelerator(cpu=device == "cpu", mixed_precision=precision)
 
 
+def engine(accelerator: Any) -> str:
+    """NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED, ... (accelerate's DistributedType name)."""
+    return str(accelerator.distributed_type).rsplit(".", 1)[-1]
+
+
 def gathered_state_dict(accelerator: Any, model: Any) -> dict[str, Any] | None:
     """Under FSDP or ZeRO-3 the full weights, gathered on every rank (a collective);
     None elsewhere, where `save_pretrained` reads the model itself."""
-    sharded = str(accelerator.distributed_type).rsplit(".", 1)[-1] in ("FSDP", "DEEPSPEED")
+    sharded = engine(accelerator) in ("FSDP", "DEEPSPEED")
     return accelerator.get_state_dict(model) if sharded else None
 
 
@@ -189,6 +194,12 @@ def fit(
     from transformers import get_scheduler
 
     config.validate()
+    if (config.save_every or config.resume) and engine(accelerator) == "DEEPSPEED":
+        raise InvalidOptionError(
+            "--save-every / --resume do not work under DeepSpeed yet",
+            "use the FSDP config (examples/distributed/fsdp_8gpu.yaml), whose checkpoints "
+            "work, or drop --save-every",
+        )
     schedule = batch_schedule(
         len(train),
         config.batch_size,
@@ -295,18 +306,17 @@ def fit(
             and number % config.save_every == 0
             and not last
         ):
-            if accelerator.is_main_process:
-                save_checkpoint(
-                    checkpoint_dir,
-                    accelerator.unwrap_model(model),
-                    optimizer,
-                    scheduler,
-                    number,
-                    rows,
-                    tokens,
-                    train_seconds,
-                    key,
-                )
+            save_checkpoint(  # a collective: every rank gathers, rank 0 writes
+                checkpoint_dir,
+                model,
+                optimizer,
+                scheduler,
+                number,
+                rows,
+                tokens,
+                train_seconds,
+                key,
+            )
             accelerator.wait_for_everyone()
         if progress:
             progress(number, len(schedule), loss_value)

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from svdlora_cli.errors import InvalidOptionError
+from svdlora_cli.training.loop import TrainConfig, fit
+
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 ARGS = [
     "train-teacher",
@@ -97,3 +100,41 @@ def test_svd_student_two_processes_match_one(tiny_llm, tiny_data, tmp_path):
     assert abs(two["initial_loss"] - one["initial_loss"]) < 1e-5
     assert two["steps"] == one["steps"] and two["tokens"] == one["tokens"]
     assert abs(two["final_loss"] - one["final_loss"]) < 1e-5
+
+
+@needs_torchrun
+def test_checkpoints_resume_under_ddp_and_fsdp(tiny_llm, tiny_data, tmp_path):
+    """resume_launch.py: --save-every/--resume under 2 DDP processes, and the checkpoint
+    format on an FSDP2-sharded model (full tensors gathered, restored into shards)."""
+    env = {
+        **os.environ,
+        "SVDLORA_NO_PROGRESS": "1",
+        "OMP_NUM_THREADS": "1",
+        "SVDLORA_TEST_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": str(Path(__file__).parents[2]),
+    }
+    script = Path(__file__).with_name("resume_launch.py")
+    inputs = [str(tiny_llm), str(tiny_data[0]), str(tmp_path / "runs")]
+    done = subprocess.run(
+        [str(TORCHRUN), "--nproc_per_node=2", "--master_port=29535", str(script), *inputs],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(done.stdout)
+    assert doc["checkpointed"] and doc["world_size"] == 2 and doc["engine"] == "MULTI_CPU"
+    assert doc["teacher_gap"] < 1e-6
+    assert doc["student_gap"] < 1e-6
+    assert doc["fsdp_gap"] < 1e-6
+
+
+def test_deepspeed_checkpoints_are_refused_before_training():
+    class DeepSpeedAccelerator:
+        distributed_type = "DistributedType.DEEPSPEED"
+
+    config = TrainConfig(epochs=1, batch_size=4, device="cpu", save_every=2)
+    with pytest.raises(InvalidOptionError, match="DeepSpeed") as error:
+        fit(None, None, None, config, 0, DeepSpeedAccelerator())
+    assert "FSDP" in error.value.hint
