@@ -156,6 +156,7 @@ class SvdResult:
     fan_in_fan_out: bool
     target_deltas: list[DeltaRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    compute: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -178,6 +179,7 @@ class SvdResult:
             "summary": self.summary,
             "fingerprints": self.fingerprints,
             "cache": self.cache,
+            "compute": self.compute,
             "warnings": self.warnings,
         }
 
@@ -328,6 +330,9 @@ class _SvdJob:
             target = item.target
             if progress:
                 progress(target.tensor, i + 1, len(items))
+            # On a GPU, dW and its statistics are formed there too (the CPU would be the
+            # bottleneck); the prefetch thread reads the next pair meanwhile.
+            base, tuned = base.to(self.device), tuned.to(self.device)
             dw, self.stats[target.tensor] = target_delta(
                 target.tensor, base, tuned, target.transposed
             )
@@ -489,6 +494,11 @@ def run_svd(
         fan_in_fan_out=any(t.transposed for t in targets),
         target_deltas=delta_records,
         warnings=warnings,
+        compute={  # where this rank decomposed (CPU results depend on the thread count)
+            "device": str(job.device),
+            "processes": group.launch.world_size,
+            "threads": torch.get_num_threads(),
+        },
     )
 
 

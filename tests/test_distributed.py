@@ -159,6 +159,8 @@ def test_svd_two_processes_write_the_same_bytes(qwen2_pair, tmp_path, method):
     for name in ("adapter_rank4/adapter_model.safetensors", "svd_factors_rank4.safetensors"):
         assert (single / name).read_bytes() == (multi / name).read_bytes(), name
     assert docs["multi"]["modules"] == docs["single"]["modules"]
+    assert docs["multi"]["compute"] == {"device": "cpu", "processes": 2, "threads": 1}
+    assert docs["single"]["compute"]["processes"] == 1
     assert docs["multi"]["cache"] == docs["single"]["cache"] == {"hits": 0, "misses": 14}
     # Both processes decomposed part of the 14 targets, and each target once.
     assert sorted(_computed_by(tmp_path / "c-multi")) == [0, 1]

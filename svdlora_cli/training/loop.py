@@ -127,9 +127,15 @@ def gathered_state_dict(accelerator: Any, model: Any) -> dict[str, Any] | None:
     return accelerator.get_state_dict(model) if sharded else None
 
 
-def _shard(indices: Sequence[int], accelerator: Any) -> list[int]:
-    """This process's rows of a micro-batch (all of them in a single process)."""
-    return list(indices)[accelerator.process_index :: accelerator.num_processes]
+def _shard(indices: Sequence[int], accelerator: Any) -> tuple[list[int], float]:
+    """This process's rows of a micro-batch (all of them in a single process), and their
+    weight: 1, or 0 for a stand-in row when the micro-batch has fewer rows than processes.
+
+    Every process must run the same number of forward passes (DDP syncs buffers and FSDP
+    gathers weights in each), so a process without rows runs one whose loss counts 0.
+    """
+    mine = list(indices)[accelerator.process_index :: accelerator.num_processes]
+    return (mine, 1.0) if mine else (list(indices)[:1], 0.0)
 
 
 def _loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -165,11 +171,11 @@ def mean_loss(
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     for batch_indices in indices:
-        mine = _shard(batch_indices, accelerator)
-        if not mine:
-            continue
+        mine, weight = _shard(batch_indices, accelerator)
         loss, count = _loss_sum(model, _to(collate(mine, data, pad_id), accelerator.device))
-        total += torch.tensor([float(loss), count], dtype=torch.float64, device=accelerator.device)
+        total += weight * torch.tensor(
+            [float(loss), count], dtype=torch.float64, device=accelerator.device
+        )
     total = accelerator.reduce(total, reduction="sum")
     model.train(was_training)
     return float(total[0] / total[1]) if total[1] > 0 else float("nan")
@@ -255,26 +261,26 @@ def fit(
         if number <= done:
             continue
         tic = time.perf_counter()
-        batches = [
-            collate(mine, train, pad_id)
-            for mine in (_shard(b, accelerator) for b in step.micro_batches)
-            if mine
-        ]
-        answer_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+        shards = [_shard(b, accelerator) for b in step.micro_batches]
+        batches = [(collate(mine, train, pad_id), weight) for mine, weight in shards]
+        answer_tokens = sum(
+            weight * int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b, weight in batches
+        )
         total_answer = accelerator.reduce(
             torch.tensor(float(answer_tokens), device=accelerator.device), "sum"
         )
         step_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
         step_tokens = 0
-        for batch in batches:
+        for batch, weight in batches:
             batch = _to(batch, accelerator.device)
             with accelerator.autocast():
                 loss_sum, _ = _loss_sum(model, batch)
+            loss_sum = loss_sum * weight
             # Scale so the summed gradient is the mean over all answer tokens of the step
             # (times world size, which DDP's gradient averaging divides back out).
             accelerator.backward(loss_sum * accelerator.num_processes / total_answer)
             step_loss += loss_sum.detach().double()
-            step_tokens += int(batch["attention_mask"].sum())
+            step_tokens += int(weight * batch["attention_mask"].sum())
         grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()

@@ -5,7 +5,7 @@ runs; an FSDP2-sharded model (accelerate shards only on GPUs, torch does on CPUs
 saved, restored into a fresh sharded copy and trained on matches the original. Prints
 one JSON line on rank 0.
 
-    torchrun --nproc_per_node 2 resume_launch.py MODEL DATA OUT
+    torchrun --nproc_per_node 2 resume_launch.py MODEL DATA OUT [MAX_LENGTH]
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from svdlora_cli.training.loop import TrainConfig
 from svdlora_cli.training.student import base_plan, svd_factors_for, train_student
 from svdlora_cli.training.teacher import train_teacher
 
+DEVICE = os.environ.get("SVDLORA_TEST_DEVICE", "cpu")  # cuda in benchmarks/gpu_check.py
 CONFIG = TrainConfig(
-    epochs=2, learning_rate=3e-3, batch_size=4, max_length=64, device="cpu", save_every=2
+    epochs=2, learning_rate=3e-3, batch_size=4, max_length=64, device=DEVICE, save_every=2
 )
 RESUMED = TrainConfig(**{**CONFIG.to_dict(), "resume": True})
 
@@ -52,11 +53,13 @@ def fsdp_roundtrip(folder: Path) -> float:
 
     from svdlora_cli.training.checkpointing import load_checkpoint, save_checkpoint
 
+    device = torch.device("cuda", torch.cuda.current_device()) if DEVICE == "cuda" else "cpu"
+
     def build():
         torch.manual_seed(0)
         model = torch.nn.Sequential(
             torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8)
-        )
+        ).to(device)
         model[0].weight.requires_grad_(False)  # frozen, like a LoRA student's base weights
         for layer in (model[0], model[2]):
             fully_shard(layer)
@@ -67,7 +70,7 @@ def fsdp_roundtrip(folder: Path) -> float:
 
     def step(model, optimizer, scheduler, seed: int) -> None:
         gen = torch.Generator().manual_seed(100 * seed + dist.get_rank())
-        model(torch.randn(4, 16, generator=gen)).pow(2).mean().backward()
+        model(torch.randn(4, 16, generator=gen).to(device)).pow(2).mean().backward()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
@@ -89,6 +92,10 @@ def fsdp_roundtrip(folder: Path) -> float:
 
 def main() -> None:
     model, data, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    if len(sys.argv) > 4:
+        global CONFIG, RESUMED
+        CONFIG = TrainConfig(**{**CONFIG.to_dict(), "max_length": int(sys.argv[4])})
+        RESUMED = TrainConfig(**{**RESUMED.to_dict(), "max_length": int(sys.argv[4])})
     train_teacher(model, out / "full", CONFIG, data)
     with contextlib.suppress(KeyboardInterrupt):
         train_teacher(model, out / "cut", CONFIG, data, progress=interrupt_at(5))
