@@ -179,3 +179,14 @@ def test_delta_and_layer_report_two_processes_match_one(llama_pair, tmp_path):
     )
     assert layers["multi"]["modules"] == layers["single"]["modules"]
     assert layers["multi"]["by_layer"] == layers["single"]["by_layer"]
+
+
+@needs_torchrun
+def test_bad_input_under_torchrun_names_the_rank(qwen2_pair, tmp_path):
+    args = ["svd", "-b", str(tmp_path / "missing"), "-t", str(qwen2_pair.tuned), "-r", "4"]
+    done = _torchrun([*args, "-o", str(tmp_path / "out")], 29545, tmp_path)
+    assert done.returncode != 0
+    assert "Error: model not found" in done.stderr
+    assert "Error: [rank 1] model not found" in done.stderr
+    assert "Hint:" in done.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

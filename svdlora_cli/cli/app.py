@@ -27,8 +27,12 @@ from ._output import setup_logging, stderr
 
 
 def show_error(error: SvdloraError) -> None:
-    """One `Error:` line and one `Hint:` line on stderr."""
-    stderr.print(f"[bold red]Error:[/] {escape(error.message)}", highlight=False, soft_wrap=True)
+    """One `Error:` line and one `Hint:` line on stderr (naming the rank, beyond rank 0)."""
+    rank = int(os.environ.get("RANK", "0"))
+    where = f"[rank {rank}] " if rank else ""
+    stderr.print(
+        f"[bold red]Error:[/] {escape(where + error.message)}", highlight=False, soft_wrap=True
+    )
     if error.hint:
         stderr.print(f"[bold]Hint:[/] {escape(error.hint)}", highlight=False, soft_wrap=True)
 
