@@ -35,6 +35,19 @@ def run(cmd: list[str], threads: int, label: str) -> dict:
         os.environ.pop("OMP_NUM_THREADS", None)
 
 
+def rank_seconds(cache_dir: Path) -> dict[int, float]:
+    """Seconds each rank spent forming and decomposing its share (from the cache index)."""
+    from svdlora_cli.cache import ArtifactCache
+
+    cache = ArtifactCache(cache_dir)
+    totals: dict[int, float] = {}
+    for entry in cache.entries():
+        if entry["kind"] == "svd":
+            totals[entry["rank"]] = totals.get(entry["rank"], 0.0) + entry["seconds"]
+    cache.close()
+    return {rank: round(total, 2) for rank, total in sorted(totals.items())}
+
+
 def adapter(out: Path, rank: int) -> bytes:
     return (out / f"adapter_rank{rank}" / "adapter_model.safetensors").read_bytes()
 
@@ -52,7 +65,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     per_process = max(1, cores // args.processes)
     walls: dict[str, list[float]] = {"single": [], "launch": [], "single_same_threads": []}
-    identical = []
+    identical, balance = [], []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for repeat in range(args.repeats):
@@ -67,10 +80,12 @@ def main() -> None:
                 threads = cores if label == "single" else per_process
                 walls[label].append(run(cmd, threads, label)["wall_s"])
                 outs[label] = out
+            balance.append(rank_seconds(root / f"cache-launch{repeat}"))
             reference = adapter(outs["single_same_threads"], args.rank)
             identical.append(adapter(outs["launch"], args.rank) == reference)
-    single, launch = statistics.median(walls["single"]), statistics.median(walls["launch"])
-    same = statistics.median(walls["single_same_threads"])
+    single, launch, same = (
+        round(statistics.median(walls[k]), 2) for k in ("single", "launch", "single_same_threads")
+    )
     figures = {
         "pair": str(args.pair),
         "rank": args.rank,
@@ -83,6 +98,11 @@ def main() -> None:
         "speedup_vs_single": round(single / launch, 2),
         "speedup_vs_same_threads": round(same / launch, 2),
         "adapter_identical": all(identical),
+        # Decomposition seconds per rank: the split is balanced when these are close.
+        "rank_seconds": balance,
+        "max_over_mean_load": round(
+            max(max(b.values()) / statistics.fmean(b.values()) for b in balance), 3
+        ),
         "walls": walls,
     }
     print(json.dumps(figures, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -332,6 +333,7 @@ class _SvdJob:
                 progress(target.tensor, i + 1, len(items))
             # On a GPU, dW and its statistics are formed there too (the CPU would be the
             # bottleneck); the prefetch thread reads the next pair meanwhile.
+            start = time.perf_counter()
             base, tuned = base.to(self.device), tuned.to(self.device)
             dw, self.stats[target.tensor] = target_delta(
                 target.tensor, base, tuned, target.transposed
@@ -357,7 +359,8 @@ class _SvdJob:
                 shape=list(target.shape),
                 base=pair.base_fingerprint,
                 tuned=pair.tuned_fingerprint,
-                rank=Launch.from_env().rank,
+                rank=Launch.from_env().rank,  # who computed it, and how long it took
+                seconds=round(time.perf_counter() - start, 4),
             )
             decs[target.tensor] = dec
         return decs

@@ -84,6 +84,8 @@ def test_bench_distributed_runs_and_adapters_match(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["adapter_identical"] is True
     assert figures["processes"] == 2 and figures["launch_s"] > 0
+    assert sorted(figures["rank_seconds"][0]) == ["0", "1"]  # both ranks decomposed
+    assert figures["max_over_mean_load"] >= 1.0
 
 
 def test_gpu_check_passes_on_cpu_processes(tmp_path):
