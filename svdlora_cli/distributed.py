@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import datetime
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -152,14 +153,33 @@ def missing_warning(count: int, what: str, directory: object) -> str:
     )
 
 
+_SPLIT = contextvars.ContextVar("svdlora_split_across_processes", default=False)
+
+
+@contextlib.contextmanager
+def split_across_processes(enabled: bool = True) -> Iterator[None]:
+    """Inside this block, extraction under a launch splits its work across the processes.
+
+    Every process must then make the same calls (they meet in collectives). The CLI
+    turns it on for every command; a library caller opts in, so that a script that
+    decomposes on rank 0 alone does not wait forever for the other ranks.
+    """
+    token = _SPLIT.set(enabled)
+    try:
+        yield
+    finally:
+        _SPLIT.reset(token)
+
+
 @contextlib.contextmanager
 def work_group(share_through_cache: bool = True) -> Iterator[WorkGroup]:
-    """The launch's process group for a step (joined, or made on first use).
+    """The launch's process group for a step (joined, or made on first use), when
+    splitting is on (`split_across_processes`).
 
     Without a cache the ranks cannot share results, so each computes everything.
     """
     launch = Launch.from_env()
-    group = WorkGroup(launch, share_through_cache)
+    group = WorkGroup(launch, share_through_cache and _SPLIT.get())
     if group.active:
         _ensure_process_group(launch)
     yield group

@@ -14,7 +14,13 @@ import pytest
 
 from svdlora_cli import extraction
 from svdlora_cli.cache import ArtifactCache
-from svdlora_cli.distributed import Launch, WorkGroup, balance, work_group
+from svdlora_cli.distributed import (
+    Launch,
+    WorkGroup,
+    balance,
+    split_across_processes,
+    work_group,
+)
 from svdlora_cli.extraction import run_svd
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -58,6 +64,17 @@ def test_launch_reads_torchrun_environment(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name)
     assert Launch.from_env() == Launch()
+
+
+def test_splitting_is_opt_in_for_library_callers(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with work_group() as group:  # a script calling run_svd on one rank must not wait
+        assert not group.active
+    with split_across_processes(), work_group(share_through_cache=False) as group:
+        assert not group.active  # nothing to share results through
+    with split_across_processes(), split_across_processes(False), work_group() as group:
+        assert not group.active
 
 
 def test_single_process_group_does_everything():

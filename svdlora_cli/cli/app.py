@@ -41,8 +41,11 @@ class SvdloraGroup(TyperGroup):
     """Maps typed core errors and Ctrl-C to clean messages (SVDLORA_DEBUG=1 keeps tracebacks)."""
 
     def invoke(self, ctx: Any) -> Any:
+        from ..distributed import split_across_processes
+
         try:
-            return super().invoke(ctx)
+            with split_across_processes():  # under torchrun, every rank runs the command
+                return super().invoke(ctx)
         except SvdloraError as exc:
             if os.environ.get("SVDLORA_DEBUG"):
                 raise
