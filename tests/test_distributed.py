@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +19,7 @@ from svdlora_cli.distributed import (
     work_group,
 )
 from svdlora_cli.extraction import run_svd
-
-TORCHRUN = Path(sys.executable).with_name("torchrun")
-needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+from tests.launching import launch, needs_torchrun
 
 
 def _loads(costs, bins):
@@ -112,47 +107,13 @@ def test_results_missing_after_the_barrier_are_computed_here(llama_pair, tmp_pat
     assert result.cache == reference.cache
 
 
-def _torchrun(args: list[str], port: int, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SVDLORA_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [
-            str(TORCHRUN),
-            "--nproc_per_node",
-            "2",
-            f"--master_port={port}",
-            "-m",
-            "svdlora_cli",
-            *args,
-        ],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def _single(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    # torchrun gives each process one BLAS thread; one process gets the same, because BLAS
-    # sums in a thread-dependent order and byte equality needs the same order.
-    env = {**os.environ, "SVDLORA_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "svdlora_cli", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def _both(args: list[str], tmp_path: Path, port: int) -> tuple[Path, Path, dict]:
     """Run one process and two processes, each with its own cache; return both folders."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     runs = {}
     for label in ("single", "multi"):
         full = [*args, "-o", str(tmp_path / label), "--cache-dir", str(tmp_path / f"c-{label}")]
-        done = _single(full, tmp_path) if label == "single" else _torchrun(full, port, tmp_path)
+        done = launch(full, 1 if label == "single" else 2, port)
         assert done.returncode == 0, done.stderr[-3000:]
         assert len(done.stdout.strip().splitlines()) == 1  # one JSON document, from rank 0
         runs[label] = json.loads(done.stdout)
@@ -201,7 +162,7 @@ def test_delta_and_layer_report_two_processes_match_one(llama_pair, tmp_path):
 @needs_torchrun
 def test_bad_input_under_torchrun_names_the_rank(qwen2_pair, tmp_path):
     args = ["svd", "-b", str(tmp_path / "missing"), "-t", str(qwen2_pair.tuned), "-r", "4"]
-    done = _torchrun([*args, "-o", str(tmp_path / "out")], 29545, tmp_path)
+    done = launch([*args, "-o", str(tmp_path / "out")], 2, 29545)
     assert done.returncode != 0
     assert "Error: model not found" in done.stderr
     assert "Error: [rank 1] model not found" in done.stderr

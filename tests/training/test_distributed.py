@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +11,9 @@ from safetensors.torch import load_file
 
 from svdlora_cli.errors import InvalidOptionError
 from svdlora_cli.training.loop import TrainConfig, fit
+from tests.launching import launch, needs_torchrun
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
+ROOT = Path(__file__).resolve().parents[2]
 ARGS = [
     "train-teacher",
     "--data-path",
@@ -42,23 +40,10 @@ def _log(path: Path) -> list[dict[str, str]]:
 
 def _run(args: list[str], out: Path, processes: int, port: int) -> dict:
     """One JSON document from `svdlora ARGS -o OUT`, in one process or under torchrun."""
-    env = {**os.environ, "SVDLORA_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable]
-    if processes > 1:
-        launcher = [str(TORCHRUN), f"--nproc_per_node={processes}", f"--master_port={port}"]
-    done = subprocess.run(
-        [*launcher, "-m", "svdlora_cli", *args, "-o", str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = launch([*args, "-o", str(out)], processes, port)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(done.stdout.strip().splitlines()) == 1  # only rank 0 prints
     return json.loads(done.stdout)
-
-
-needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
 
 
 @needs_torchrun
@@ -106,22 +91,10 @@ def test_svd_student_two_processes_match_one(tiny_llm, tiny_data, tmp_path):
 def test_checkpoints_resume_under_ddp_and_fsdp(tiny_llm, tiny_data, tmp_path):
     """resume_launch.py: --save-every/--resume under 2 DDP processes, and the checkpoint
     format on an FSDP2-sharded model (full tensors gathered, restored into shards)."""
-    env = {
-        **os.environ,
-        "SVDLORA_NO_PROGRESS": "1",
-        "OMP_NUM_THREADS": "1",
-        "SVDLORA_TEST_CACHE": str(tmp_path / "cache"),
-        "PYTHONPATH": str(Path(__file__).parents[2]),
-    }
-    script = Path(__file__).with_name("resume_launch.py")
     inputs = [str(tiny_llm), str(tiny_data[0]), str(tmp_path / "runs")]
-    done = subprocess.run(
-        [str(TORCHRUN), "--nproc_per_node=2", "--master_port=29535", str(script), *inputs],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    env = {"SVDLORA_TEST_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    script = Path(__file__).with_name("resume_launch.py")
+    done = launch(inputs, 2, 29535, script=script, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(done.stdout)
     assert doc["checkpointed"] and doc["world_size"] == 2 and doc["engine"] == "MULTI_CPU"

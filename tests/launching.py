@@ -1,0 +1,38 @@
+"""Run the CLI (or a script) in one process or under torchrun, as the distributed tests do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+
+
+def launch(
+    args: list[str],
+    processes: int = 1,
+    port: int = 0,
+    script: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """`svdlora ARGS` (or `python SCRIPT ARGS`) in one process, or under torchrun.
+
+    Every process gets one BLAS thread, torchrun's default: BLAS sums in a thread-dependent
+    order, so byte-equal results need the same thread count in both kinds of run.
+    """
+    program = [str(script)] if script else ["-m", "svdlora_cli"]
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher = [str(TORCHRUN), f"--nproc_per_node={processes}", f"--master_port={port}"]
+    return subprocess.run(
+        [*launcher, *program, *args],
+        env={**os.environ, "SVDLORA_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
