@@ -120,11 +120,24 @@ def engine(accelerator: Any) -> str:
     return str(accelerator.distributed_type).rsplit(".", 1)[-1]
 
 
-def gathered_state_dict(accelerator: Any, model: Any) -> dict[str, Any] | None:
-    """Under FSDP or ZeRO-3 the full weights, gathered on every rank (a collective);
-    None elsewhere, where `save_pretrained` reads the model itself."""
-    sharded = engine(accelerator) in ("FSDP", "DEEPSPEED")
-    return accelerator.get_state_dict(model) if sharded else None
+def gathered_state_dict(
+    accelerator: Any, model: Any, trainable_only: bool = False
+) -> dict[str, Any] | None:
+    """Under FSDP or ZeRO-3 the full weights (a collective: every rank calls it); None
+    elsewhere, where `save_pretrained` reads the model itself.
+
+    Under FSDP only rank 0 receives the tensors, in host memory, and `trainable_only`
+    leaves the frozen base out: a 7B LoRA student gathers its adapters, not 30 GB.
+    """
+    kind = engine(accelerator)
+    if kind == "FSDP":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(
+            full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only
+        )
+        return get_model_state_dict(model, options=options)
+    return accelerator.get_state_dict(model) if kind == "DEEPSPEED" else None
 
 
 def _shard(indices: Sequence[int], accelerator: Any) -> tuple[list[int], float]:

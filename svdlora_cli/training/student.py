@@ -132,7 +132,7 @@ def train_student(
     extra = {"init": init, "seed": config.seed}
     summary = arm_summary(name, result, {}) | extra
     accelerator.wait_for_everyone()
-    state_dict = gathered_state_dict(accelerator, model)
+    state_dict = gathered_state_dict(accelerator, model, trainable_only=True)
     if accelerator.is_main_process:
         folder = ensure_writable_dir(output_dir)
         final = folder / f"final_model_{name}"

@@ -52,6 +52,7 @@ def fsdp_roundtrip(folder: Path) -> float:
     from torch.distributed.fsdp import fully_shard
 
     from svdlora_cli.training.checkpointing import load_checkpoint, save_checkpoint
+    from svdlora_cli.training.loop import gathered_state_dict
 
     device = torch.device("cuda", torch.cuda.current_device()) if DEVICE == "cuda" else "cpu"
 
@@ -87,7 +88,18 @@ def fsdp_roundtrip(folder: Path) -> float:
     full = StateDictOptions(full_state_dict=True)
     a = get_model_state_dict(original[0], options=full)
     b = get_model_state_dict(restored[0], options=full)
-    return max((a[k] - b[k]).abs().max().item() for k in a)
+    gap = max((a[k] - b[k]).abs().max().item() for k in a)
+
+    class FsdpAccelerator:  # what the student saves under accelerate's FSDP
+        distributed_type = "DistributedType.FSDP"
+
+    saved = gathered_state_dict(FsdpAccelerator(), original[0], trainable_only=True)
+    if dist.get_rank() == 0:  # full tensors of the trainable weights, on rank 0 only
+        assert sorted(saved) == ["0.bias", "2.bias", "2.weight"], sorted(saved)
+        gap = max([gap] + [(saved[k] - a[k].cpu()).abs().max().item() for k in saved])
+    else:
+        assert not saved
+    return gap
 
 
 def main() -> None:
