@@ -36,3 +36,32 @@ def launch(
         text=True,
         timeout=300,
     )
+
+
+def launch_nodes(args_per_node: list[list[str]], port: int) -> list[tuple[int, str, str]]:
+    """One single-process torchrun "node" per argument list, all on this machine at once
+    (a multi-node launch whose nodes may be given different options, e.g. caches).
+    Returns (exit code, stdout, stderr) per node."""
+    env = {**os.environ, "SVDLORA_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    nodes = [
+        subprocess.Popen(
+            [
+                str(TORCHRUN),
+                f"--nnodes={len(args_per_node)}",
+                f"--node_rank={rank}",
+                "--nproc_per_node=1",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                "-m",
+                "svdlora_cli",
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank, args in enumerate(args_per_node)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    return [(node.returncode, out, err) for node, (out, err) in zip(nodes, outputs, strict=True)]

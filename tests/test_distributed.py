@@ -19,7 +19,7 @@ from svdlora_cli.distributed import (
     work_group,
 )
 from svdlora_cli.extraction import run_svd
-from tests.launching import launch, needs_torchrun
+from tests.launching import launch, launch_nodes, needs_torchrun
 
 
 def _loads(costs, bins):
@@ -168,3 +168,25 @@ def test_bad_input_under_torchrun_names_the_rank(qwen2_pair, tmp_path):
     assert "Error: [rank 1] model not found" in done.stderr
     assert "Hint:" in done.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@needs_torchrun
+def test_two_nodes_without_a_shared_cache_still_agree(qwen2_pair, tmp_path):
+    """Two one-process "nodes", each with its own cache: after the barrier neither finds
+    the other's results, recomputes them with a warning, and the adapter bytes still
+    equal a single process's."""
+    args = ["svd", "-b", str(qwen2_pair.base), "-t", str(qwen2_pair.tuned), "-r", "4"]
+    args += ["--json", "--no-plot"]
+    per_node = [
+        [*args, "-o", str(tmp_path / f"node{i}"), "--cache-dir", str(tmp_path / f"c{i}")]
+        for i in (0, 1)
+    ]
+    nodes = launch_nodes(per_node, 29546)
+    assert [rc for rc, _, _ in nodes] == [0, 0], nodes[0][2][-2000:]
+    doc = json.loads(nodes[0][1])
+    assert any("were not in the cache" in w for w in doc["warnings"])
+    assert "[rank 1]" in nodes[1][2] and nodes[1][1] == ""  # rank 1 warns, prints nothing
+    single = launch([*args, "-o", str(tmp_path / "single"), "--cache-dir", str(tmp_path / "c")])
+    assert single.returncode == 0, single.stderr
+    name = "adapter_rank4/adapter_model.safetensors"
+    assert (tmp_path / "node0" / name).read_bytes() == (tmp_path / "single" / name).read_bytes()

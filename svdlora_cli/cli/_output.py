@@ -34,7 +34,9 @@ def setup_logging() -> None:
 
 
 def warn(message: str) -> None:
-    stderr.print(f"[yellow]Warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    rank = int(os.environ.get("RANK", "0"))
+    where = f"[rank {rank}] " if rank else ""
+    stderr.print(f"[yellow]Warning:[/] {escape(where + message)}", highlight=False, soft_wrap=True)
 
 
 def is_primary_process() -> bool:
