@@ -26,7 +26,10 @@ def delta(
     no_cache: NoCacheOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Per-target ||W||, ||dW||, relative change and max |dW|, with untargeted changes."""
+    """Per-target ||W||, ||dW||, relative change and max |dW|, with untargeted changes.
+
+    Under torchrun the tensors are split across the processes; rank 0 writes the outputs.
+    """
     from ..artifacts import write_delta_outputs
     from ..extraction import run_delta
     from ..files import check_writable_dir

@@ -52,7 +52,10 @@ def layer_report(
     no_cache: NoCacheOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Per module: ||dW||, relative change, energy at r, rank for 90/95/99%, rank measures."""
+    """Per module: ||dW||, relative change, energy at r, rank for 90/95/99%, rank measures.
+
+    Under torchrun the tensors are split across the processes; rank 0 writes the outputs.
+    """
     from ..analysis.layers import layer_report as run
     from ..artifacts import write_layer_outputs
     from ..files import check_writable_dir

@@ -63,7 +63,10 @@ def svd(
     no_cache: NoCacheOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Decompose dW per target; write factors, a PEFT adapter, spectra JSON, report and plot."""
+    """Decompose dW per target; write factors, a PEFT adapter, spectra JSON, report and plot.
+
+    Under torchrun the tensors are split across the processes; rank 0 writes the outputs.
+    """
     from ..adapters import SPLITS
     from ..artifacts import write_svd_outputs
     from ..errors import InvalidOptionError
