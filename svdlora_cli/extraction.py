@@ -55,9 +55,16 @@ def check_device(device: str) -> torch.device:
 
 def local_device(device: torch.device) -> torch.device:
     """`cuda` without an index means this process's GPU (LOCAL_RANK) under a launch."""
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", Launch.from_env().local_rank)
-    return device
+    if device.type != "cuda":
+        return device
+    index = Launch.from_env().local_rank if device.index is None else device.index
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise InvalidOptionError(
+            f"device cuda:{index} requested but this machine has {count} GPU(s)",
+            f"start at most {count} process(es) per node, or pass --device cpu",
+        )
+    return torch.device("cuda", index)
 
 
 def pair_targets(
@@ -385,7 +392,7 @@ def run_svd(
 ) -> SvdResult:
     """Decompose every target's dW once (per content key) and truncate at the chosen rank(s)."""
     _validate(rank, energy, max_rank, method, cache_rank)
-    torch_device = check_device(device)
+    torch_device = local_device(check_device(device))
     pair = open_pair(base_model, tuned_model, cache.memo, with_fingerprints=cache.enabled)
     targets, rest, warnings = pair_targets(pair, include, exclude)
     wanted = rank if rank is not None else max_rank
@@ -417,7 +424,7 @@ def run_svd(
                 f"without the cache the {group.launch.world_size} processes cannot share "
                 "results: each one decomposed every tensor"
             )
-        job = _SvdJob(pair, cache, local_device(torch_device), oversample, power_iters, seed)
+        job = _SvdJob(pair, cache, torch_device, oversample, power_iters, seed)
         computed, late = group.run(
             todo,
             key=lambda item: item.target.tensor,

@@ -18,6 +18,7 @@ from svdlora_cli.distributed import (
     split_across_processes,
     work_group,
 )
+from svdlora_cli.errors import InvalidOptionError
 from svdlora_cli.extraction import run_svd
 from tests.launching import launch, launch_nodes, needs_torchrun
 
@@ -54,8 +55,14 @@ def test_launch_reads_torchrun_environment(monkeypatch):
     launch = Launch.from_env()
     assert (launch.rank, launch.world_size, launch.local_rank) == (3, 8, 1)
     assert launch.distributed and not launch.primary
-    assert extraction.local_device(extraction.torch.device("cuda")).index == 1
-    assert extraction.local_device(extraction.torch.device("cuda:0")).index == 0
+    torch = extraction.torch
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert extraction.local_device(torch.device("cuda")).index == 1  # LOCAL_RANK
+    assert extraction.local_device(torch.device("cuda:0")).index == 0
+    assert extraction.local_device(torch.device("cpu")).type == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(InvalidOptionError, match="has 2 GPU"):
+        extraction.local_device(torch.device("cuda"))
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name)
     assert Launch.from_env() == Launch()
