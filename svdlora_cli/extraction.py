@@ -350,7 +350,7 @@ class _SvdJob:
             )
             del base, tuned
             dec = decompose(
-                dw.to(self.device),
+                dw,
                 item.k,
                 fro_sq=self.stats[target.tensor]["delta_sq"],
                 method=item.method,
