@@ -5,6 +5,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,7 @@ from svdlora_cli.distributed import (
 )
 from svdlora_cli.errors import InvalidOptionError
 from svdlora_cli.extraction import run_svd
-from tests.launching import launch, launch_nodes, needs_torchrun
+from tests.launching import TORCHRUN, launch, launch_nodes, needs_torchrun
 
 
 def _loads(costs, bins):
@@ -197,3 +201,40 @@ def test_two_nodes_without_a_shared_cache_still_agree(qwen2_pair, tmp_path):
     assert single.returncode == 0, single.stderr
     name = "adapter_rank4/adapter_model.safetensors"
     assert (tmp_path / "node0" / name).read_bytes() == (tmp_path / "single" / name).read_bytes()
+
+
+def _payloads(cache: Path) -> int:
+    return len(list((cache / "payloads").glob("*/*.safetensors"))) if cache.exists() else 0
+
+
+@needs_torchrun
+def test_killed_launch_resumes_from_the_cache(qwen2_pair, tmp_path):
+    """SIGKILL to the whole torchrun launch mid-way; the rerun reuses what both ranks
+    stored and writes the same adapter bytes as an uninterrupted single process."""
+    slow = Path(__file__).parent / "reliability" / "slow_svd.py"
+    svd = ["svd", "-b", str(qwen2_pair.base), "-t", str(qwen2_pair.tuned), "-r", "4", "--json"]
+    args = [*svd, "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    env = {**os.environ, "SVDLORA_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    run = subprocess.Popen(
+        [str(TORCHRUN), "--nproc_per_node=2", "--master_port=29547", str(slow), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # one signal reaches torchrun and both workers
+    )
+    deadline = time.monotonic() + 120
+    while run.poll() is None and _payloads(tmp_path / "cache") < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert run.poll() is None, "the launch ended before it could be killed"
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    stored = _payloads(tmp_path / "cache")
+    assert 4 <= stored < 14
+    rerun = launch(args, 2, 29548)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads(rerun.stdout)["cache"]["hits"] >= stored
+    reference = launch([*svd, "-o", str(tmp_path / "ref"), "--cache-dir", str(tmp_path / "c")])
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    name = "adapter_rank4/adapter_model.safetensors"
+    assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
