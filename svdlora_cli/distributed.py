@@ -29,9 +29,11 @@ from typing import TypeVar
 T = TypeVar("T")
 V = TypeVar("V")
 
-# Long enough for the slowest rank's share of a large model's decompositions; a crashed
-# rank ends the whole launch through torchrun, not through this timeout.
-BARRIER_TIMEOUT = datetime.timedelta(hours=12)
+# A rank waits at a barrier for the others' shares, which the cost model keeps within a
+# few percent of its own, so long waits mean a hung rank. A crashed rank ends the whole
+# launch through torchrun, not through this timeout. `train` reuses the group, so it is
+# also the timeout of its collectives.
+BARRIER_TIMEOUT = datetime.timedelta(hours=2)
 
 
 @dataclass(frozen=True)
