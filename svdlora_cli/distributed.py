@@ -17,7 +17,6 @@ after the barrier is computed locally, with a warning, rather than lost.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import contextvars
 import datetime
@@ -203,11 +202,20 @@ def _ensure_process_group(launch: Launch) -> None:
     dist.init_process_group(
         backend, rank=launch.rank, world_size=launch.world_size, timeout=BARRIER_TIMEOUT
     )
-    atexit.register(_destroy)
 
 
-def _destroy() -> None:
+def release_process_group() -> None:
+    """Destroy the process group, if any, before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's threads are torn down in an arbitrary order and
+    a rank can abort ("terminate called without an active exception") after its work
+    is done, failing the whole launch. No collective: safe on an error path too.
+    """
+    import sys
+
+    if "torch.distributed" not in sys.modules:  # never imported: nothing to release
+        return
     import torch.distributed as dist
 
-    if dist.is_initialized():
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -124,12 +124,16 @@ def root(
 
 def main() -> None:
     """Console-script entry point."""
+    from ..distributed import release_process_group
+
     quiet_libraries()
     try:
         app(prog_name="svdlora")
     except KeyboardInterrupt:  # outside a command (e.g. while importing): still a clean stop
         stderr.print("[bold]Interrupted.[/]")
         sys.exit(130)
+    finally:
+        release_process_group()  # ours, or accelerate's under train / train-teacher
 
 
 def quiet_libraries() -> None:

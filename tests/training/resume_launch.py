@@ -20,6 +20,7 @@ import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
+from svdlora_cli.distributed import release_process_group
 from svdlora_cli.training.loop import TrainConfig
 from svdlora_cli.training.student import base_plan, svd_factors_for, train_student
 from svdlora_cli.training.teacher import train_teacher
@@ -143,6 +144,7 @@ def main() -> None:
             "engine": str(AcceleratorState().distributed_type).rsplit(".", 1)[-1],
         }
         print(json.dumps(doc))
+    release_process_group()
 
 
 def cache_from_env():
