@@ -42,6 +42,13 @@ def _all_ranks(value: Any) -> list[Any]:
     return gathered
 
 
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def _rank() -> int:
     import torch.distributed as dist
 
@@ -73,8 +80,23 @@ def save_checkpoint(
     )
     cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
     rng = _all_ranks((torch.get_rng_state(), cuda))
-    if _rank() != 0:
-        return
+    if _rank() == 0:
+        _write(folder, params, optim, rng, scheduler, step, rows, tokens, train_seconds, run_key)
+    _barrier()  # nobody reads the folder before rank 0 has replaced it
+
+
+def _write(
+    folder: Path,
+    params: dict[str, torch.Tensor],
+    optim: dict[str, Any],
+    rng: list[Any],
+    scheduler: Any,
+    step: int,
+    rows: list[StepRow],
+    tokens: int,
+    train_seconds: float,
+    run_key: str,
+) -> None:
     tensors = {f"param.{name}": t.detach().cpu().contiguous() for name, t in params.items()}
     for name, state in optim["state"].items():
         for key, value in state.items():

@@ -325,7 +325,7 @@ def fit(
             and number % config.save_every == 0
             and not last
         ):
-            save_checkpoint(  # a collective: every rank gathers, rank 0 writes
+            save_checkpoint(  # a collective: every rank gathers, rank 0 writes, all wait
                 checkpoint_dir,
                 model,
                 optimizer,
@@ -336,7 +336,6 @@ def fit(
                 train_seconds,
                 key,
             )
-            accelerator.wait_for_everyone()
         if progress:
             progress(number, len(schedule), loss_value)
     if checkpoint_dir is not None and accelerator.is_main_process:
