@@ -204,12 +204,13 @@ def _ensure_process_group(launch: Launch) -> None:
     )
 
 
-def release_process_group() -> None:
-    """Destroy the process group, if any, before the interpreter exits.
+def release_process_group(succeeded: bool = True) -> None:
+    """Meet the other ranks, then destroy the process group, before the interpreter exits.
 
-    Left to interpreter shutdown, gloo's threads are torn down in an arbitrary order and
-    a rank can abort ("terminate called without an active exception") after its work
-    is done, failing the whole launch. No collective: safe on an error path too.
+    A rank that tears gloo down while a peer still talks to it can abort ("terminate
+    called without an active exception") after its own work is done, failing the whole
+    launch. After a success every rank gets here, so a barrier first is safe; after a
+    failure the others may be stuck elsewhere (torchrun stops them), so no barrier then.
     """
     import sys
 
@@ -218,4 +219,6 @@ def release_process_group() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if succeeded:
+            dist.barrier()
         dist.destroy_process_group()

@@ -127,13 +127,17 @@ def main() -> None:
     from ..distributed import release_process_group
 
     quiet_libraries()
+    succeeded = False
     try:
         app(prog_name="svdlora")
+    except SystemExit as done:  # click ends every run with one; 0 or None is success
+        succeeded = done.code in (0, None)
+        raise
     except KeyboardInterrupt:  # outside a command (e.g. while importing): still a clean stop
         stderr.print("[bold]Interrupted.[/]")
         sys.exit(130)
     finally:
-        release_process_group()  # ours, or accelerate's under train / train-teacher
+        release_process_group(succeeded)  # ours, or accelerate's under train / train-teacher
 
 
 def quiet_libraries() -> None:
