@@ -81,22 +81,27 @@ def save_checkpoint(
     cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
     rng = _all_ranks((torch.get_rng_state(), cuda))
     if _rank() == 0:
-        _write(folder, params, optim, rng, scheduler, step, rows, tokens, train_seconds, run_key)
+        record = {
+            "format": FORMAT,
+            "step": step,
+            "tokens": tokens,
+            "train_seconds": train_seconds,
+            "run_key": run_key,
+            "world_size": len(rng),
+            "param_groups": optim["param_groups"],
+            "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+            "rows": [asdict(r) for r in rows],
+        }
+        with atomic_dir(folder) as tmp:
+            save_file(_flat_tensors(params, optim, rng), str(tmp / TENSORS))
+            (tmp / STATE).write_text(json.dumps(record))
     _barrier()  # nobody reads the folder before rank 0 has replaced it
 
 
-def _write(
-    folder: Path,
-    params: dict[str, torch.Tensor],
-    optim: dict[str, Any],
-    rng: list[Any],
-    scheduler: Any,
-    step: int,
-    rows: list[StepRow],
-    tokens: int,
-    train_seconds: float,
-    run_key: str,
-) -> None:
+def _flat_tensors(
+    params: dict[str, torch.Tensor], optim: dict[str, Any], rng: list[Any]
+) -> dict[str, torch.Tensor]:
+    """`param.NAME`, `opt.NAME.FIELD` and `rng.{cpu,cuda}.RANK`, contiguous on the CPU."""
     tensors = {f"param.{name}": t.detach().cpu().contiguous() for name, t in params.items()}
     for name, state in optim["state"].items():
         for key, value in state.items():
@@ -105,20 +110,7 @@ def _write(
         tensors[f"rng.cpu.{rank}"] = cpu_state
         if cuda_state is not None:
             tensors[f"rng.cuda.{rank}"] = cuda_state
-    record = {
-        "format": FORMAT,
-        "step": step,
-        "tokens": tokens,
-        "train_seconds": train_seconds,
-        "run_key": run_key,
-        "world_size": len(rng),
-        "param_groups": optim["param_groups"],
-        "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
-        "rows": [asdict(r) for r in rows],
-    }
-    with atomic_dir(folder) as tmp:
-        save_file(tensors, str(tmp / TENSORS))
-        (tmp / STATE).write_text(json.dumps(record))
+    return tensors
 
 
 def load_checkpoint(
