@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from .adapters import save_factors, write_peft_adapter
-from .extraction import DeltaResult, SvdResult
+from .delta import DeltaResult
+from .extraction import SvdResult
 from .files import ensure_writable_dir, write_json, write_run_config, write_text
 from .reporting.plots import svd_analysis_png
 from .reporting.text import delta_report, svd_report

@@ -1,9 +1,10 @@
-"""Resolve model refs, index their shards and stream tensors one at a time.
+"""Index a checkpoint's shards and stream its tensors one at a time.
 
 A checkpoint is opened from its headers only: tensor names, shapes and dtypes
 come from the safetensors JSON header, never from loading the weights. Tensors
 are then read one at a time, keeping a single shard open, so peak memory stays
-at a few tensors however large the model is.
+at a few tensors however large the model is. Model refs are resolved to folders
+in `model_refs`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any, Protocol
 
 import torch
 
-from .errors import CheckpointError, ModelMismatchError, ModelNotFoundError
+from .errors import CheckpointError, ModelMismatchError
+from .model_refs import resolve_model_path
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -74,43 +76,6 @@ class Checkpoint:
         """Tensor names in file order, so a stream reads each shard once."""
         order = {f: i for i, f in enumerate(self.files)}
         return sorted(self.tensors, key=lambda n: (order[self.tensors[n].file], n))
-
-
-def resolve_model_path(ref: str | os.PathLike[str]) -> Path:
-    """A local folder, a built-in name (smollm2-135m, tiny), or a hub id (optionally
-    `id@revision`) already in the local HF cache."""
-    text = str(ref)
-    from .models.builtin import is_builtin, resolve_builtin
-
-    if is_builtin(text) and not Path(text).exists():
-        return resolve_builtin(text)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    if path.exists():
-        raise ModelNotFoundError(
-            f"model ref {text} is a file, not a model folder",
-            "pass the folder that holds config.json and the weight files",
-        )
-    looks_like_hub_id = text.count("/") <= 1 and not text.startswith((".", "/", "~"))
-    if looks_like_hub_id and text:
-        repo_id, _, revision = text.partition("@")
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(
-                snapshot_download(repo_id, revision=revision or None, local_files_only=True)
-            )
-        except Exception:  # any miss: not cached, bad id, offline
-            pass
-    if looks_like_hub_id and text:
-        hint = (
-            "pass a local HF model folder, or a hub id already in the local HF cache "
-            f"(`hf download {text}` on a machine with internet)"
-        )
-    else:
-        hint = "check the path: it should be a model folder with config.json and weight files"
-    raise ModelNotFoundError(f"model not found: {text}", hint)
 
 
 def _read_safetensors_header(file: Path) -> dict[str, TensorInfo]:

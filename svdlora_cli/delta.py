@@ -1,19 +1,19 @@
-"""Streamed weight deltas dW = W_tuned - W_base and their statistics."""
+"""Streamed weight deltas dW = W_tuned - W_base, their statistics and the `delta` step."""
 
 from __future__ import annotations
 
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from .cache import ArtifactCache, content_key
-from .checkpoints import ModelPair
+from .checkpoints import ModelPair, open_pair
 from .distributed import missing_warning, work_group
 from .errors import NonFiniteDeltaError, SvdloraError
-from .targets import Target, describe, untargeted_kind
+from .targets import Target, describe, select_targets, untargeted_kind
 
 log = logging.getLogger("svdlora")
 
@@ -93,16 +93,6 @@ def _stats(base_sq: float, delta_sq: float, max_abs: float) -> dict[str, float]:
         "max_abs": max_abs,
         "delta_sq": delta_sq,
     }
-
-
-def tensor_stats(name: str, base: torch.Tensor, tuned: torch.Tensor) -> dict[str, float]:
-    """chunk_stats of two whole tensors, block by block."""
-    flat_base, flat_tuned = base.reshape(-1), tuned.reshape(-1)
-    blocks = (
-        (flat_base[i : i + STATS_CHUNK], flat_tuned[i : i + STATS_CHUNK])
-        for i in range(0, max(1, flat_base.numel()), STATS_CHUNK)
-    )
-    return chunk_stats(name, blocks)
 
 
 def target_delta(
@@ -269,3 +259,53 @@ def check_pair_names(pair: ModelPair, targets: Sequence[Target]) -> list[str]:
                 "check they are the same architecture",
             )
     return sorted(one_sided)
+
+
+def pair_targets(
+    pair: ModelPair, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> tuple[list[Target], list[str], list[str]]:
+    """Targets, untargeted shared tensors, and warnings about one-sided tensors."""
+    shapes = {n: pair.base.tensors[n].shape for n in [*pair.names, *pair.only_base]}
+    shapes.update({n: pair.tuned.tensors[n].shape for n in pair.only_tuned})
+    targets, rest = select_targets(shapes, pair.base.model_type, include, exclude)
+    one_sided = check_pair_names(pair, targets)
+    warnings = [f"{n} exists in only one model; it is left out of every figure" for n in one_sided]
+    return targets, [n for n in rest if n not in set(one_sided)], warnings
+
+
+@dataclass
+class DeltaResult:
+    """Per-target and untargeted change statistics with their summaries."""
+
+    modules: list[DeltaRecord]
+    untargeted: list[DeltaRecord]
+    summary: dict
+    fingerprints: dict[str, str | None]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "modules": [r.to_dict() for r in self.modules],
+            "untargeted": [r.to_dict() for r in self.untargeted if r.changed],
+            "summary": self.summary,
+            "fingerprints": self.fingerprints,
+            "warnings": self.warnings,
+        }
+
+
+def run_delta(
+    base_model: str,
+    tuned_model: str,
+    cache: ArtifactCache,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    progress: Progress | None = None,
+) -> DeltaResult:
+    """Statistics of dW for every target and every other changed tensor."""
+    pair = open_pair(base_model, tuned_model, cache.memo, with_fingerprints=cache.enabled)
+    targets, rest, warnings = pair_targets(pair, include, exclude)
+    modules, untargeted = collect_deltas(pair, targets, rest, cache, progress=progress)
+    summary = summarize_deltas(modules, untargeted)
+    if summary["all_zero"]:
+        warnings.append("base and tuned are identical: every delta is exactly zero")
+    return DeltaResult(modules, untargeted, summary, pair.fingerprints(), warnings)

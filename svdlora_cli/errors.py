@@ -43,6 +43,22 @@ class OutputError(SvdloraError):
     """An output folder or file cannot be written."""
 
 
+class OutputWriteError(OutputError):
+    """Writing a file failed in the OS (disk full, quota, read-only mount, permissions)."""
+
+    def __init__(
+        self, message: str, hint: str, path: str, errno: int | None, needed: int | None = None
+    ) -> None:
+        super().__init__(message, hint)
+        self.path = path
+        self.errno = errno
+        self.needed = needed
+
+
+class StepLogError(SvdloraError):
+    """A training log (CSV) or run record (JSON) is malformed before its last line."""
+
+
 __all__ = [
     "CheckpointError",
     "ConfigError",
@@ -51,5 +67,7 @@ __all__ = [
     "ModelNotFoundError",
     "NonFiniteDeltaError",
     "OutputError",
+    "OutputWriteError",
+    "StepLogError",
     "SvdloraError",
 ]

@@ -1,120 +1,30 @@
-"""The delta and SVD steps: model pair in, per-module records and factors out."""
+"""The SVD step: model pair in, per-module spectra, truncated factors and summaries out."""
 
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from .adapters import LowRankFactors, split_factors
-from .cache import DEFAULT_CACHE_RANK, ArtifactCache, content_key
-from .checkpoints import ModelPair, TensorReader, open_pair
+from .cache import DEFAULT_CACHE_RANK, ArtifactCache
+from .checkpoints import open_pair
 from .decompose import (
     ENERGY_LEVELS,
     METHODS,
     POWER_ITERS,
     Decomposition,
-    decompose,
     rank_for_energy,
     resolve_method,
     spectrum_stats,
 )
-from .delta import (
-    DeltaRecord,
-    Progress,
-    check_pair_names,
-    collect_deltas,
-    stats_key,
-    summarize_deltas,
-    target_delta,
-)
-from .distributed import Launch, missing_warning, work_group
+from .delta import DeltaRecord, Progress, collect_deltas, pair_targets, summarize_deltas
+from .devices import check_device, local_device
+from .distributed import missing_warning, work_group
 from .errors import InvalidOptionError
-from .targets import Target, select_targets
-
-
-def check_device(device: str) -> torch.device:
-    """Parse a device string and make sure it exists here."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InvalidOptionError(f"unknown device {device!r}", "use cpu, cuda or cuda:N") from exc
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidOptionError(
-            f"device {device} requested but CUDA is not available",
-            "use --device cpu, or install a CUDA build of torch on a machine with a GPU",
-        )
-    if parsed.type not in ("cpu", "cuda"):
-        raise InvalidOptionError(f"device {device!r} is not supported", "use cpu, cuda or cuda:N")
-    return parsed
-
-
-def local_device(device: torch.device) -> torch.device:
-    """`cuda` without an index means this process's GPU (LOCAL_RANK) under a launch."""
-    if device.type != "cuda":
-        return device
-    index = Launch.from_env().local_rank if device.index is None else device.index
-    count = torch.cuda.device_count()
-    if index >= count:
-        raise InvalidOptionError(
-            f"device cuda:{index} requested but this machine has {count} GPU(s)",
-            f"start at most {count} process(es) per node, or pass --device cpu",
-        )
-    return torch.device("cuda", index)
-
-
-def pair_targets(
-    pair: ModelPair, include: Sequence[str] = (), exclude: Sequence[str] = ()
-) -> tuple[list[Target], list[str], list[str]]:
-    """Targets, untargeted shared tensors, and warnings about one-sided tensors."""
-    shapes = {n: pair.base.tensors[n].shape for n in [*pair.names, *pair.only_base]}
-    shapes.update({n: pair.tuned.tensors[n].shape for n in pair.only_tuned})
-    targets, rest = select_targets(shapes, pair.base.model_type, include, exclude)
-    one_sided = check_pair_names(pair, targets)
-    warnings = [f"{n} exists in only one model; it is left out of every figure" for n in one_sided]
-    return targets, [n for n in rest if n not in set(one_sided)], warnings
-
-
-@dataclass
-class DeltaResult:
-    """Per-target and untargeted change statistics with their summaries."""
-
-    modules: list[DeltaRecord]
-    untargeted: list[DeltaRecord]
-    summary: dict
-    fingerprints: dict[str, str | None]
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {
-            "modules": [r.to_dict() for r in self.modules],
-            "untargeted": [r.to_dict() for r in self.untargeted if r.changed],
-            "summary": self.summary,
-            "fingerprints": self.fingerprints,
-            "warnings": self.warnings,
-        }
-
-
-def run_delta(
-    base_model: str,
-    tuned_model: str,
-    cache: ArtifactCache,
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    progress: Progress | None = None,
-) -> DeltaResult:
-    """Statistics of dW for every target and every other changed tensor."""
-    pair = open_pair(base_model, tuned_model, cache.memo, with_fingerprints=cache.enabled)
-    targets, rest, warnings = pair_targets(pair, include, exclude)
-    modules, untargeted = collect_deltas(pair, targets, rest, cache, progress=progress)
-    summary = summarize_deltas(modules, untargeted)
-    if summary["all_zero"]:
-        warnings.append("base and tuned are identical: every delta is exactly zero")
-    return DeltaResult(modules, untargeted, summary, pair.fingerprints(), warnings)
+from .svd_job import SvdItem, SvdJob, svd_key
 
 
 @dataclass
@@ -223,49 +133,6 @@ def _validate(
         )
 
 
-def _svd_key(
-    pair: ModelPair,
-    target: Target,
-    method: str,
-    oversample: int | None,
-    power_iters: int,
-    seed: int,
-) -> str:
-    params: dict = {"method": method}
-    if method == "randomized":
-        params.update(oversample=oversample, power_iters=power_iters, seed=seed)
-    return content_key(
-        "svd",
-        base=pair.base_fingerprint,
-        tuned=pair.tuned_fingerprint,
-        tensor=target.tensor,
-        **params,
-    )
-
-
-def _prefetched(
-    pair: ModelPair, names: Sequence[str]
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Tensor pairs in order, the next one read by a background thread while this one is used.
-
-    Reading (safetensors, mostly I/O and memcpy) overlaps the SVD (torch kernels release
-    the GIL); only the reader thread touches the shard handles, and at most two pairs live.
-    """
-    if not names:
-        return
-    with (
-        ThreadPoolExecutor(max_workers=1) as pool,
-        TensorReader(pair.base) as b,
-        TensorReader(pair.tuned) as t,
-    ):
-        future = pool.submit(lambda n=names[0]: (b.get(n), t.get(n)))
-        for following in [*names[1:], None]:
-            current = future.result()
-            if following is not None:
-                future = pool.submit(lambda n=following: (b.get(n), t.get(n)))
-            yield current
-
-
 def _round(values: torch.Tensor) -> list[float]:
     return [float(f"{v:.7g}") for v in values.tolist()]
 
@@ -289,88 +156,6 @@ def _spectrum_summary(modules: Sequence[ModuleSpectrum]) -> dict:
         "mean_stable_rank": _mean([m.stable_rank for m in modules]),
         "mean_rank_90": _mean([m.rank_90 for m in modules if m.rank_90 is not None]),
     }
-
-
-# Reading two bf16 matrices and forming dW costs about this many flops per element of
-# compute time on a CPU (memory bound); it keeps small matrices from looking free.
-READ_COST_PER_ELEMENT = 100.0
-
-
-@dataclass(frozen=True)
-class _SvdItem:
-    """One target to decompose: its method, number of factors and cache key."""
-
-    target: Target
-    method: str
-    k: int
-    key: str
-
-    def cost(self, oversample: int | None, power_iters: int) -> float:
-        """Estimated flops of reading and decomposing, to balance ranks (not a timing)."""
-        m, n = self.target.shape
-        small = min(m, n)
-        read = READ_COST_PER_ELEMENT * m * n
-        if self.method == "exact":  # LAPACK gesdd with thin singular vectors
-            return read + 4.0 * m * n * small + 8.0 * small**3
-        q = min(small, self.k + (max(8, self.k // 2) if oversample is None else oversample))
-        return read + 2.0 * m * n * q * (2 * power_iters + 2)
-
-
-@dataclass
-class _SvdJob:
-    """Decomposes items in order (the next pair read meanwhile) into the cache."""
-
-    pair: ModelPair
-    cache: ArtifactCache
-    device: torch.device
-    oversample: int | None
-    power_iters: int
-    seed: int
-    stats: dict[str, dict] = field(default_factory=dict)
-
-    def run(self, items: Sequence[_SvdItem], progress: Progress | None) -> dict[str, Decomposition]:
-        pair, cache = self.pair, self.cache
-        decs = {}
-        names = [item.target.tensor for item in items]
-        for i, (item, (base, tuned)) in enumerate(
-            zip(items, _prefetched(pair, names), strict=True)
-        ):
-            target = item.target
-            if progress:
-                progress(target.tensor, i + 1, len(items))
-            # On a GPU, dW and its statistics are formed there too (the CPU would be the
-            # bottleneck); the prefetch thread reads the next pair meanwhile.
-            start = time.perf_counter()
-            base, tuned = base.to(self.device), tuned.to(self.device)
-            dw, self.stats[target.tensor] = target_delta(
-                target.tensor, base, tuned, target.transposed
-            )
-            cache.put_json(
-                stats_key(pair, target.tensor), self.stats[target.tensor], tensor=target.tensor
-            )
-            del base, tuned
-            dec = decompose(
-                dw,
-                item.k,
-                fro_sq=self.stats[target.tensor]["delta_sq"],
-                method=item.method,
-                oversample=self.oversample,
-                power_iters=self.power_iters,
-                seed=self.seed,
-            )
-            del dw
-            cache.put_decomposition(
-                item.key,
-                dec,
-                tensor=target.tensor,
-                shape=list(target.shape),
-                base=pair.base_fingerprint,
-                tuned=pair.tuned_fingerprint,
-                rank=Launch.from_env().rank,  # who computed it, and how long it took
-                seconds=round(time.perf_counter() - start, 4),
-            )
-            decs[target.tensor] = dec
-        return decs
 
 
 def run_svd(
@@ -400,7 +185,7 @@ def run_svd(
     clamped = []
     decs: dict[str, Decomposition] = {}
     hits_before, misses_before = cache.hits, cache.misses
-    todo: list[_SvdItem] = []
+    todo: list[SvdItem] = []
     for target in targets:
         full = min(target.shape)
         if wanted > full:
@@ -409,13 +194,13 @@ def run_svd(
         resolved = resolve_method(method, target.shape, k)
         # An exact decomposition already cached serves an `auto` request too.
         tried = [resolved, "exact"] if method == "auto" and resolved != "exact" else [resolved]
-        keys = [_svd_key(pair, target, m, oversample, power_iters, seed) for m in tried]
+        keys = [svd_key(pair, target, m, oversample, power_iters, seed) for m in tried]
         dec = next(
             (d for d in (cache.peek_decomposition(key, k) for key in keys) if d is not None), None
         )
         cache.count(hit=dec is not None)
         if dec is None:
-            todo.append(_SvdItem(target, resolved, k, keys[0]))
+            todo.append(SvdItem(target, resolved, k, keys[0]))
         else:
             decs[target.tensor] = dec
     with work_group(cache.enabled) as group:
@@ -424,7 +209,7 @@ def run_svd(
                 f"without the cache the {group.launch.world_size} processes cannot share "
                 "results: each one decomposed every tensor"
             )
-        job = _SvdJob(pair, cache, torch_device, oversample, power_iters, seed)
+        job = SvdJob(pair, cache, torch_device, oversample, power_iters, seed)
         computed, late = group.run(
             todo,
             key=lambda item: item.target.tensor,

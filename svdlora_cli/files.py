@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -14,7 +16,71 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError
+from .errors import OutputError, OutputWriteError
+
+# OS errors that mean "this place cannot take the write", as opposed to a bug or bad input.
+WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+)
+_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_RUST_OS_ERROR = re.compile(r"os error (\d+)")  # how safetensors (Rust) reports an OS error
+
+
+def errno_of(exc: BaseException) -> int | None:
+    """The errno behind an exception: an OSError's, or one named in a Rust library's message."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno:
+            return current.errno
+        match = _RUST_OS_ERROR.search(str(current))
+        if match:
+            return int(match.group(1))
+        current = current.__cause__
+    return None
+
+
+def human_bytes(count: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} B"  # pragma: no cover
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point that holds `path` (or would hold it, once created)."""
+    probe = Path(os.path.abspath(path))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    while not os.path.ismount(probe) and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def write_failure(
+    path: str | os.PathLike[str], code: int | None, needed: int | None = None
+) -> OutputWriteError:
+    """The user error for an OS refusal to write `path`: what failed, where and what to do."""
+    target = Path(path)
+    reason = os.strerror(code).lower() if code else "the write failed"
+    message = f"could not write {target}: {reason}"
+    place = _mount_point(target)
+    if code in _SPACE_ERRNOS:
+        try:
+            free = f"{human_bytes(shutil.disk_usage(place).free)} free"
+        except OSError:
+            free = "free space unknown"
+        need = f", about {human_bytes(needed)} needed" if needed else ""
+        what = "your disk quota" if code == errno.EDQUOT else "space"
+        hint = f"free {what} on {place} ({free}{need}), or choose another --output-dir"
+    elif code == errno.EROFS:
+        hint = f"{place} is mounted read-only; choose another --output-dir"
+    else:
+        hint = f"check the permissions of {target.parent}, or choose another --output-dir"
+    return OutputWriteError(message, hint, str(target), code, needed)
 
 
 def _umask() -> int:
@@ -24,13 +90,19 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success fsync it and rename it over `path`."""
+def atomic_path(path: str | os.PathLike[str], size: int | None = None) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success fsync it and rename it over `path`.
+
+    When the OS refuses the write (disk full, read-only, ...) the temp file is removed
+    and an OutputWriteError names `path` (and `size`, the bytes it needed, when given).
+    """
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise write_failure(target, exc.errno, size) from exc
         raise OutputError(
             f"cannot write to {target.parent}: {exc.strerror or exc}",
             "choose a writable folder with --output-dir (or fix its permissions)",
@@ -43,9 +115,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+    except Exception as exc:
+        code = errno_of(exc)
+        if code in WRITE_ERRNOS and not isinstance(exc, OutputError):
+            raise write_failure(target, code, size) from exc
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         dir_fd = os.open(target.parent, os.O_RDONLY)
         try:
@@ -56,8 +133,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Atomically write UTF-8 text."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    data = text.encode("utf-8")
+    with atomic_path(path, size=len(data)) as tmp:
+        tmp.write_bytes(data)
     return Path(path)
 
 
@@ -69,8 +147,13 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     new one is in place, so a crash never leaves neither.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise write_failure(target, exc.errno) from exc
+        raise
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
@@ -81,6 +164,11 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except Exception as exc:
+        code = errno_of(exc)
+        if code in WRITE_ERRNOS and not isinstance(exc, OutputError):
+            raise write_failure(target, code) from exc
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -117,6 +205,8 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".svdlora-probe-"):
             pass
     except OSError as exc:
+        if exc.errno in _SPACE_ERRNOS or exc.errno == errno.EROFS:
+            raise write_failure(folder, exc.errno) from exc
         raise OutputError(
             f"output folder {folder} is not writable: {exc.strerror or exc}",
             "pass a writable folder with --output-dir",

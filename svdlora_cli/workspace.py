@@ -25,10 +25,17 @@ else:  # pragma: no cover
 WORKSPACE_FILE = "svdlora.toml"
 # Keys holding paths; a relative value is taken from the workspace file's folder.
 PATH_KEYS = frozenset(
-    {"base_model", "teacher_model", "output_dir", "cache_dir", "model_name", "data_path"}
+    {
+        "base_model",
+        "teacher_model",
+        "output_dir",
+        "cache_dir",
+    }
     | {"train_data", "eval_data", "svd_factors"}
 )
 ALWAYS_PATH_KEYS = frozenset({"output_dir", "cache_dir"})
+# The seed's names, accepted as keys for the one option vocabulary of every command.
+KEY_ALIASES = {"model_name": "base_model", "data_path": "train_data", "lora_rank": "rank"}
 
 
 def find_workspace(explicit: str | os.PathLike[str] | None = None) -> Path | None:
@@ -49,9 +56,16 @@ def find_workspace(explicit: str | os.PathLike[str] | None = None) -> Path | Non
 
 
 def _normalise(values: Mapping[str, Any], folder: Path) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for raw_key, value in values.items():
         key = raw_key.replace("-", "_")
+        key = KEY_ALIASES.get(key, key)
+        if key in out:
+            seed_names = [a for a, k in KEY_ALIASES.items() if k == key]
+            raise ConfigError(
+                f"{key} is set twice ({' and '.join(seed_names)} is the seed's name for it)",
+                f"keep one of {key} and {', '.join(seed_names)}",
+            )
         if (
             key in PATH_KEYS
             and isinstance(value, str)

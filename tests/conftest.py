@@ -1,7 +1,11 @@
-"""Tiny deterministic model pairs: tuned = base + a planted rank-k delta + small noise."""
+"""Tiny deterministic model pairs: tuned = base + a planted rank-k delta + small noise.
+
+Also the CLI helpers every test module imports: `from tests.conftest import invoke, ...`.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,8 +117,6 @@ def build_tiny_llm(folder: Path, arch: str = "llama", seed: int = 0) -> Path:
 
 def write_rows(path: Path, n: int = 12, offset: int = 0) -> Path:
     """Short arithmetic rows in the {question, answer} shape."""
-    import json
-
     rows = [
         {
             "question": f"What is {i} plus {i + 3}?",
@@ -135,3 +137,32 @@ def tiny_llm(tmp_path_factory) -> Path:
 def tiny_data(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("data")
     return write_rows(root / "train.json", 12), write_rows(root / "eval.json", 6, offset=50)
+
+
+def invoke(*args: object):
+    """`svdlora ARGS` in this process through CliRunner (stdout and stderr kept apart)."""
+    from typer.testing import CliRunner
+
+    from svdlora_cli.cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def invoke_json(*args: object) -> dict:
+    """The one JSON document of a successful `svdlora ARGS --json`."""
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, result.output + str(result.exception)
+    return json.loads(result.stdout)
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    """Exit 1, nothing on stdout, and stderr ending in one `Error:` line and one `Hint:` line."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("Error: ")]
+    assert len(errors) == 1 and lines[errors[0] + 1].startswith("Hint: "), lines
+    assert errors[0] + 2 == len(lines), lines  # the error ends the output
+    for fragment in fragments:
+        assert fragment in result.stderr
+    assert result.stdout == ""

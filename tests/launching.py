@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,19 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
 
 
+def free_port() -> int:
+    """A TCP port no one listens on now, from the OS (bind to port 0), for --master_port.
+
+    Fixed ports collide when two test runs (or a stale launch) share the machine.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def launch(
     args: list[str],
     processes: int = 1,
-    port: int = 0,
     script: Path | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
@@ -28,7 +38,7 @@ def launch(
     program = [str(script)] if script else ["-m", "svdlora_cli"]
     launcher = [sys.executable]
     if processes > 1:
-        launcher = [str(TORCHRUN), f"--nproc_per_node={processes}", f"--master_port={port}"]
+        launcher = [str(TORCHRUN), f"--nproc_per_node={processes}", f"--master_port={free_port()}"]
     return subprocess.run(
         [*launcher, *program, *args],
         env={**os.environ, "SVDLORA_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", **(env or {})},
@@ -38,11 +48,12 @@ def launch(
     )
 
 
-def launch_nodes(args_per_node: list[list[str]], port: int) -> list[tuple[int, str, str]]:
+def launch_nodes(args_per_node: list[list[str]]) -> list[tuple[int, str, str]]:
     """One single-process torchrun "node" per argument list, all on this machine at once
     (a multi-node launch whose nodes may be given different options, e.g. caches).
     Returns (exit code, stdout, stderr) per node."""
     env = {**os.environ, "SVDLORA_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    port = free_port()  # one rendezvous for all the nodes
     nodes = [
         subprocess.Popen(
             [

@@ -1,13 +1,34 @@
-"""The benchmark scripts run end to end on a tiny pair (no timing asserted here)."""
+"""The benchmark scripts run end to end on a tiny pair.
+
+No speed targets here (they live in benchmarks/): only that the reported figures are
+consistent, i.e. ratios equal the ratios of the reported times, times fit in the run.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def assert_seconds(figures: dict, keys: tuple[str, ...], wall: float) -> None:
+    """Each timing is present, finite, positive and no longer than the run that measured it."""
+    for key in keys:
+        assert key in figures, key
+        assert math.isfinite(figures[key]) and 0 < figures[key] <= wall, (key, figures[key], wall)
+
+
+def assert_ratio(figure: float, numerator: float, denominator: float) -> None:
+    """A reported ratio equals the ratio of the reported figures, to its 2-decimal rounding."""
+    assert figure == pytest.approx(numerator / denominator, abs=0.005 + 1e-9)
 
 
 def test_make_pair_and_bench_extract_run(tmp_path):
@@ -32,6 +53,7 @@ def test_make_pair_and_bench_extract_run(tmp_path):
         "Qwen2ForCausalLM"
     ]
     out = tmp_path / "figures.json"
+    start = time.monotonic()
     subprocess.run(
         [
             sys.executable,
@@ -50,8 +72,13 @@ def test_make_pair_and_bench_extract_run(tmp_path):
         check=True,
         capture_output=True,
     )
+    wall = time.monotonic() - start
     figures = json.loads(out.read_text())
-    assert figures["modules"] == 14 and figures["speedup"] > 0
+    assert figures["modules"] == 14 and figures["rank"] == 8 and figures["warm_rank"] == 4
+    assert_seconds(figures, ("svdlora_cold_s", "svdlora_warm_s", "naive_s"), wall)
+    assert_ratio(figures["speedup"], figures["naive_s"], figures["svdlora_cold_s"])
+    assert_ratio(figures["cold_over_warm"], figures["svdlora_cold_s"], figures["svdlora_warm_s"])
+    assert_ratio(figures["rss_ratio"], figures["naive_rss_mb"], figures["svdlora_cold_rss_mb"])
     assert figures["max_energy_diff_pp"] < 0.05
 
 
@@ -63,6 +90,7 @@ def test_bench_distributed_runs_and_adapters_match(tmp_path):
         capture_output=True,
     )
     out = tmp_path / "figures.json"
+    start = time.monotonic()
     done = subprocess.run(
         [
             sys.executable,
@@ -81,9 +109,21 @@ def test_bench_distributed_runs_and_adapters_match(tmp_path):
         text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    wall = time.monotonic() - start
     figures = json.loads(out.read_text())
     assert figures["adapter_identical"] is True
-    assert figures["processes"] == 2 and figures["launch_s"] > 0
+    assert figures["processes"] == 2
+    timings = ("single_s", "launch_s", "single_same_threads_s")
+    assert_seconds(figures, timings, wall)
+    for key, label in zip(timings, ("single", "launch", "single_same_threads"), strict=True):
+        assert len(figures["walls"][label]) == 1  # one repeat: the median is that run
+        assert figures[key] == pytest.approx(statistics.median(figures["walls"][label]), abs=0.01)
+    assert_ratio(figures["speedup_vs_single"], figures["single_s"], figures["launch_s"])
+    assert_ratio(
+        figures["speedup_vs_same_threads"], figures["single_same_threads_s"], figures["launch_s"]
+    )
+    # Each rank's decomposition seconds were spent inside the launch that was timed.
+    assert max(figures["rank_seconds"][0].values()) <= figures["launch_s"]
     assert sorted(figures["rank_seconds"][0]) == ["0", "1"]  # both ranks decomposed
     assert figures["max_over_mean_load"] >= 1.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from svdlora_cli import extraction
+from svdlora_cli import svd_job
 from svdlora_cli.cache import ArtifactCache, content_key
 from svdlora_cli.checkpoints import open_checkpoint
 from svdlora_cli.extraction import run_svd
@@ -15,13 +15,13 @@ from svdlora_cli.extraction import run_svd
 def svd_calls(monkeypatch):
     """Count real decompositions (the work a cache hit must skip)."""
     calls: list[tuple[int, int]] = []
-    real = extraction.decompose
+    real = svd_job.decompose
 
     def counting(dw, k, **kwargs):
         calls.append(tuple(dw.shape))
         return real(dw, k, **kwargs)
 
-    monkeypatch.setattr(extraction, "decompose", counting)
+    monkeypatch.setattr(svd_job, "decompose", counting)
     return calls
 
 
@@ -84,7 +84,7 @@ def test_larger_rank_than_cached_recomputes(llama_pair, tmp_path, svd_calls):
 
 
 def test_interrupted_run_resumes_where_it_stopped(llama_pair, tmp_path, monkeypatch):
-    real = extraction.decompose
+    real = svd_job.decompose
     calls = []
 
     def interrupt_after_five(dw, k, **kwargs):
@@ -93,11 +93,11 @@ def test_interrupted_run_resumes_where_it_stopped(llama_pair, tmp_path, monkeypa
         calls.append(1)
         return real(dw, k, **kwargs)
 
-    monkeypatch.setattr(extraction, "decompose", interrupt_after_five)
+    monkeypatch.setattr(svd_job, "decompose", interrupt_after_five)
     cache = ArtifactCache(tmp_path / "cache")
     with pytest.raises(KeyboardInterrupt):
         run_svd(str(llama_pair.base), str(llama_pair.tuned), cache, rank=4)
-    monkeypatch.setattr(extraction, "decompose", real)
+    monkeypatch.setattr(svd_job, "decompose", real)
     resumed = run_svd(str(llama_pair.base), str(llama_pair.tuned), cache, rank=4)
     assert resumed.cache == {"hits": 5, "misses": 9}
     _same(

@@ -9,14 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from svdlora_cli import checkpoints
-from svdlora_cli.checkpoints import (
-    TensorReader,
-    fingerprint,
-    open_checkpoint,
-    open_pair,
-    resolve_model_path,
-)
+from svdlora_cli.checkpoints import TensorReader, fingerprint, open_checkpoint, open_pair
 from svdlora_cli.errors import CheckpointError, ModelMismatchError, ModelNotFoundError
+from svdlora_cli.model_refs import resolve_model_path
 
 
 def test_sharded_checkpoint_streams_every_tensor(sharded_pair):

@@ -8,9 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from svdlora_cli.cache import ArtifactCache
-from svdlora_cli.delta import delta_matrix
+from svdlora_cli.delta import delta_matrix, run_delta
 from svdlora_cli.errors import NonFiniteDeltaError
-from svdlora_cli.extraction import run_delta
 
 
 def test_delta_stats_match_numpy(llama_pair, tmp_path):

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from svdlora_cli.models import builtin
-from tests.cli.test_commands import assert_user_error, invoke, invoke_json
+from tests.conftest import assert_user_error, invoke, invoke_json
 
 SEED_FILES = (
     "teacher_full_sft/final_model/model.safetensors",
@@ -26,7 +26,7 @@ SEED_FILES = (
 )
 
 
-def test_quick_demo_runs_end_to_end_and_reuses_everything(tmp_path):
+def test_quick_demo_runs_end_to_end_and_reuses_everything(tmp_path, monkeypatch):
     doc = invoke_json("demo", "--quick")
     run = tmp_path / "svdlora-runs" / "quick"
     assert Path(doc["run_dir"]) == Path("svdlora-runs/quick")
@@ -54,6 +54,7 @@ def test_quick_demo_runs_end_to_end_and_reuses_everything(tmp_path):
     again = invoke_json("demo", "--quick")
     assert again["teacher"]["reused"] and all(s["reused"] for s in again["students"])
     assert again["reading"] == doc["reading"]
+    _same_bytes_as_the_commands(doc, monkeypatch)
     # The workspace makes later commands argument-free.
     assert invoke_json("svd", "--rank", "8")["rank"] == 8
     assert {a["arm"] for a in invoke_json("compare")["arms"]} == {
@@ -78,3 +79,48 @@ def test_run_names_cannot_escape_the_runs_folder(tmp_path):
     for name in ("../escape", "a/b", ".hidden"):
         assert_user_error(invoke("demo", "--quick", "--name", name), "plain folder name")
     assert not (tmp_path / "escape").exists() and not (tmp_path.parent / "escape").exists()
+
+
+def _snapshot(folder: Path, names: tuple[str, ...]) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in names}
+
+
+def _same_bytes_as_the_commands(doc: dict, monkeypatch) -> None:
+    """The demo composes the command workflows: rerunning a step as its own command with the
+    same inputs rewrites byte-identical files (and decodes nothing: answers are cached)."""
+    from svdlora_cli.analysis import generation
+
+    run = Path("svdlora-runs/quick")  # the same (relative) paths the demo passed its steps
+    base, teacher = doc["base_model"], str(run / "teacher_full_sft" / "final_model")
+    layer_files = ("layer_report.json", "layer_report_heatmap.png")
+    compare_files = (
+        "comparison.json",
+        "comparison_report.txt",
+        "comparison_report.md",
+        "comparison_random_vs_svd.png",
+    )
+    layers_before = _snapshot(run / "svd_results", layer_files)
+    compare_before = _snapshot(run, compare_files)
+    pair = ("--base-model", base, "--teacher-model", teacher)
+    invoke_json(
+        "layer-report", *pair, "--rank", "16", "--method", "exact", "-o", str(run / "svd_results")
+    )
+    assert _snapshot(run / "svd_results", layer_files) == layers_before
+
+    calls: list[str] = []
+    real = generation.exact_match
+    monkeypatch.setattr(
+        generation, "exact_match", lambda *a, **k: calls.append("decode") or real(*a, **k)
+    )
+    generate = ("--generate", "--eval-limit", "4", "--max-new-tokens", "24")
+    invoke_json("compare", str(run), *pair, *generate, "-o", str(run))
+    assert calls == []  # the demo's answers are served from the cache
+    assert _snapshot(run, compare_files) == compare_before
+
+    # `compare --generate` on its own: a new slice decodes once, then never again.
+    args = ("compare", str(run), "--base-model", base, "--generate")
+    first = invoke_json(*args, "--eval-limit", "2", "--max-new-tokens", "8")
+    assert len(calls) == 5  # base, teacher and three students
+    second = invoke_json(*args, "--eval-limit", "2", "--max-new-tokens", "8")
+    assert len(calls) == 5
+    assert second["accuracy"] == first["accuracy"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.cli.test_commands import assert_user_error, invoke, invoke_json
+from tests.conftest import assert_user_error, invoke, invoke_json
 
 
 def test_init_then_svd_needs_no_model_flags(llama_pair, tmp_path):

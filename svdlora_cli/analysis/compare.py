@@ -7,13 +7,14 @@ table, JSON, text/markdown reports and the plot all render this document.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SvdloraError
+from ..errors import StepLogError, SvdloraError
 from ..training.steplog import StepRow, read_step_log
 from .curves import (
     area_under_curve,
@@ -29,6 +30,7 @@ from .curves import (
 LOG_NAME = re.compile(r"^training_log_(?P<name>.+)\.csv$")
 SEEDED = re.compile(r"^(?P<arm>.+)_seed(?P<seed>\d+)$")
 TARGET_FACTOR = 1.1
+log = logging.getLogger("svdlora")
 FIGURES = (
     "initial_loss",
     "final_loss",
@@ -63,6 +65,39 @@ class RunLog:
         return self.arm == "teacher"
 
 
+def _read_run_record(path: Path) -> dict[str, Any]:
+    """A run's svdlora_run.json; one cut off on its last line is ignored with a warning."""
+    if not path.is_file():
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SvdloraError(
+            f"cannot read run record {path}: {exc}", "pass a run folder written by svdlora train"
+        ) from exc
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.lineno >= max(len(text.rstrip().splitlines()), 1):
+            log.warning(
+                "%s line %d: ignored a run record cut off while being written (%s)",
+                path,
+                exc.lineno,
+                exc.msg,
+            )
+            return {}
+        raise StepLogError(
+            f"run record {path} line {exc.lineno}: {exc.msg}",
+            "the record is damaged there; rerun the training that wrote it, or remove the file",
+        ) from exc
+    if not isinstance(record, dict):
+        raise StepLogError(
+            f"run record {path} line 1: not a JSON object",
+            "rerun the training that wrote it, or remove the file",
+        )
+    return record
+
+
 def _load(path: Path) -> RunLog:
     match = LOG_NAME.match(path.name)
     if match is None:
@@ -82,7 +117,7 @@ def _load(path: Path) -> RunLog:
         raise SvdloraError(f"training log {path} has no rows", "rerun the training")
     model_dir = path.parent / ("final_model" if name == "teacher" else f"final_model_{name}")
     record_file = model_dir / "svdlora_run.json"
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    record = _read_run_record(record_file)
     if seed is None:
         seed = record.get("seed")
     return RunLog(name, arm, seed, path, rows, record, model_dir if model_dir.is_dir() else None)

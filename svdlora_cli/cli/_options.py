@@ -38,7 +38,12 @@ NoCacheOpt = Annotated[
 BaseModelOpt = Annotated[
     str | None,
     typer.Option(
-        "--base-model", "--base", "-b", help="Base model: local HF folder or cached hub id."
+        "--base-model",
+        "--base",
+        "-b",
+        "--model-name",
+        "-m",
+        help="Base model: local HF folder or cached hub id (--model-name: the seed's name).",
     ),
 ]
 TeacherModelOpt = Annotated[
@@ -59,6 +64,18 @@ IncludeOpt = Annotated[
 ExcludeOpt = Annotated[
     list[str] | None,
     typer.Option("--exclude", help="Regex of tensor names to leave out (repeatable)."),
+]
+RankOpt = Annotated[
+    int | None,
+    typer.Option("--rank", "-r", "--lora-rank", help="Rank r (LoRA rank, SVD truncation rank)."),
+]
+TrainDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--train-data",
+        "--data-path",
+        help="Training rows (default: built-in set; --data-path: the seed's name).",
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
 

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import SvdloraError
+from ..workflows.common import is_primary_process
 
 stderr = Console(stderr=True)
 
@@ -39,19 +40,17 @@ def warn(message: str) -> None:
     stderr.print(f"[yellow]Warning:[/] {escape(where + message)}", highlight=False, soft_wrap=True)
 
 
-def is_primary_process() -> bool:
-    """False on the non-zero ranks of a torchrun / accelerate launch: they stay quiet."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def emit(doc: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], Any]) -> None:
+def emit(
+    doc: dict[str, Any] | None, as_json: bool, render: Callable[[dict[str, Any]], Any]
+) -> None:
     """Print `doc` as JSON on stdout, or its rich rendering; warnings go to stderr first.
 
-    Under a distributed launch only rank 0 prints, so stdout holds one document.
+    Under a distributed launch only rank 0 prints (the other ranks' workflows return None),
+    so stdout holds one document.
     """
     from ..files import dumps_json
 
-    if not is_primary_process():
+    if doc is None or not is_primary_process():
         return
     for message in doc.get("warnings", []):
         warn(message)
@@ -98,11 +97,14 @@ def require(value: Any, option: str, key: str) -> Any:
 
 def resolve_cache(cache_dir: Path | None, no_cache: bool, size: str | None = None):
     """The artifact cache for a command (disabled with --no-cache; capped by --cache-size)."""
-    from ..cache import ArtifactCache, default_cache_dir, parse_size
+    return cache_options(cache_dir, no_cache, size).open()
 
-    if no_cache:
-        return ArtifactCache(None)
-    return ArtifactCache(cache_dir or default_cache_dir(), size_limit=parse_size(size))
+
+def cache_options(cache_dir: Path | None, no_cache: bool = False, size: str | None = None) -> Any:
+    """The --cache-dir / --cache-size / --no-cache record a workflow takes."""
+    from ..workflows.common import CacheOptions
+
+    return CacheOptions(cache_dir, size, no_cache)
 
 
 def progress_enabled() -> bool:
@@ -132,22 +134,23 @@ def training_progress(label: str) -> Iterator[Callable[[int, int, float], None]]
         yield update
 
 
-def train_config(options: dict[str, Any], **overrides: Any):
-    """TrainConfig from a command's options (pass its `locals()`): the keys that name a
-    TrainConfig field are taken, the rest ignored; --bf16/--fp16 become the precision."""
-    import dataclasses
-
+def precision(bf16: bool, fp16: bool) -> str:
+    """--bf16 / --fp16 as TrainConfig's precision."""
     from ..errors import InvalidOptionError
-    from ..training.loop import TrainConfig
 
-    merged = {**options, **overrides}
-    bf16, fp16 = merged.get("bf16", False), merged.get("fp16", False)
     if bf16 and fp16:
         raise InvalidOptionError("--bf16 and --fp16 are exclusive", "pass one of them")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"precision"}
-    config = TrainConfig(
-        **{k: v for k, v in merged.items() if k in fields},
-        precision="bf16" if bf16 else "fp16" if fp16 else "no",
+    return "bf16" if bf16 else "fp16" if fp16 else "no"
+
+
+def hooks(announce: bool = False) -> Any:
+    """Progress hooks for a workflow: rich bars on stderr, and headlines when `announce`."""
+    from ..workflows.common import Hooks
+
+    def say(text: str) -> None:
+        if is_primary_process():
+            stderr.print(f"[bold cyan]{escape(text)}[/]", highlight=False)
+
+    return Hooks(
+        items=progress, steps=training_progress, announce=say if announce else Hooks.announce
     )
-    config.validate()
-    return config

@@ -37,6 +37,33 @@ def show_error(error: SvdloraError) -> None:
         stderr.print(f"[bold]Hint:[/] {escape(error.hint)}", highlight=False, soft_wrap=True)
 
 
+def os_failure(exc: BaseException) -> SvdloraError | None:
+    """An OS refusal to write (disk full, quota, read-only, permissions) as a user error."""
+    import errno
+
+    import click
+
+    from ..files import WRITE_ERRNOS, errno_of, write_failure
+
+    if isinstance(exc, (click.exceptions.ClickException, click.exceptions.Exit, click.Abort)):
+        return None
+    code = errno_of(exc)
+    if code not in WRITE_ERRNOS:
+        return None
+    path = getattr(exc, "filename", None)
+    if code in (errno.EACCES, errno.EPERM):
+        return SvdloraError(
+            f"permission denied: {path}" if path else "permission denied",
+            "check the permissions of that path, or choose another --output-dir / --cache-dir",
+        )
+    if path:
+        return write_failure(path, code)
+    return SvdloraError(
+        f"a write failed: {os.strerror(code).lower()}",
+        "free space on the disk that holds the output folder, or choose another --output-dir",
+    )
+
+
 class SvdloraGroup(TyperGroup):
     """Maps typed core errors and Ctrl-C to clean messages (SVDLORA_DEBUG=1 keeps tracebacks)."""
 
@@ -57,6 +84,12 @@ class SvdloraGroup(TyperGroup):
                 "rerun the same command to resume."
             )
             raise typer.Exit(130) from None
+        except Exception as exc:  # only OS write refusals are mapped; the rest re-raise
+            failure = os_failure(exc)
+            if failure is None or os.environ.get("SVDLORA_DEBUG"):
+                raise
+            show_error(failure)
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(

@@ -79,10 +79,13 @@ def verify(
             + "".join(f"\n  bad: {b['tensor']} ({b['problem']})" for b in d["bad"])
         ),
     )
-    if doc["bad"] and not fix:
+    if doc["bad"] and not doc["fixed"]:
         raise SvdloraError(
             f"{len(doc['bad'])} cache payload(s) failed the check",
-            "run `svdlora cache verify --fix` to drop them (they are recomputed on demand)",
+            "run `svdlora cache verify --fix` to drop them (they are recomputed on demand)"
+            if not fix
+            else "the cache cannot be written now (see the warning); free space or fix its "
+            "permissions, then rerun `svdlora cache verify --fix`",
         )
 
 

@@ -16,7 +16,7 @@ from ._options import (
     OutputDirOpt,
     TeacherModelOpt,
 )
-from ._output import emit, is_primary_process, progress, resolve_cache
+from ._output import cache_options, emit, hooks
 
 
 def compare(
@@ -52,56 +52,21 @@ def compare(
     json_output: JsonOpt = False,
 ) -> None:
     """Per arm: start/end loss, steps to target, AUC, gap recovered, distance to the teacher."""
-    from ..analysis.compare import (
-        attach_accuracy,
-        attach_model_figures,
-        compare_runs,
-        curves_for_plot,
-        find_logs,
-    )
-    from ..artifacts import write_compare_outputs
-    from ..errors import InvalidOptionError
     from ..reporting.tables import compare_table
+    from ..workflows import compare as workflow
 
-    if run_dir is None and not log:
-        run_dir = output_dir
-    if run_dir is None and not log:
-        raise InvalidOptionError(
-            "no run folder given",
-            "pass the folder `svdlora train` wrote to, or --log FILE (repeatable)",
-        )
-    if eval_limit < 1:
-        raise InvalidOptionError(
-            f"--eval-limit must be at least 1, got {eval_limit}", "use e.g. --eval-limit 50"
-        )
-    runs = find_logs(run_dir, log or (), teacher_model)
-    doc = compare_runs(runs, target_loss)
-    teacher_dir = teacher_model or next(
-        (str(r.model_dir) for r in runs if r.is_teacher and r.model_dir), None
+    options = workflow.CompareOptions(
+        run_dir=run_dir if run_dir is not None or log else output_dir,
+        logs=tuple(log or ()),
+        target_loss=target_loss,
+        base_model=base_model,
+        teacher_model=teacher_model,
+        generate=generate,
+        eval_limit=eval_limit,
+        eval_data=eval_data,
+        max_new_tokens=max_new_tokens,
+        log_y=log_y,
+        output_dir=output_dir,
+        cache=cache_options(cache_dir, no_cache),
     )
-    base = base_model or next(
-        (r.record.get("base_model") for r in runs if r.record.get("base_model")), None
-    )
-    cache = resolve_cache(cache_dir, no_cache)
-    try:
-        doc["warnings"] = attach_model_figures(doc, runs, base, teacher_dir, cache)
-    finally:
-        cache.close()
-    if generate:
-        if base is None:
-            raise InvalidOptionError("--generate needs the base model", "pass --base-model")
-        with progress("generate") as update:
-            attach_accuracy(
-                doc, runs, base, teacher_dir, eval_data, eval_limit, max_new_tokens, update
-            )
-    folder = output_dir or (run_dir if run_dir is not None else Path(log[0]).parent)  # type: ignore[index]
-    options = {
-        "target_loss": target_loss,
-        "generate": generate,
-        "eval_limit": eval_limit,
-        "log_y": log_y,
-    }
-    if not is_primary_process():  # the other ranks computed their share
-        return
-    write_compare_outputs(doc, curves_for_plot(runs), folder, log_y, options)
-    emit(doc, json_output, compare_table)
+    emit(workflow.run(options, hooks()), json_output, compare_table)

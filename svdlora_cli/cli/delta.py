@@ -13,7 +13,7 @@ from ._options import (
     OutputDirOpt,
     TeacherModelOpt,
 )
-from ._output import emit, is_primary_process, progress, require, resolve_cache
+from ._output import cache_options, emit, hooks, require
 
 
 def delta(
@@ -30,22 +30,15 @@ def delta(
 
     Under torchrun the tensors are split across the processes; rank 0 writes the outputs.
     """
-    from ..artifacts import write_delta_outputs
-    from ..extraction import run_delta
-    from ..files import check_writable_dir
     from ..reporting.tables import delta_table
+    from ..workflows import delta as workflow
 
-    base = require(base_model, "--base-model", "base_model")
-    tuned = require(teacher_model, "--teacher-model", "teacher_model")
-    folder = check_writable_dir(output_dir or DEFAULT_OUTPUT_DIR)
-    cache = resolve_cache(cache_dir, no_cache)
-    try:
-        with progress("dW") as update:
-            result = run_delta(base, tuned, cache, include or (), exclude or (), progress=update)
-    finally:
-        cache.close()
-    options = {"include": include, "exclude": exclude, "no_cache": no_cache}
-    if not is_primary_process():  # the other ranks computed their share
-        return
-    doc = write_delta_outputs(result, folder, base, tuned, options)
-    emit(doc, json_output, delta_table)
+    options = workflow.DeltaOptions(
+        base_model=require(base_model, "--base-model", "base_model"),
+        teacher_model=require(teacher_model, "--teacher-model", "teacher_model"),
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        output_dir=output_dir or DEFAULT_OUTPUT_DIR,
+        cache=cache_options(cache_dir, no_cache),
+    )
+    emit(workflow.run(options, hooks()), json_output, delta_table)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ._options import CacheDirOpt, CacheSizeOpt, JsonOpt, OutputDirOpt
-from ._output import emit, progress, resolve_cache, stderr, training_progress
+from ._output import cache_options, emit, hooks
 
 
 def demo(
@@ -48,10 +47,9 @@ def demo(
     json_output: JsonOpt = False,
 ) -> None:
     """Teacher SFT, dW, SVD, random/svd/subspace students, comparison and layer report."""
-    from ..demo import DemoSettings, run_demo
-    from ..files import check_writable_dir
     from ..reporting.tables import demo_summary
     from ..training.inits import parse_inits
+    from ..workflows import demo as workflow
 
     overrides = {
         "name": name,
@@ -64,33 +62,15 @@ def demo(
         "max_length": max_length,
         "batch_size": batch_size,
         "generate_limit": generate_limit,
+        "cache": cache_options(cache_dir, False, cache_size),
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if quick:
         if name == "demo":
             overrides["name"] = "quick"
-        settings = DemoSettings.quick_settings(**overrides)
+        settings = workflow.DemoSettings.quick_settings(**overrides)
     else:
-        settings = DemoSettings(model=model, **overrides)
+        settings = workflow.DemoSettings(model=model, **overrides)
     if quick and model != "smollm2-135m":
         settings.model = model
-    check_writable_dir(settings.folder)
-    cache = resolve_cache(cache_dir, False, cache_size)
-    try:
-        doc = run_demo(
-            settings,
-            cache,
-            step_bar=training_progress,
-            item_bar=progress,
-            announce=lambda text: stderr.print(f"[bold cyan]{text}[/]", highlight=False),
-        )
-    finally:
-        cache.close()
-    doc["artifacts"]["summary"] = str(_save(doc, Path(doc["run_dir"])))
-    emit(doc, json_output, demo_summary)
-
-
-def _save(doc: dict, folder: Path) -> Path:
-    from ..files import write_json
-
-    return write_json(folder / "demo_summary.json", doc)
+    emit(workflow.run(settings, hooks(announce=True)), json_output, demo_summary)

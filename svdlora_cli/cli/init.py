@@ -36,8 +36,8 @@ def init(
     json_output: JsonOpt = False,
 ) -> None:
     """Write svdlora.toml with the models and defaults of this experiment."""
-    from ..checkpoints import resolve_model_path
     from ..errors import ModelNotFoundError, SvdloraError
+    from ..model_refs import resolve_model_path
     from ..workspace import write_workspace
 
     if base_model is None:

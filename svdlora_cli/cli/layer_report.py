@@ -16,17 +16,16 @@ from ._options import (
     JsonOpt,
     NoCacheOpt,
     OutputDirOpt,
+    RankOpt,
     TeacherModelOpt,
 )
-from ._output import emit, is_primary_process, progress, require, resolve_cache
+from ._output import cache_options, emit, hooks, require
 
 
 def layer_report(
     base_model: BaseModelOpt = None,
     teacher_model: TeacherModelOpt = None,
-    rank: Annotated[
-        int, typer.Option("--rank", "-r", help="Rank at which energy is reported.")
-    ] = 16,
+    rank: RankOpt = 16,
     sort: Annotated[
         str,
         typer.Option(
@@ -56,36 +55,21 @@ def layer_report(
 
     Under torchrun the tensors are split across the processes; rank 0 writes the outputs.
     """
-    from ..analysis.layers import layer_report as run
-    from ..artifacts import write_layer_outputs
-    from ..files import check_writable_dir
     from ..reporting.tables import layer_table
+    from ..workflows import layer_report as workflow
 
-    base = require(base_model, "--base-model", "base_model")
-    tuned = require(teacher_model, "--teacher-model", "teacher_model")
-    folder = check_writable_dir(output_dir or DEFAULT_OUTPUT_DIR)
-    cache = resolve_cache(cache_dir, no_cache, cache_size)
-    try:
-        with progress("layers") as update:
-            doc = run(
-                base,
-                tuned,
-                cache,
-                rank,
-                include or (),
-                exclude or (),
-                method,
-                sort,
-                intruders,
-                intruder_k,
-                intruder_threshold,
-                update,
-            )
-    finally:
-        cache.close()
-    doc = {"base_model": base, "tuned_model": tuned, **doc}
-    options = {"rank": rank, "sort": sort, "intruders": intruders, "method": method}
-    if not is_primary_process():  # the other ranks computed their share
-        return
-    write_layer_outputs(doc, folder, options)
-    emit(doc, json_output, layer_table)
+    options = workflow.LayerReportOptions(
+        base_model=require(base_model, "--base-model", "base_model"),
+        teacher_model=require(teacher_model, "--teacher-model", "teacher_model"),
+        rank=require(rank, "--rank", "rank"),
+        sort=sort,
+        intruders=intruders,
+        intruder_k=intruder_k,
+        intruder_threshold=intruder_threshold,
+        method=method,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        output_dir=output_dir or DEFAULT_OUTPUT_DIR,
+        cache=cache_options(cache_dir, no_cache, cache_size),
+    )
+    emit(workflow.run(options, hooks()), json_output, layer_table)

@@ -17,15 +17,16 @@ from ._options import (
     JsonOpt,
     NoCacheOpt,
     OutputDirOpt,
+    RankOpt,
     TeacherModelOpt,
 )
-from ._output import emit, is_primary_process, progress, require, resolve_cache
+from ._output import cache_options, emit, hooks, require
 
 
 def svd(
     base_model: BaseModelOpt = None,
     teacher_model: TeacherModelOpt = None,
-    rank: Annotated[int | None, typer.Option("--rank", "-r", help="Truncation rank R.")] = None,
+    rank: RankOpt = None,
     energy: Annotated[
         float | None,
         typer.Option("--energy", help="Per-module smallest rank keeping this energy share (0, 1]."),
@@ -67,55 +68,26 @@ def svd(
 
     Under torchrun the tensors are split across the processes; rank 0 writes the outputs.
     """
-    from ..adapters import SPLITS
-    from ..artifacts import write_svd_outputs
-    from ..errors import InvalidOptionError
-    from ..extraction import run_svd
-    from ..files import check_writable_dir
     from ..reporting.tables import svd_table
+    from ..workflows import svd as workflow
 
-    base = require(base_model, "--base-model", "base_model")
-    tuned = require(teacher_model, "--teacher-model", "teacher_model")
-    if split not in SPLITS:
-        raise InvalidOptionError(f"unknown --split {split!r}", f"use one of: {', '.join(SPLITS)}")
-    folder = check_writable_dir(output_dir or DEFAULT_OUTPUT_DIR)
-    cache = resolve_cache(cache_dir, no_cache, cache_size)
-    options = {
-        "rank": rank,
-        "energy": energy,
-        "max_rank": max_rank,
-        "method": method,
-        "device": device,
-        "split": split,
-        "include": include,
-        "exclude": exclude,
-        "cache_rank": cache_rank,
-        "oversample": oversample,
-        "power_iters": power_iters,
-        "seed": seed,
-    }
-    try:
-        with progress("SVD") as update:
-            result = run_svd(
-                base,
-                tuned,
-                cache,
-                rank=rank,
-                energy=energy,
-                max_rank=max_rank,
-                method=method,
-                device=device,
-                include=include or (),
-                exclude=exclude or (),
-                cache_rank=cache_rank,
-                oversample=oversample,
-                power_iters=power_iters,
-                seed=seed,
-                progress=update,
-            )
-    finally:
-        cache.close()
-    if not is_primary_process():  # the other ranks computed their share
-        return
-    doc = write_svd_outputs(result, folder, base, tuned, split, options, plot=plot)
-    emit(doc, json_output, svd_table)
+    options = workflow.SvdOptions(
+        base_model=require(base_model, "--base-model", "base_model"),
+        teacher_model=require(teacher_model, "--teacher-model", "teacher_model"),
+        rank=rank,
+        energy=energy,
+        max_rank=max_rank,
+        method=method,
+        device=device,
+        split=split,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        cache_rank=cache_rank,
+        oversample=oversample,
+        power_iters=power_iters,
+        seed=seed,
+        plot=plot,
+        output_dir=output_dir or DEFAULT_OUTPUT_DIR,
+        cache=cache_options(cache_dir, no_cache, cache_size),
+    )
+    emit(workflow.run(options, hooks()), json_output, svd_table)

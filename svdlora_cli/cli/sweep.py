@@ -24,17 +24,10 @@ from ._options import (
     OutputDirOpt,
     SeedOpt,
     TeacherModelOpt,
+    TrainDataOpt,
     TrainDeviceOpt,
 )
-from ._output import (
-    emit,
-    is_primary_process,
-    progress,
-    require,
-    resolve_cache,
-    train_config,
-    training_progress,
-)
+from ._output import cache_options, emit, hooks, require
 
 
 def sweep(
@@ -48,10 +41,7 @@ def sweep(
         bool,
         typer.Option("--train", help="Also train an SVD-init student per rank and a random one."),
     ] = False,
-    train_data: Annotated[
-        str | None,
-        typer.Option("--train-data", help="Training rows for --train (default: built-in)."),
-    ] = None,
+    train_data: TrainDataOpt = None,
     eval_data: EvalDataOpt = None,
     epochs: EpochsOpt = 1,
     learning_rate: Annotated[
@@ -70,40 +60,34 @@ def sweep(
     json_output: JsonOpt = False,
 ) -> None:
     """Energy and error against rank per module type; with --train, final loss against rank."""
-    from ..analysis.sweep import parse_ranks, rank_sweep, train_rank_study
-    from ..artifacts import write_sweep_outputs
-    from ..files import check_writable_dir
+    from ..analysis.sweep import parse_ranks
     from ..reporting.tables import sweep_table
+    from ..training.loop import TrainConfig
+    from ..workflows import sweep as workflow
 
-    base = require(base_model, "--base-model", "base_model")
-    tuned = require(teacher_model, "--teacher-model", "teacher_model")
-    rank_list = parse_ranks(ranks)
-    folder = check_writable_dir(output_dir or DEFAULT_OUTPUT_DIR)
     config = None
     if train:
-        config = train_config(locals())
-    cache = resolve_cache(cache_dir, no_cache, cache_size)
-    try:
-        with progress("SVD") as update:
-            result = rank_sweep(
-                base, tuned, cache, rank_list, include or (), exclude or (), method, update
-            )
-    finally:
-        cache.close()
-    study = None
-    if config is not None:
-        study = train_rank_study(
-            base, result, folder / "rank_study", config, train_data, eval_data, training_progress
+        config = TrainConfig(
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            max_length=max_length,
+            seed=seed,
+            eval_limit=eval_limit,
+            max_steps=max_steps,
+            device=device,
         )
-    doc = {
-        "base_model": base,
-        "tuned_model": tuned,
-        "ranks": [{k: v for k, v in row.items() if k != "factors"} for row in result["ranks"]],
-        "cache": result["cache"],
-        "study": study,
-        "warnings": result["warnings"],
-    }
-    if not is_primary_process():  # the other ranks computed their share
-        return
-    write_sweep_outputs(doc, folder, {"ranks": rank_list, "method": method, "train": train})
-    emit(doc, json_output, sweep_table)
+    options = workflow.SweepOptions(
+        base_model=require(base_model, "--base-model", "base_model"),
+        teacher_model=require(teacher_model, "--teacher-model", "teacher_model"),
+        ranks=tuple(parse_ranks(ranks)),
+        method=method,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        train=config,
+        train_data=train_data,
+        eval_data=eval_data,
+        output_dir=output_dir or DEFAULT_OUTPUT_DIR,
+        cache=cache_options(cache_dir, no_cache, cache_size),
+    )
+    emit(workflow.run(options, hooks()), json_output, sweep_table)

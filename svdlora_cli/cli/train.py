@@ -9,6 +9,7 @@ import typer
 
 from ._options import (
     AnswerFieldOpt,
+    BaseModelOpt,
     BatchSizeOpt,
     Bf16Opt,
     CacheDirOpt,
@@ -25,16 +26,18 @@ from ._options import (
     MaxStepsOpt,
     NoCacheOpt,
     PromptFieldOpt,
+    RankOpt,
     ResumeOpt,
     SaveEveryOpt,
     SchedulerOpt,
     TeacherModelOpt,
+    TrainDataOpt,
     TrainDeviceOpt,
     TrustRemoteCodeOpt,
     WarmupOpt,
     WeightDecayOpt,
 )
-from ._output import emit, require, resolve_cache, train_config, training_progress
+from ._output import cache_options, emit, hooks, precision, require
 
 
 def _seeds(text: str) -> list[int]:
@@ -54,13 +57,8 @@ def _seeds(text: str) -> list[int]:
 
 
 def train(
-    base_model: Annotated[
-        str | None, typer.Option("--base-model", "--base", "-b", help="Base model the LoRA adapts.")
-    ] = None,
-    train_data: Annotated[
-        str | None,
-        typer.Option("--train-data", "--data-path", help="Training rows (default: built-in set)."),
-    ] = None,
+    base_model: BaseModelOpt = None,
+    train_data: TrainDataOpt = None,
     init: Annotated[
         str,
         typer.Option(
@@ -72,7 +70,7 @@ def train(
         typer.Option("--svd-factors", help="svd_factors_rank*.safetensors from `svdlora svd`."),
     ] = None,
     teacher_model: TeacherModelOpt = None,
-    lora_rank: Annotated[int, typer.Option("--lora-rank", "-r", help="LoRA rank r.")] = 16,
+    rank: RankOpt = 16,
     lora_alpha: Annotated[
         float | None, typer.Option("--lora-alpha", help="LoRA alpha (default: r).")
     ] = None,
@@ -117,59 +115,48 @@ def train(
     json_output: JsonOpt = False,
 ) -> None:
     """Train LoRA arms on identical batches; writes final_model_{init}/, training_log_{init}.csv."""
-    import dataclasses
-
     from ..data import FieldNames
-    from ..files import check_writable_dir
     from ..reporting.tables import training_table
-    from ..training.inits import FACTOR_INITS, parse_inits
-    from ..training.student import arm_name, base_plan, svd_factors_for, train_student
+    from ..training.inits import parse_inits
+    from ..training.loop import TrainConfig
+    from ..workflows import train as workflow
 
-    base = require(base_model, "--base-model", "base_model")
-    inits = parse_inits(init)
     seed_list = _seeds(seeds)
-    folder = check_writable_dir(output_dir or Path("svdlora-runs") / "training_results")
-    config = train_config(locals(), seed=seed_list[0])
-    targets = target_modules or ()
-    factors = None
-    if FACTOR_INITS & set(inits) or svd_factors:
-        cache = resolve_cache(cache_dir, no_cache, cache_size)
-        try:
-            factors = svd_factors_for(base, lora_rank, cache, svd_factors, teacher_model, targets)
-        finally:
-            cache.close()
-    # Every arm shares one plan (modules and ranks), so only the init differs.
-    plan = base_plan(base, lora_rank, lora_alpha, targets, factors)
-    arms = []
-    for seed in seed_list:
-        for arm_init in inits:
-            name = arm_name(arm_init, seed, len(seed_list) > 1)
-            with training_progress(name) as update:
-                arms.append(
-                    train_student(
-                        base,
-                        arm_init,
-                        folder,
-                        dataclasses.replace(config, seed=seed),
-                        plan,
-                        factors,
-                        name,
-                        train_data,
-                        eval_data,
-                        FieldNames(prompt_field, answer_field),
-                        lora_dropout,
-                        update,
-                    )
-                )
-    doc = {
-        "arms": arms,
-        "plan": {
-            "lora_rank": plan.rank,
-            "lora_alpha": plan.alpha,
-            "modules": len(plan.ranks),
-            "ranks": plan.ranks,
-        },
-        "config": config.to_dict(),
-        "output_dir": str(folder),
-    }
-    emit(doc, json_output, training_table)
+    config = TrainConfig(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_length=max_length,
+        seed=seed_list[0],
+        eval_every=eval_every,
+        eval_limit=eval_limit,
+        max_steps=max_steps,
+        precision=precision(bf16, fp16),
+        gradient_checkpointing=gradient_checkpointing,
+        device=device,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        lr_scheduler=lr_scheduler,
+        trust_remote_code=trust_remote_code,
+        save_every=save_every,
+        resume=resume,
+    )
+    options = workflow.TrainOptions(
+        base_model=require(base_model, "--base-model", "base_model"),
+        config=config,
+        inits=tuple(parse_inits(init)),
+        seeds=tuple(seed_list),
+        rank=require(rank, "--rank", "rank"),
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=tuple(target_modules or ()),
+        svd_factors=svd_factors,
+        teacher_model=teacher_model,
+        train_data=train_data,
+        eval_data=eval_data,
+        fields=FieldNames(prompt_field, answer_field),
+        output_dir=output_dir or Path("svdlora-runs") / "training_results",
+        cache=cache_options(cache_dir, no_cache, cache_size),
+    )
+    emit(workflow.run(options, hooks()), json_output, training_table)

@@ -9,6 +9,7 @@ import typer
 
 from ._options import (
     AnswerFieldOpt,
+    BaseModelOpt,
     BatchSizeOpt,
     Bf16Opt,
     CacheDirOpt,
@@ -27,24 +28,19 @@ from ._options import (
     SaveEveryOpt,
     SchedulerOpt,
     SeedOpt,
+    TrainDataOpt,
     TrainDeviceOpt,
     TrustRemoteCodeOpt,
     WarmupOpt,
     WeightDecayOpt,
 )
-from ._output import emit, is_primary_process, require, train_config, training_progress
+from ._output import emit, hooks, precision, require
 
 
 def train_teacher(
     ctx: typer.Context,
-    model_name: Annotated[
-        str | None,
-        typer.Option("--model-name", "--base-model", "-m", help="Base model to fine-tune."),
-    ] = None,
-    data_path: Annotated[
-        str | None,
-        typer.Option("--data-path", "--train-data", help="Training rows (default: built-in set)."),
-    ] = None,
+    base_model: BaseModelOpt = None,
+    train_data: TrainDataOpt = None,
     eval_data: EvalDataOpt = None,
     output_dir: Annotated[
         Path | None,
@@ -82,36 +78,38 @@ def train_teacher(
 ) -> None:
     """Fine-tune every parameter; writes final_model/ and training_log_teacher.csv."""
     from ..data import FieldNames
-    from ..files import check_writable_dir
     from ..reporting.tables import training_table
-    from ..training.teacher import train_teacher as run
-    from ..workspace import WORKSPACE_FILE, update_workspace
+    from ..training.loop import TrainConfig
+    from ..workflows import train_teacher as workflow
+    from ..workspace import WORKSPACE_FILE
 
-    model = require(model_name, "--model-name", "model_name")
-    folder = check_writable_dir(output_dir or Path("svdlora-runs") / "teacher")
-    config = train_config(locals())
-    with training_progress("teacher") as update:
-        summary = run(
-            model,
-            folder,
-            config,
-            data_path,
-            eval_data,
-            FieldNames(prompt_field, answer_field),
-            update,
-        )
-    doc = {"arms": [summary], "config": config.to_dict(), "output_dir": str(folder)}
-    if workspace and summary["artifacts"] and is_primary_process():
-        path = (ctx.obj or {}).get("workspace") or Path(WORKSPACE_FILE)
-        update_workspace(
-            Path(path),
-            {
-                "base_model": model,
-                "teacher_model": summary["artifacts"]["final_model"],
-                "data_path": data_path,
-                "train_data": data_path,
-                "eval_data": eval_data,
-            },
-        )
-        doc["workspace"] = str(Path(path).resolve())
-    emit(doc, json_output, training_table)
+    config = TrainConfig(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_length=max_length,
+        seed=seed,
+        eval_every=eval_every,
+        eval_limit=eval_limit,
+        max_steps=max_steps,
+        precision=precision(bf16, fp16),
+        gradient_checkpointing=gradient_checkpointing,
+        device=device,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        lr_scheduler=lr_scheduler,
+        trust_remote_code=trust_remote_code,
+        save_every=save_every,
+        resume=resume,
+    )
+    options = workflow.TeacherOptions(
+        base_model=require(base_model, "--base-model", "base_model"),
+        config=config,
+        train_data=train_data,
+        eval_data=eval_data,
+        fields=FieldNames(prompt_field, answer_field),
+        output_dir=output_dir or Path("svdlora-runs") / "teacher",
+        workspace=Path((ctx.obj or {}).get("workspace") or WORKSPACE_FILE) if workspace else None,
+    )
+    emit(workflow.run(options, hooks()), json_output, training_table)

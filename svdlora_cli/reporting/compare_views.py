@@ -2,62 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .columns import COMPARE_ARMS, SEED_METRICS, Column, pct, text_rows
 from .plots import pyplot, save_figure
 from .text import fixed_width
 
-Row = tuple[str, str, Callable[[Mapping[str, Any]], str], bool]
+# Fractions compared in percentage points; losses and distances as a relative change.
+_POINTS = ("energy_captured", "recovered_start", "recovered_end", "accuracy")
+_TEACHER = ("initial_loss", "final_loss", "final_eval_loss", "accuracy")
 
 
-def _loss(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
-
-
-def _steps(arm: Mapping[str, Any]) -> str:
-    value = arm.get("steps_to_target")
-    never = arm.get("never_reached") or 0
-    if value is None:
-        return "never" if never else "-"
-    text = f"{value:.0f}" if arm["n_runs"] == 1 else f"{value:.1f}"
-    return text + (f" ({never} never)" if never else "")
-
-
-# (label, key, formatter, lower is better)
-SEED_ROWS: Sequence[Row] = (
-    ("Initial loss", "initial_loss", lambda a: _loss(a["initial_loss"]), True),
-    ("Final loss", "final_loss", lambda a: _loss(a["final_loss"]), True),
-    ("Final eval loss", "final_eval_loss", lambda a: _loss(a.get("final_eval_loss")), True),
-    ("Steps to target", "steps_to_target", _steps, True),
-    ("Energy captured", "energy_captured", lambda a: _pct(a.get("energy_captured")), False),
-    ("Gap recovered at start", "recovered_start", lambda a: _pct(a.get("recovered_start")), False),
-    ("Gap recovered at end", "recovered_end", lambda a: _pct(a.get("recovered_end")), False),
-    ("Distance to teacher", "relative_distance", lambda a: _pct(a.get("relative_distance")), True),
-    ("Accuracy (exact match)", "accuracy", lambda a: _pct(a.get("accuracy")), False),
-)
-
-
-def _improvement(
-    arm: Mapping[str, Any], random: Mapping[str, Any], key: str, lower_better: bool
-) -> str:
-    a, b = arm.get(key), random.get(key)
+def _improvement(arm: Mapping[str, Any], random: Mapping[str, Any], metric: Column) -> str:
+    a, b = arm.get(metric.key), random.get(metric.key)
     if a is None or b is None:
         return "-"
-    if key in ("energy_captured", "recovered_start", "recovered_end", "accuracy"):
-        return f"{100 * (a - b):+.1f} pp"
+    if metric.key in _POINTS:
+        return pct(a - b, signed=True, unit=" pp")
     if b == 0:
         return "-"
-    change = 100 * (b - a) / abs(b)
-    arrow = "↓" if change > 0 else "↑"
-    return f"{abs(change):.1f}% {arrow}" if lower_better else f"{change:+.1f}%"
+    change = (b - a) / abs(b)
+    if not metric.lower_is_better:
+        return pct(change, signed=True)
+    return f"{pct(abs(change))} {'↓' if change > 0 else '↑'}"
 
 
 def seed_table(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -71,57 +42,19 @@ def seed_table(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     if teacher:
         header.append("teacher")
     rows = []
-    for label, key, fmt, lower in SEED_ROWS:
-        if all(a.get(key) is None for a in arms) and key != "steps_to_target":
+    for metric in SEED_METRICS:
+        if all(a.get(metric.key) is None for a in arms) and metric.key != "steps_to_target":
             continue
-        row = [label, *(fmt(a) for a in arms)]
-        row += [_improvement(a, random, key, lower) for a in others] if random else []
+        row = [metric.header, *(metric.cell(a) for a in arms)]
+        row += [_improvement(a, random, metric) for a in others] if random else []
         if teacher:
-            row.append(
-                fmt(teacher)
-                if key in ("initial_loss", "final_loss", "final_eval_loss", "accuracy")
-                else "-"
-            )
+            row.append(metric.cell(teacher) if metric.key in _TEACHER else "-")
         rows.append(row)
     return header, rows
 
 
 def _detail_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = [
-        "arm",
-        "runs",
-        "initial",
-        "final",
-        "min",
-        "eval end",
-        "AUC",
-        "gap to teacher",
-        "oscillation",
-    ]
-    rows = []
-    for a in doc["arms"]:
-
-        def pm(
-            key: str, fmt: Callable[[float | None], str] = _loss, arm: Mapping[str, Any] = a
-        ) -> str:
-            spread = arm["spread"].get(key, {})
-            text = fmt(arm.get(key))
-            return text + (f" ± {fmt(spread['std'])}" if spread.get("std") is not None else "")
-
-        gap = a.get("gap_to_teacher_pct")
-        rows.append(
-            [
-                a["arm"],
-                str(a["n_runs"]),
-                pm("initial_loss"),
-                pm("final_loss"),
-                pm("min_loss"),
-                pm("final_eval_loss"),
-                "-" if a.get("auc") is None else f"{a['auc']:.2f}",
-                "-" if gap is None else f"{gap:+.1f}%",
-                "-" if a.get("oscillation") is None else f"{a['oscillation']:.4f}",
-            ]
-        )
+    header, *rows = text_rows(COMPARE_ARMS, doc["arms"])
     return header, rows
 
 

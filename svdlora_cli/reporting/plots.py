@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..files import atomic_path
+from .columns import pct
 
 
 def pyplot() -> Any:
@@ -122,8 +123,8 @@ def svd_analysis_png(doc: Mapping[str, Any], path: Path, dpi: int = 110) -> Path
         ax.set_xticks(range(0, len(layers), step), [str(v) for v in layers[::step]])
     fig.colorbar(image, ax=ax, label="energy")
     fig.suptitle(
-        f"dW spectra: mean energy {100 * doc['summary']['mean_energy']:.1f}%, "
-        f"total {100 * doc['summary']['total_energy']:.1f}%"
+        f"dW spectra: mean energy {pct(doc['summary']['mean_energy'])}, "
+        f"total {pct(doc['summary']['total_energy'])}"
     )
     fig.tight_layout()
     return save_figure(fig, path, dpi)

@@ -1,40 +1,64 @@
-"""rich tables for the terminal, from the same result documents as the text reports."""
+"""rich tables for the terminal, built from the same column lists as the text reports."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-BLOCKS = "▁▂▃▄▅▆▇█"
+from .columns import (
+    CACHE_ENTRIES,
+    DELTA_GROUPS,
+    DELTA_TOTALS,
+    INTRUDERS,
+    LAYER_GROUPS,
+    LAYER_MODULES,
+    RANK_STUDY,
+    SVD_MODULES_TABLE,
+    SVD_TOTALS,
+    SWEEP,
+    TRAINING,
+    UNTARGETED,
+    Column,
+    module_type_energy,
+    named,
+    pct,
+    untargeted_share,
+)
+
+Record = Mapping[str, Any]
 
 
-def sparkline(values: Sequence[float], width: int = 16) -> str:
-    """Unicode sparkline of the leading singular values, scaled by the largest."""
-    head = [float(v) for v in values[:width]]
-    if not head or head[0] <= 0:
-        return "·" * min(width, max(1, len(head)))
-    top = head[0]
-    return "".join(BLOCKS[min(len(BLOCKS) - 1, round(v / top * (len(BLOCKS) - 1)))] for v in head)
+def _cells(columns: Sequence[Column], record: Record) -> list[str | Text]:
+    """Formatted cells of one record; a column with a style gets a styled Text."""
+    return [
+        Text(c.cell(record), style=c.style(c.value(record))) if c.style else c.cell(record)
+        for c in columns
+    ]
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+def _table(title: str, columns: Sequence[Column], records: Iterable[Record] = ()) -> Table:
+    """A rich table with the columns' headers and alignment, one row per record."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for c in columns:
+        table.add_column(c.header, justify=c.align)
+    for r in records:
+        table.add_row(*_cells(columns, r))
+    return table
 
 
-def _rel(value: float | None) -> str:
-    """Relative changes span orders of magnitude: three significant digits."""
-    return "-" if value is None else f"{100 * value:.3g}%"
+def _totals(columns: Sequence[Column], record: Record) -> list[tuple[str, str] | str]:
+    """'header value' pairs for a footer line, three spaces apart."""
+    parts: list[tuple[str, str] | str] = []
+    for i, c in enumerate(columns):
+        parts += [(("   " if i else "") + c.header + " ", "bold"), c.cell(record)]
+    return parts
 
 
-def _energy_style(value: float) -> str:
-    return "green" if value >= 0.9 else "yellow" if value >= 0.5 else "red"
-
-
-def svd_table(doc: Mapping[str, Any]) -> Group:
+def svd_table(doc: Record) -> Group:
     """Per-module spectra grouped by module type, then the summary line."""
     rank = doc["rank"]
     title = (
@@ -42,161 +66,64 @@ def svd_table(doc: Mapping[str, Any]) -> Group:
         if rank is not None
         else f"dW spectra at energy >= {doc['energy_target']}"
     )
-    table = Table(title=title, title_justify="left", header_style="bold")
-    for column, justify in (
-        ("module", "left"),
-        ("shape", "right"),
-        ("r", "right"),
-        ("energy", "right"),
-        ("rel err", "right"),
-        ("eff rank", "right"),
-        ("r90", "right"),
-        ("spectrum (top 16)", "left"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    by_type: dict[str, list[Mapping[str, Any]]] = {}
+    table = _table(title, SVD_MODULES_TABLE)
+    by_type: dict[str, list[Record]] = {}
     for m in doc["modules"]:
         by_type.setdefault(m["module_type"], []).append(m)
     for kind, rows in by_type.items():
         stats = doc["summary"]["by_module_type"][kind]
         table.add_row(
-            Text(f"{kind} (mean {_pct(stats['mean_energy'])})", style="bold cyan"),
+            Text(f"{kind} (mean {pct(stats['mean_energy'])})", style="bold cyan"),
             end_section=False,
         )
         for m in rows:
-            table.add_row(
-                m["name"],
-                "x".join(map(str, m["shape"])),
-                str(m["rank"]),
-                Text(_pct(m["energy"]), style=_energy_style(m["energy"])),
-                _pct(m["rel_error"]),
-                "-" if m["effective_rank"] is None else f"{m['effective_rank']:.1f}",
-                "-" if m["rank_90"] is None else str(m["rank_90"]),
-                sparkline(m["singular_values"]),
-            )
+            table.add_row(*_cells(SVD_MODULES_TABLE, m))
         table.add_section()
-    s = doc["summary"]
     footer = Text.assemble(
-        ("mean energy ", "bold"),
-        _pct(s["mean_energy"]),
-        ("   total energy ", "bold"),
-        _pct(s["total_energy"]),
-        ("   outside targets ", "bold"),
-        _pct(s["untargeted_share"]),
+        *_totals(SVD_TOTALS, doc["summary"]),
         ("   cache ", "bold"),
         f"{doc['cache']['hits']} hits / {doc['cache']['misses']} misses",
     )
     return Group(table, footer, *_artifact_lines(doc))
 
 
-def _artifact_lines(doc: Mapping[str, Any]) -> list[Text]:
+def _artifact_lines(doc: Record) -> list[Text]:
     artifacts = doc.get("artifacts") or {}
     return [Text(f"{name}: {path}", style="dim") for name, path in artifacts.items()]
 
 
-def delta_table(doc: Mapping[str, Any]) -> Group:
+def delta_table(doc: Record) -> Group:
     """Change per module type and group, then the untargeted tensors."""
     s = doc["summary"]
-    parts: list[Any] = []
-    for title, key in (
-        ("dW by module type", "by_module_type"),
-        ("dW: attention vs MLP", "by_group"),
-    ):
-        table = Table(title=title, title_justify="left", header_style="bold")
-        for column in ("name", "count", "||dW||", "rel change", "max |dW|", "share of ||dW||²"):
-            table.add_column(column, justify="left" if column == "name" else "right")
-        for name, g in s[key].items():
-            table.add_row(
-                name,
-                str(g["count"]),
-                f"{g['delta_norm']:.4g}",
-                _rel(g["rel_change"]),
-                f"{g['max_abs']:.3g}",
-                _pct(g["share_of_total"]),
-            )
-        parts.append(table)
-    other = Table(
-        title="Changed tensors a LoRA cannot capture", title_justify="left", header_style="bold"
-    )
-    for column in ("tensor", "kind", "||dW||", "rel change", "share of ||dW||²"):
-        other.add_column(column, justify="left" if column in ("tensor", "kind") else "right")
-    total_sq = s["total_delta_norm"] ** 2
-    for r in doc["untargeted"]:
-        other.add_row(
-            r["name"],
-            r["kind"],
-            f"{r['delta_norm']:.4g}",
-            _rel(r["rel_change"]),
-            _pct(r["delta_sq"] / total_sq if total_sq else 0.0),
+    parts: list[Any] = [
+        _table(title, DELTA_GROUPS, named(s[key]))
+        for title, key in (
+            ("dW by module type", "by_module_type"),
+            ("dW: attention vs MLP", "by_group"),
         )
+    ]
+    columns = (*UNTARGETED, untargeted_share(s["total_delta_norm"]))
+    other = _table("Changed tensors a LoRA cannot capture", columns, doc["untargeted"])
     if not doc["untargeted"]:
-        other.add_row("none", "-", "-", "-", "-")
-    parts.append(other)
-    parts.append(
-        Text.assemble(
-            ("total ||dW|| ", "bold"),
-            f"{s['total_delta_norm']:.6g}",
-            ("   on targets ", "bold"),
-            _pct(s["targeted_share"]),
-            ("   elsewhere ", "bold"),
-            _pct(s["untargeted_share"]),
-        )
-    )
+        other.add_row("none", *("-" for _ in columns[1:]))
+    parts += [other, Text.assemble(*_totals(DELTA_TOTALS, s))]
     return Group(*parts, *_artifact_lines(doc))
 
 
-def cache_table(entries: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table(title="svdlora cache entries", title_justify="left", header_style="bold")
-    for column in ("kind", "tensor", "k", "method", "bytes", "key"):
-        table.add_column(column)
-    for e in entries:
-        table.add_row(
-            e["kind"],
-            str(e.get("tensor", "")),
-            str(e.get("k", "")),
-            str(e.get("method", "")),
-            str(e.get("bytes", "")),
-            e["key"][:12],
-        )
-    return table
+def cache_table(entries: Sequence[Record]) -> Table:
+    return _table("svdlora cache entries", CACHE_ENTRIES, entries)
 
 
-def training_table(doc: Mapping[str, Any]) -> Group:
+def training_table(doc: Record) -> Group:
     """One row per trained arm: start and end losses, eval loss and throughput."""
-    table = Table(title="Training", title_justify="left", header_style="bold")
-    for column in (
-        "arm",
-        "initial loss",
-        "final loss",
-        "min loss",
-        "eval start",
-        "eval end",
-        "steps",
-        "tokens/s",
-    ):
-        table.add_column(column, justify="left" if column == "arm" else "right")
-
-    def num(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4f}"
-
-    for arm in doc["arms"]:
-        table.add_row(
-            arm["name"],
-            num(arm["initial_loss"]),
-            num(arm["final_loss"]),
-            num(arm["min_loss"]),
-            num(arm["initial_eval_loss"]),
-            num(arm["final_eval_loss"]),
-            str(arm["steps"]),
-            f"{arm['tokens_per_s']:.0f}",
-        )
+    table = _table("Training", TRAINING, doc["arms"])
     paths = [
         Text(f"{k}: {v}", style="dim") for arm in doc["arms"] for k, v in arm["artifacts"].items()
     ]
     return Group(table, *paths)
 
 
-def compare_table(doc: Mapping[str, Any]) -> Group:
+def compare_table(doc: Record) -> Group:
     """The seed's comparison table (metric rows, arm columns, 'vs random' columns)."""
     from .compare_views import seed_table
 
@@ -211,119 +138,26 @@ def compare_table(doc: Mapping[str, Any]) -> Group:
     return Group(table, *_artifact_lines(doc))
 
 
-def layer_table(doc: Mapping[str, Any]) -> Group:
+def layer_table(doc: Record) -> Group:
     """Per-module rows in the chosen order, then the aggregates by type and group."""
-    intruders = doc.get("intruders") is not None
-    table = Table(
-        title=f"dW per module (energy at r = {doc['rank']}, sorted by {doc['sort']})",
-        title_justify="left",
-        header_style="bold",
-    )
-    columns = [
-        "module",
-        "||dW||",
-        "rel change",
-        "energy",
-        "r90",
-        "r95",
-        "r99",
-        "eff rank",
-        "stable",
-        "share",
-    ]
-    for column in columns + (["intruders"] if intruders else []):
-        table.add_column(column, justify="left" if column == "module" else "right")
-
-    def rank(v: int | None) -> str:
-        return "-" if v is None else str(v)
-
-    for r in doc["modules"]:
-        cells = [
-            r["name"],
-            f"{r['delta_norm']:.4g}",
-            _rel(r["rel_change"]),
-            Text(_pct(r["energy"]), style=_energy_style(r["energy"])),
-            rank(r["rank_90"]),
-            rank(r["rank_95"]),
-            rank(r["rank_99"]),
-            "-" if r["effective_rank"] is None else f"{r['effective_rank']:.1f}",
-            f"{r['stable_rank']:.2f}",
-            _pct(r["share"]),
-        ]
-        table.add_row(*cells, *([str(r["intruders"])] if intruders else []))
-    parts: list[Any] = [table]
+    columns = (*LAYER_MODULES, *((INTRUDERS,) if doc.get("intruders") is not None else ()))
+    title = f"dW per module (energy at r = {doc['rank']}, sorted by {doc['sort']})"
+    parts: list[Any] = [_table(title, columns, doc["modules"])]
     for title, key in (("By module type", "by_module_type"), ("Attention vs MLP", "by_group")):
-        agg = Table(title=title, title_justify="left", header_style="bold")
-        for column in (
-            "name",
-            "count",
-            "||dW||",
-            "rel change",
-            "energy",
-            "mean r90",
-            "mean eff rank",
-            "share",
-        ):
-            agg.add_column(column, justify="left" if column == "name" else "right")
-        for name, g in doc[key].items():
-            agg.add_row(
-                name,
-                str(g["count"]),
-                f"{g['delta_norm']:.4g}",
-                _rel(g["rel_change"]),
-                _pct(g["energy"]),
-                "-" if g["mean_rank_90"] is None else f"{g['mean_rank_90']:.1f}",
-                "-" if g["mean_effective_rank"] is None else f"{g['mean_effective_rank']:.1f}",
-                _pct(g["share"]),
-            )
-        parts.append(agg)
+        parts.append(_table(title, LAYER_GROUPS, named(doc[key])))
     return Group(*parts, *_artifact_lines(doc))
 
 
-def sweep_table(doc: Mapping[str, Any]) -> Group:
+def sweep_table(doc: Record) -> Group:
     """Energy and error per rank (and the trained study when present)."""
-    table = Table(title="Rank sweep", title_justify="left", header_style="bold")
     kinds = list(doc["ranks"][0]["by_module_type"])
-    for column in ("rank", "params", "total energy", "mean energy", "mean rel err", *kinds):
-        table.add_column(column, justify="right")
-    for r in doc["ranks"]:
-        table.add_row(
-            str(r["rank"]),
-            f"{r['adapter_parameters']:,}",
-            _pct(r["total_energy"]),
-            _pct(r["mean_energy"]),
-            _pct(r["mean_rel_error"]),
-            *(_pct(r["by_module_type"][k]["total_energy"]) for k in kinds),
-        )
-    parts: list[Any] = [table]
+    columns = (*SWEEP, *(module_type_energy(k) for k in kinds))
+    parts: list[Any] = [_table("Rank sweep", columns, doc["ranks"])]
     study = doc.get("study")
     if study:
-        trained = Table(
-            title="Rank study (svd init per rank vs random)",
-            title_justify="left",
-            header_style="bold",
-        )
-        for column in ("arm", "initial loss", "final loss", "final eval loss"):
-            trained.add_column(column, justify="left" if column == "arm" else "right")
-
-        def num(v: float | None) -> str:
-            return "-" if v is None else f"{v:.4f}"
-
-        for s in study["svd"]:
-            trained.add_row(
-                f"svd r={s['rank']}",
-                num(s["initial_loss"]),
-                num(s["final_loss"]),
-                num(s["final_eval_loss"]),
-            )
-        random = study["random"]
-        trained.add_row(
-            f"random r={random['rank']}",
-            num(random["initial_loss"]),
-            num(random["final_loss"]),
-            num(random["final_eval_loss"]),
-        )
-        parts.append(trained)
+        arms = [{**s, "name": f"svd r={s['rank']}"} for s in study["svd"]]
+        arms.append({**study["random"], "name": f"random r={study['random']['rank']}"})
+        parts.append(_table("Rank study (svd init per rank vs random)", RANK_STUDY, arms))
     return Group(
         *parts,
         Text(f"cache: {doc['cache']['hits']} hits / {doc['cache']['misses']} misses"),
@@ -331,7 +165,7 @@ def sweep_table(doc: Mapping[str, Any]) -> Group:
     )
 
 
-def demo_summary(doc: Mapping[str, Any]) -> Group:
+def demo_summary(doc: Record) -> Group:
     """The seed's table for every arm, the plots, the timings and the plain-language reading."""
     from rich.panel import Panel
 
@@ -341,11 +175,11 @@ def demo_summary(doc: Mapping[str, Any]) -> Group:
         ("dW at rank ", "bold"),
         str(doc["settings"]["rank"]),
         ": total energy ",
-        _pct(spectra["total_energy"]),
+        pct(spectra["total_energy"]),
         ", mean per module ",
-        _pct(spectra["mean_energy"]),
+        pct(spectra["mean_energy"]),
         ", outside the LoRA targets ",
-        _pct(spectra["untargeted_share"]),
+        pct(spectra["untargeted_share"]),
     )
     timings = Text(
         "time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in doc["timings_s"].items()),

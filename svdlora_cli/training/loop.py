@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..cache import content_key
 from ..data import IGNORE_INDEX, TokenizedSet, collate
 from ..errors import InvalidOptionError
-from .checkpointing import load_checkpoint, save_checkpoint
+from .resume_state import load_checkpoint, save_checkpoint
 from .schedule import Step, batch_schedule
 from .steplog import StepRow
 
@@ -99,7 +99,7 @@ def make_accelerator(device: str, precision: str) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
-    from ..extraction import check_device
+    from ..devices import check_device
 
     if device not in ("auto",):
         check_device(device)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..checkpoints import resolve_model_path
 from ..data import FieldNames, TokenizedSet, load_examples, resolve_data_path, tokenize_examples
 from ..errors import CheckpointError
 from ..files import write_json
+from ..model_refs import resolve_model_path
 from .loop import FitResult, TrainConfig
 from .steplog import write_step_log
 
@@ -209,6 +208,3 @@ def reuse_or_key(
 def save_hyperparameters(folder: Path, record: dict[str, Any]) -> None:
     """The run's hyperparameters next to its model, as litgpt does."""
     (folder / "svdlora_run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-
-
-ProgressFactory = Callable[[str], Any]

@@ -14,7 +14,7 @@ from svdlora_cli.artifacts import write_svd_outputs
 from svdlora_cli.cache import ArtifactCache
 from svdlora_cli.extraction import run_svd
 from svdlora_cli.training.steplog import StepRow, write_step_log
-from tests.cli.test_commands import invoke_json
+from tests.conftest import invoke_json
 
 
 def _log(

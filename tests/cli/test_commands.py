@@ -8,40 +8,47 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+import typer.main
 
 from svdlora_cli.cli.app import app
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
+from tests.conftest import assert_user_error, invoke, invoke_json
 
 
-def invoke_json(*args: str) -> dict:
-    result = invoke(*args, "--json")
-    assert result.exit_code == 0, result.output + str(result.exception)
-    return json.loads(result.stdout)
+def _commands(group, path=()):
+    """(path, click command) for every leaf subcommand, nested groups (`cache`) included."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+        else:
+            yield (*path, name), command
 
 
-def assert_user_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    errors = [i for i, line in enumerate(lines) if line.startswith("Error: ")]
-    assert len(errors) == 1 and lines[errors[0] + 1].startswith("Hint: "), lines
-    assert errors[0] + 2 == len(lines), lines  # the error ends the output
-    for fragment in fragments:
-        assert fragment in result.stderr
-    assert result.stdout == ""
+COMMANDS = dict(_commands(typer.main.get_command(app)))
 
 
 def test_help_lists_the_commands():
     result = invoke("--help")
-    assert result.exit_code == 0
-    for command in ("init", "delta", "svd", "cache"):
-        assert command in result.stdout
+    assert result.exit_code == 0, result.output
+    assert len(COMMANDS) >= 13  # 9 commands and the 4 of `cache`: an empty registry fails
+    for top in {path[0] for path in COMMANDS}:
+        assert top in result.stdout, top
+    for option in ("--version", "--config", "--help"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS), ids=" ".join)
+def test_every_command_help_shows_its_options(path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # at 80, rich cuts long names: "--gradient-checkpoi…"
+    result = invoke(*path, "--help")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert f"Usage: svdlora {' '.join(path)}" in " ".join(result.stdout.split())
+    for param in COMMANDS[path].params:
+        if getattr(param, "hidden", False):
+            continue
+        is_option = param.param_type_name == "option"
+        for name in [*param.opts, *param.secondary_opts] if is_option else [param.name]:
+            assert name in result.stdout, (path, name)
 
 
 def test_module_entry_point_runs():
@@ -202,15 +209,30 @@ def test_missing_model_is_a_clean_error(tmp_path):
 
 
 def test_debug_env_shows_the_traceback(tmp_path, monkeypatch):
+    from svdlora_cli.errors import ModelNotFoundError
+
     monkeypatch.setenv("SVDLORA_DEBUG", "1")
-    result = invoke("svd", "-b", tmp_path / "nope", "-t", tmp_path / "nope", "-r", "2")
-    assert result.exit_code != 0 and result.exception is not None
+    args = ["svd", "-b", tmp_path / "nope", "-t", tmp_path / "nope", "-r", "2"]
+    result = invoke(*args)
+    assert result.exit_code == 1 and isinstance(result.exception, ModelNotFoundError)
+    assert "Error: " not in result.stderr  # raised, not mapped to the one-line message
+    # The console script itself prints the traceback and exits 1 (an error that is raised
+    # before torch is imported, to keep the extra process cheap).
+    out = subprocess.run(
+        [sys.executable, "-m", "svdlora_cli", "delta", "-t", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" in out.stderr and "no --base-model given" in out.stderr, out.stderr[-3000:]
+    assert not any(line.startswith("Hint: ") for line in out.stderr.splitlines())  # not mapped
+    assert out.stdout == ""
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_finished_entries(llama_pair, tmp_path, monkeypatch):
-    from svdlora_cli import extraction
+    from svdlora_cli import svd_job
 
-    real = extraction.decompose
+    real = svd_job.decompose
     done = []
 
     def interrupt_after_three(dw, k, **kwargs):
@@ -219,7 +241,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_entries(llama_pair, tmp_path, m
         done.append(1)
         return real(dw, k, **kwargs)
 
-    monkeypatch.setattr(extraction, "decompose", interrupt_after_three)
+    monkeypatch.setattr(svd_job, "decompose", interrupt_after_three)
     result = invoke(
         "svd", "-b", llama_pair.base, "-t", llama_pair.tuned, "-r", "2", "-o", tmp_path / "o"
     )
@@ -228,7 +250,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_entries(llama_pair, tmp_path, m
         and "Interrupted" in result.stderr
         and "Traceback" not in result.output
     )
-    monkeypatch.setattr(extraction, "decompose", real)
+    monkeypatch.setattr(svd_job, "decompose", real)
     doc = invoke_json(
         "svd", "-b", llama_pair.base, "-t", llama_pair.tuned, "-r", "2", "-o", tmp_path / "o"
     )

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from tests.cli.test_commands import assert_user_error, invoke, invoke_json
+from tests.conftest import assert_user_error, invoke, invoke_json
 
 FAST = ["--epochs", "2", "--batch-size", "4", "--max-length", "64", "--device", "cpu"]
 

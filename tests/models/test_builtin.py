@@ -6,7 +6,8 @@ from importlib import metadata
 
 import pytest
 
-from svdlora_cli.checkpoints import open_checkpoint, resolve_model_path
+from svdlora_cli.checkpoints import open_checkpoint
+from svdlora_cli.model_refs import resolve_model_path
 from svdlora_cli.models import builtin
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-COUNTS = {"bad-input cases": 0, "kills survived": 0, "corruptions detected": 0}
+COUNTS = {
+    "bad-input cases": 0,
+    "kills survived": 0,
+    "corruptions detected": 0,
+    "faults handled": 0,
+}
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 import time
 
-from svdlora_cli import extraction
+from svdlora_cli import svd_job
 from svdlora_cli.cli.app import main
 
-real = extraction.decompose
+real = svd_job.decompose
 
 
 def slow(*args, **kwargs):
@@ -16,7 +16,7 @@ def slow(*args, **kwargs):
     return real(*args, **kwargs)
 
 
-extraction.decompose = slow
+svd_job.decompose = slow
 
 if __name__ == "__main__":
     sys.argv[0] = "svdlora"

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from svdlora_cli.cache import ArtifactCache
-from tests.cli.test_commands import assert_user_error, invoke
+from tests.conftest import assert_user_error, invoke
 from tests.reliability.conftest import COUNTS
 
 

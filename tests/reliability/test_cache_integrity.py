@@ -10,7 +10,7 @@ from pathlib import Path
 
 from svdlora_cli.cache import ArtifactCache, parse_size
 from svdlora_cli.extraction import run_svd
-from tests.cli.test_commands import assert_user_error, invoke, invoke_json
+from tests.conftest import assert_user_error, invoke, invoke_json
 from tests.reliability.conftest import COUNTS
 
 

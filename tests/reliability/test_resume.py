@@ -12,7 +12,7 @@ from svdlora_cli.training.loop import TrainConfig
 from svdlora_cli.training.steplog import read_step_log
 from svdlora_cli.training.student import base_plan, svd_factors_for, train_student
 from svdlora_cli.training.teacher import train_teacher
-from tests.cli.test_commands import invoke_json
+from tests.conftest import invoke_json
 
 CONFIG = TrainConfig(
     epochs=2, learning_rate=3e-3, batch_size=4, max_length=64, device="cpu", save_every=2

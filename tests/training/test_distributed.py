@@ -38,9 +38,9 @@ def _log(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _run(args: list[str], out: Path, processes: int, port: int) -> dict:
+def _run(args: list[str], out: Path, processes: int) -> dict:
     """One JSON document from `svdlora ARGS -o OUT`, in one process or under torchrun."""
-    done = launch([*args, "-o", str(out)], processes, port)
+    done = launch([*args, "-o", str(out)], processes)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(done.stdout.strip().splitlines()) == 1  # only rank 0 prints
     return json.loads(done.stdout)
@@ -49,8 +49,8 @@ def _run(args: list[str], out: Path, processes: int, port: int) -> dict:
 @needs_torchrun
 def test_two_processes_match_one(tiny_llm, tiny_data, tmp_path):
     args = [a.format(data=tiny_data[0]) for a in ARGS] + ["-m", str(tiny_llm)]
-    single = _run(args, tmp_path / "single", 1, 0)
-    multi = _run(args, tmp_path / "multi", 2, 29533)
+    single = _run(args, tmp_path / "single", 1)
+    multi = _run(args, tmp_path / "multi", 2)
     assert multi["arms"][0]["steps"] == single["arms"][0]["steps"]
     out = tmp_path / "multi"
     assert sorted(p.name for p in out.iterdir()) == [
@@ -73,12 +73,12 @@ def test_two_processes_match_one(tiny_llm, tiny_data, tmp_path):
 def test_svd_student_two_processes_match_one(tiny_llm, tiny_data, tmp_path):
     """The teacher's SVD is split across the ranks, then accelerate trains on the same group."""
     teacher_args = [a.format(data=tiny_data[0]) for a in ARGS] + ["-m", str(tiny_llm)]
-    _run(teacher_args, tmp_path / "teacher", 1, 0)
+    _run(teacher_args, tmp_path / "teacher", 1)
     args = ["train", "-b", str(tiny_llm), "-t", str(tmp_path / "teacher" / "final_model")]
     args += ["--init", "svd", "-r", "4", "--data-path", str(tiny_data[0]), "--epochs", "1"]
     args += ["--batch-size", "4", "--max-length", "64", "--device", "cpu", "--json"]
-    single = _run([*args, "--cache-dir", str(tmp_path / "c1")], tmp_path / "single", 1, 0)
-    multi = _run([*args, "--cache-dir", str(tmp_path / "c2")], tmp_path / "multi", 2, 29534)
+    single = _run([*args, "--cache-dir", str(tmp_path / "c1")], tmp_path / "single", 1)
+    multi = _run([*args, "--cache-dir", str(tmp_path / "c2")], tmp_path / "multi", 2)
     one, two = single["arms"][0], multi["arms"][0]
     # Each rank runs half of every batch (other shapes, other rounding); the SVD init itself
     # is byte-identical (tests/test_distributed.py).
@@ -94,7 +94,7 @@ def test_checkpoints_resume_under_ddp_and_fsdp(tiny_llm, tiny_data, tmp_path):
     inputs = [str(tiny_llm), str(tiny_data[0]), str(tmp_path / "runs")]
     env = {"SVDLORA_TEST_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     script = Path(__file__).with_name("resume_launch.py")
-    done = launch(inputs, 2, 29535, script=script, env=env)
+    done = launch(inputs, 2, script=script, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(done.stdout)
     assert doc["checkpointed"] and doc["world_size"] == 2 and doc["engine"] == "MULTI_CPU"

@@ -1,0 +1,116 @@
+"""What every workflow shares: the cache options, progress hooks and the options record.
+
+A workflow takes a typed options record, does the work, writes its outputs and
+returns the result document. It never imports typer or rich: the CLI hands it
+progress hooks, and the demo composes the same workflows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from ..cache import ArtifactCache
+
+Document = dict[str, Any]
+ItemProgress = Callable[[str, int, int], None]
+StepProgress = Callable[[int, int, float], None]
+DEFAULT_OUTPUT_DIR = Path("svdlora-out")
+
+
+def _no_bar(_: str) -> contextlib.AbstractContextManager[Any]:
+    return contextlib.nullcontext(None)
+
+
+@dataclass
+class Hooks:
+    """How a workflow reports progress: item bars (tensors), step bars (training), headlines."""
+
+    items: Callable[[str], contextlib.AbstractContextManager[ItemProgress | None]] = _no_bar
+    steps: Callable[[str], contextlib.AbstractContextManager[StepProgress | None]] = _no_bar
+    announce: Callable[[str], None] = lambda _: None
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """--cache-dir, --cache-size and --no-cache."""
+
+    cache_dir: Path | None = None
+    cache_size: str | None = None
+    no_cache: bool = False
+
+    def open(self) -> ArtifactCache:
+        from ..cache import ArtifactCache, default_cache_dir, parse_size
+
+        if self.no_cache:
+            return ArtifactCache(None)
+        return ArtifactCache(
+            self.cache_dir or default_cache_dir(), size_limit=parse_size(self.cache_size)
+        )
+
+
+@contextlib.contextmanager
+def cache_session(options: CacheOptions, shared: ArtifactCache | None) -> Iterator[ArtifactCache]:
+    """The cache a step uses: the caller's open one (left open), or one opened and closed here."""
+    if shared is not None:
+        yield shared
+        return
+    cache = options.open()
+    try:
+        yield cache
+    finally:
+        cache.close()
+
+
+R = TypeVar("R")
+
+
+def extract(
+    output_dir: Path,
+    cache_options: CacheOptions,
+    shared: ArtifactCache | None,
+    bar: contextlib.AbstractContextManager[ItemProgress | None],
+    compute: Callable[[ArtifactCache, ItemProgress | None], R],
+) -> R:
+    """The skeleton of every extraction step: check the output folder before any work, then
+    run `compute` over the cache with a progress bar. Under torchrun every rank computes its
+    share; only the primary process writes outputs (see `is_primary_process`).
+    """
+    from ..files import check_writable_dir
+
+    check_writable_dir(output_dir)
+    with cache_session(cache_options, shared) as cache, bar as update:
+        result = compute(cache, update)
+    return result
+
+
+def check(ok: bool, message: str, hint: str) -> None:
+    """A range check of one option: an InvalidOptionError (Error + Hint) when it fails."""
+    if not ok:
+        from ..errors import InvalidOptionError
+
+        raise InvalidOptionError(message, hint)
+
+
+def is_primary_process() -> bool:
+    """False on the non-zero ranks of a torchrun / accelerate launch: they write nothing."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def record(options: Any) -> dict[str, Any]:
+    """The options record as it goes into run_config.json (paths as strings). The cache's
+    location is left out: it decides where results are kept, not what they are."""
+    from ..files import json_safe
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(options):
+        if f.name != "cache":
+            value = getattr(options, f.name)
+            out[f.name] = record(value) if dataclasses.is_dataclass(value) else json_safe(value)
+    return out

@@ -1,0 +1,61 @@
+"""The `delta` step: how much each weight changed, and what a LoRA cannot capture."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .common import (
+    DEFAULT_OUTPUT_DIR,
+    CacheOptions,
+    Document,
+    Hooks,
+    extract,
+    is_primary_process,
+    record,
+)
+
+if TYPE_CHECKING:
+    from ..cache import ArtifactCache
+
+
+@dataclass(frozen=True)
+class DeltaOptions:
+    """Everything `svdlora delta` takes."""
+
+    base_model: str
+    teacher_model: str
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    output_dir: Path = DEFAULT_OUTPUT_DIR
+    cache: CacheOptions = field(default_factory=CacheOptions)
+
+
+def run(
+    options: DeltaOptions, hooks: Hooks | None = None, cache: ArtifactCache | None = None
+) -> Document | None:
+    """delta_analysis.json and delta_report.txt; the document (None on non-primary ranks)."""
+    from ..artifacts import write_delta_outputs
+    from ..delta import run_delta
+
+    hooks = hooks or Hooks()
+    result = extract(
+        options.output_dir,
+        options.cache,
+        cache,
+        hooks.items("dW"),
+        lambda c, update: run_delta(
+            options.base_model,
+            options.teacher_model,
+            c,
+            options.include,
+            options.exclude,
+            progress=update,
+        ),
+    )
+    if not is_primary_process():  # the other ranks computed their share
+        return None
+    return write_delta_outputs(
+        result, options.output_dir, options.base_model, options.teacher_model, record(options)
+    )

@@ -1,0 +1,240 @@
+"""The whole seed experiment in one call: teacher, dW, SVD, students, comparison, layer report.
+
+It composes the same workflows as the single commands, so each step writes the
+same bytes as its command would with the same options. Every step goes through
+the artifact cache or reuses a finished run with the same inputs, so a second
+demo only recomputes what changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..models.builtin import SMOLLM2, TINY
+from .common import CacheOptions, Document, Hooks, cache_session
+
+if TYPE_CHECKING:
+    from ..cache import ArtifactCache
+
+
+@dataclass
+class DemoSettings:
+    """Defaults sized for about 15 minutes on a 2-core CPU with SmolLM2-135M."""
+
+    model: str = SMOLLM2
+    name: str = "demo"
+    root: Path = Path("svdlora-runs")
+    output_dir: Path | None = None
+    rank: int = 16
+    inits: tuple[str, ...] = ("random", "svd", "subspace")
+    teacher_epochs: int = 2
+    student_epochs: int = 1
+    teacher_lr: float = 5e-5
+    student_lr: float = 2e-4
+    batch_size: int = 4
+    max_length: int = 384
+    eval_every: int = 5
+    eval_limit: int = 16
+    generate_limit: int = 8
+    max_new_tokens: int = 200
+    seed: int = 0
+    device: str = "auto"
+    data_path: str | None = None
+    eval_path: str | None = None
+    quick: bool = False
+    workspace: Path | None = field(default_factory=lambda: Path("svdlora.toml"))
+    cache: CacheOptions = field(default_factory=CacheOptions)
+
+    @classmethod
+    def quick_settings(cls, **overrides: Any) -> DemoSettings:
+        """A tiny model and short runs: the whole pipeline in well under 2 minutes."""
+        base = {
+            "model": TINY,
+            "name": "quick",
+            "teacher_epochs": 2,
+            "student_epochs": 2,
+            "teacher_lr": 3e-3,
+            "student_lr": 3e-3,
+            "max_length": 512,
+            "eval_every": 10,
+            "eval_limit": 16,
+            "generate_limit": 4,
+            "max_new_tokens": 24,
+            "quick": True,
+        }
+        return cls(**{**base, **overrides})
+
+    @property
+    def folder(self) -> Path:
+        """The run folder; a name can never point outside the runs root."""
+        if self.output_dir is not None:
+            return self.output_dir
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            from ..errors import InvalidOptionError
+
+            raise InvalidOptionError(
+                f"--name {self.name!r} must be a plain folder name",
+                "use letters, digits, '.', '_' and '-' (no '/' or '..')",
+            )
+        return self.root / self.name
+
+    def train_config(self, epochs: int, learning_rate: float) -> Any:
+        from ..training.loop import TrainConfig
+
+        return TrainConfig(
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            seed=self.seed,
+            eval_every=self.eval_every,
+            eval_limit=self.eval_limit,
+            device=self.device,
+        )
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[step] = round(time.perf_counter() - start, 2)
+
+
+def _numbered(hooks: Hooks, number: str) -> Hooks:
+    """The same hooks with the step number in front of every bar's label."""
+    return Hooks(
+        items=lambda label: hooks.items(f"{number} {label}"),
+        steps=lambda label: hooks.steps(f"{number} {label}"),
+        announce=hooks.announce,
+    )
+
+
+def run(settings: DemoSettings, hooks: Hooks | None = None) -> Document:
+    """Steps 1-5 of the seed plan plus the layer report; writes demo_summary.json."""
+    from ..files import check_writable_dir, write_json
+
+    check_writable_dir(settings.folder)
+    with cache_session(settings.cache, None) as cache:
+        doc = _steps(settings, hooks or Hooks(), cache)
+    doc["artifacts"]["summary"] = str(write_json(settings.folder / "demo_summary.json", doc))
+    return doc
+
+
+def _steps(settings: DemoSettings, hooks: Hooks, cache: ArtifactCache) -> Document:
+    from ..analysis.reading import reading
+    from ..model_refs import resolve_model_path
+    from . import compare, delta, layer_report, svd, train, train_teacher
+
+    say = hooks.announce
+    folder = settings.folder
+    timings: dict[str, float] = {}
+    with _timed(timings, "model"):
+        say(f"[0/6] resolving the model {settings.model}")
+        base = str(resolve_model_path(settings.model))
+    teacher_dir = folder / "teacher_full_sft"
+    with _timed(timings, "teacher"):
+        say("[1/6] train-teacher: full-parameter SFT")
+        teacher_options = train_teacher.TeacherOptions(
+            base_model=base,
+            config=settings.train_config(settings.teacher_epochs, settings.teacher_lr),
+            train_data=settings.data_path,
+            eval_data=settings.eval_path,
+            output_dir=teacher_dir,
+            reuse=True,
+        )
+        teacher = train_teacher.run(teacher_options, _numbered(hooks, "1/6"), cache)["arms"][0]
+    teacher_model = str(teacher_dir / "final_model")
+    svd_dir = folder / "svd_results"
+    pair = {"base_model": base, "teacher_model": teacher_model, "output_dir": svd_dir}
+    with _timed(timings, "delta"):
+        say("[2/6] delta: dW = W_teacher - W_base")
+        delta.run(delta.DeltaOptions(**pair), _numbered(hooks, "2/6"), cache)
+    with _timed(timings, "svd"):
+        say(f"[3/6] svd --rank {settings.rank}")
+        svd_options = svd.SvdOptions(**pair, rank=settings.rank, method="exact")
+        svd_doc = svd.run(svd_options, _numbered(hooks, "3/6"), cache)
+        assert svd_doc is not None  # the demo runs in one process
+    with _timed(timings, "students"):
+        train_options = train.TrainOptions(
+            base_model=base,
+            config=settings.train_config(settings.student_epochs, settings.student_lr),
+            inits=settings.inits,
+            seeds=(settings.seed,),
+            rank=settings.rank,
+            svd_factors=svd_doc["artifacts"]["factors"],
+            train_data=settings.data_path,
+            eval_data=settings.eval_path,
+            output_dir=folder / "training_results",
+            reuse=True,
+        )
+        say(f"[4/6] train --init {','.join(settings.inits)}")
+        students = train.run(train_options, _numbered(hooks, "4/6"), cache)["arms"]
+    with _timed(timings, "compare"):
+        say(f"[5/6] compare (greedy decoding on {settings.generate_limit} eval problems)")
+        compare_options = compare.CompareOptions(
+            run_dir=folder,
+            base_model=base,
+            teacher_model=teacher_model,
+            generate=True,
+            eval_limit=settings.generate_limit,
+            eval_data=settings.eval_path,
+            max_new_tokens=settings.max_new_tokens,
+        )
+        comparison = compare.run(compare_options, _numbered(hooks, "5/6"), cache)
+        assert comparison is not None
+    with _timed(timings, "layer_report"):
+        say("[6/6] layer-report")
+        layer_options = layer_report.LayerReportOptions(**pair, rank=settings.rank, method="exact")
+        layers = layer_report.run(layer_options, _numbered(hooks, "6/6"), cache)
+        assert layers is not None
+    if settings.workspace is not None:
+        from ..workspace import update_workspace
+
+        update_workspace(
+            settings.workspace,
+            {"base_model": base, "teacher_model": teacher_model, "output_dir": str(folder)},
+            {"svd": {"output_dir": str(svd_dir)}, "sweep": {"output_dir": str(svd_dir / "sweep")}},
+        )
+    return {
+        "model": settings.model,
+        "base_model": base,
+        "run_dir": str(folder),
+        "settings": {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in dataclasses.asdict(settings).items()
+            if k != "cache"
+        },
+        "timings_s": timings,
+        "teacher": teacher,
+        "students": students,
+        "spectra": {
+            k: svd_doc["summary"][k]
+            for k in (
+                "mean_energy",
+                "total_energy",
+                "mean_rank_90",
+                "mean_effective_rank",
+                "untargeted_share",
+            )
+        },
+        "layers": {k: layers[k] for k in ("by_group",)},
+        "comparison": comparison,
+        "reading": reading(svd_doc["summary"], comparison, settings.rank),
+        "artifacts": {
+            "comparison_plot": comparison["artifacts"]["plot"],
+            "comparison_report": comparison["artifacts"]["report"],
+            "svd_plot": svd_doc["artifacts"]["plot"],
+            "svd_report": svd_doc["artifacts"]["report"],
+            "layer_heatmap": layers["artifacts"]["heatmap"],
+        },
+        "warnings": [*svd_doc["warnings"], *comparison.get("warnings", [])],
+    }

@@ -1,0 +1,72 @@
+"""The `layer-report` step: per-layer size and rank of dW, by type, depth and group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .common import (
+    DEFAULT_OUTPUT_DIR,
+    CacheOptions,
+    Document,
+    Hooks,
+    extract,
+    is_primary_process,
+    record,
+)
+
+if TYPE_CHECKING:
+    from ..cache import ArtifactCache
+
+
+@dataclass(frozen=True)
+class LayerReportOptions:
+    """Everything `svdlora layer-report` takes."""
+
+    base_model: str
+    teacher_model: str
+    rank: int = 16
+    sort: str = "layer"
+    intruders: bool = False
+    intruder_k: int = 10
+    intruder_threshold: float = 0.5
+    method: str = "auto"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    output_dir: Path = DEFAULT_OUTPUT_DIR
+    cache: CacheOptions = field(default_factory=CacheOptions)
+
+
+def run(
+    options: LayerReportOptions, hooks: Hooks | None = None, cache: ArtifactCache | None = None
+) -> Document | None:
+    """layer_report.json and its heatmap; the document (None on non-primary ranks)."""
+    from ..analysis.layers import layer_report
+    from ..artifacts import write_layer_outputs
+
+    hooks = hooks or Hooks()
+    doc = extract(
+        options.output_dir,
+        options.cache,
+        cache,
+        hooks.items("layers"),
+        lambda c, update: layer_report(
+            options.base_model,
+            options.teacher_model,
+            c,
+            options.rank,
+            options.include,
+            options.exclude,
+            options.method,
+            options.sort,
+            options.intruders,
+            options.intruder_k,
+            options.intruder_threshold,
+            update,
+        ),
+    )
+    if not is_primary_process():  # the other ranks computed their share
+        return None
+    doc = {"base_model": options.base_model, "tuned_model": options.teacher_model, **doc}
+    return write_layer_outputs(doc, options.output_dir, record(options))

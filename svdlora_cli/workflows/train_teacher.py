@@ -1,0 +1,75 @@
+"""The `train-teacher` step: full-parameter SFT of the base model (step 1 of the seed plan)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .common import Document, Hooks, is_primary_process
+
+if TYPE_CHECKING:
+    from ..cache import ArtifactCache
+    from ..data import FieldNames
+    from ..training.loop import TrainConfig
+
+
+@dataclass(frozen=True)
+class TeacherOptions:
+    """Everything `svdlora train-teacher` takes.
+
+    `workspace`: the svdlora.toml to record base and teacher in (None: none). `reuse`: return
+    a finished run with the same inputs instead of training again (the demo reuses).
+    """
+
+    base_model: str
+    config: TrainConfig
+    train_data: str | None = None
+    eval_data: str | None = None
+    fields: FieldNames | None = None
+    output_dir: Path = Path("svdlora-runs") / "teacher"
+    workspace: Path | None = None
+    reuse: bool = False
+
+
+def run(
+    options: TeacherOptions, hooks: Hooks | None = None, cache: ArtifactCache | None = None
+) -> Document:
+    """final_model/, training_log_teacher.csv and the run record; the summary document."""
+    from ..data import FieldNames
+    from ..files import check_writable_dir
+    from ..training.teacher import train_teacher
+    from ..workspace import update_workspace
+
+    hooks = hooks or Hooks()
+    options.config.validate()
+    folder = check_writable_dir(options.output_dir)
+    with hooks.steps("teacher") as update:
+        summary = train_teacher(
+            options.base_model,
+            folder,
+            options.config,
+            options.train_data,
+            options.eval_data,
+            options.fields or FieldNames(),
+            update,
+            reuse=options.reuse,
+            memo=cache.memo if cache is not None else None,
+        )
+    doc: Document = {
+        "arms": [summary],
+        "config": options.config.to_dict(),
+        "output_dir": str(folder),
+    }
+    if options.workspace is not None and summary["artifacts"] and is_primary_process():
+        update_workspace(
+            options.workspace,
+            {
+                "base_model": options.base_model,
+                "teacher_model": summary["artifacts"]["final_model"],
+                "train_data": options.train_data,
+                "eval_data": options.eval_data,
+            },
+        )
+        doc["workspace"] = str(options.workspace.resolve())
+    return doc
