@@ -52,12 +52,25 @@ def split_factors(
     raise InvalidOptionError(f"unknown --split {split!r}", f"use one of: {', '.join(SPLITS)}")
 
 
+def require_finite(tensors: Mapping[str, torch.Tensor], what: str, hint: str) -> None:
+    """Refuse to write NaN or Inf: name the first bad tensor and how many there are."""
+    from .errors import NonFiniteOutputError
+
+    bad = [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteOutputError(
+            f"{what} hold NaN or Inf in {len(bad)} tensor(s), e.g. {bad[0]}; nothing was written",
+            hint,
+        )
+
+
 def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
     """A safetensors file whose bytes depend only on its content.
 
     safetensors writes the metadata in hash-map order, which changes from process to
     process; the header is rewritten with sorted keys (offsets are unaffected).
     """
+    require_finite(tensors, "the factors", "check the models for NaN/Inf weights")
     data = save_safetensors(dict(tensors), metadata=dict(metadata))
     size = struct.unpack("<Q", data[:8])[0]
     header = json.dumps(
@@ -166,6 +179,7 @@ def write_peft_adapter(
     for module, f in factors.items():
         tensors[f"base_model.model.{module}.lora_A.weight"] = f.A.contiguous()
         tensors[f"base_model.model.{module}.lora_B.weight"] = f.B.contiguous()
+    require_finite(tensors, "the adapter weights", "check the models for NaN/Inf weights")
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "adapter_model.safetensors") as tmp:
         tmp.write_bytes(save_safetensors(tensors, metadata={"format": "pt"}))

@@ -1,7 +1,11 @@
-"""Write a step's outputs (factors, adapter, JSON, text, plot, run record) to its folder."""
+"""Write a step's outputs (factors, adapter, JSON, text, plot, run record) to its folder.
+
+Each set is staged and moved into place with the document last (see `output_sets`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +13,7 @@ from .adapters import save_factors, write_peft_adapter
 from .delta import DeltaResult
 from .extraction import SvdResult
 from .files import ensure_writable_dir, write_json, write_run_config, write_text
+from .output_sets import staged
 from .reporting.plots import svd_analysis_png
 from .reporting.text import delta_report, svd_report
 
@@ -51,8 +56,13 @@ def write_svd_outputs(
     split: str = "b",
     options: dict[str, Any] | None = None,
     plot: bool = True,
+    verify: Callable[[Path], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Factors, PEFT adapter, analysis JSON, text report and PNG; returns the document."""
+    """Factors, PEFT adapter, analysis JSON, text report and PNG; returns the document.
+
+    `verify` checks the staged adapter before anything reports on it; when it raises,
+    nothing is moved into place.
+    """
     folder = ensure_writable_dir(output_dir)
     label = result.label
     doc = svd_document(result, base_model, tuned_model, split)
@@ -73,19 +83,22 @@ def write_svd_outputs(
         "tuned_fingerprint": result.fingerprints["tuned"] or "",
         "truncation": label,
     }
-    save_factors(paths["factors"], result.factors("b"), metadata)
-    write_peft_adapter(
-        paths["adapter"],
-        result.factors(split),
-        result.candidates,
-        base_model,
-        result.fan_in_fan_out,
-    )
-    write_text(paths["report"], svd_report(doc))
-    if plot:
-        svd_analysis_png(doc, paths["plot"])
     inputs = {"base_model": base_model, "tuned_model": tuned_model, **result.fingerprints}
-    return _finish(doc, paths["analysis"], "svd", options, inputs)
+    with staged(folder, paths["analysis"]) as at:
+        save_factors(at(paths["factors"]), result.factors("b"), metadata)
+        write_peft_adapter(
+            at(paths["adapter"]),
+            result.factors(split),
+            result.candidates,
+            base_model,
+            result.fan_in_fan_out,
+        )
+        if verify is not None:
+            doc["verification"] = verify(at(paths["adapter"]))
+        write_text(at(paths["report"]), svd_report(doc))
+        if plot:
+            svd_analysis_png(doc, at(paths["plot"]))
+        return _finish(doc, at(paths["analysis"]), "svd", options, inputs)
 
 
 def write_delta_outputs(
@@ -104,9 +117,10 @@ def write_delta_outputs(
         "run_config": folder / "run_config.json",
     }
     _announce(doc, paths)
-    write_text(paths["report"], delta_report(doc))
     inputs = {"base_model": base_model, "tuned_model": tuned_model, **result.fingerprints}
-    return _finish(doc, paths["analysis"], "delta", options, inputs)
+    with staged(folder, paths["analysis"]) as at:
+        write_text(at(paths["report"]), delta_report(doc))
+        return _finish(doc, at(paths["analysis"]), "delta", options, inputs)
 
 
 def write_compare_outputs(
@@ -127,10 +141,11 @@ def write_compare_outputs(
         "json": folder / "comparison.json",
     }
     _announce(doc, paths)
-    comparison_png(curves, doc, paths["plot"], log_y)
-    write_text(paths["report"], comparison_text(doc))
-    write_text(paths["markdown"], comparison_markdown(doc))
-    return _finish(doc, paths["json"], "compare", options, {})
+    with staged(folder, paths["json"]) as at:
+        comparison_png(curves, doc, at(paths["plot"]), log_y)
+        write_text(at(paths["report"]), comparison_text(doc))
+        write_text(at(paths["markdown"]), comparison_markdown(doc))
+        return _finish(doc, at(paths["json"]), "compare", options, {})
 
 
 def write_layer_outputs(
@@ -142,8 +157,10 @@ def write_layer_outputs(
     folder = ensure_writable_dir(output_dir)
     paths = {"json": folder / "layer_report.json", "heatmap": folder / "layer_report_heatmap.png"}
     _announce(doc, paths)
-    layer_heatmap_png(doc, paths["heatmap"])
-    return _finish(doc, paths["json"], "layer-report", options, doc.get("fingerprints") or {})
+    with staged(folder, paths["json"]) as at:
+        layer_heatmap_png(doc, at(paths["heatmap"]))
+        inputs = doc.get("fingerprints") or {}
+        return _finish(doc, at(paths["json"]), "layer-report", options, inputs)
 
 
 def write_sweep_outputs(
@@ -157,7 +174,8 @@ def write_sweep_outputs(
     if doc.get("study"):
         paths["rank_study"] = folder / "rank_study.png"
     _announce(doc, paths)
-    sweep_png(doc, paths["plot"])
-    if doc.get("study"):
-        rank_study_png(doc["study"], paths["rank_study"])
-    return _finish(doc, paths["json"], "sweep", options, {})
+    with staged(folder, paths["json"]) as at:
+        sweep_png(doc, at(paths["plot"]))
+        if doc.get("study"):
+            rank_study_png(doc["study"], at(paths["rank_study"]))
+        return _finish(doc, at(paths["json"]), "sweep", options, {})

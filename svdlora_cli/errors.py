@@ -39,6 +39,10 @@ class NonFiniteDeltaError(SvdloraError):
     """A weight delta contains NaN or Inf."""
 
 
+class NonFiniteOutputError(SvdloraError):
+    """Weights about to be written contain NaN or Inf (e.g. training diverged)."""
+
+
 class OutputError(SvdloraError):
     """An output folder or file cannot be written."""
 

@@ -78,6 +78,14 @@ TrainDataOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
+DtypePolicyOpt = Annotated[
+    str,
+    typer.Option(
+        "--dtype-policy",
+        help="When base and teacher dtypes differ: round (subtract against the base cast to "
+        "the teacher's dtype, the grid the fine-tune started from) or raw (as stored).",
+    ),
+]
 
 DEFAULT_OUTPUT_DIR = Path("svdlora-out")
 

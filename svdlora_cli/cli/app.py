@@ -23,6 +23,7 @@ from . import svd as svd_cmd
 from . import sweep as sweep_cmd
 from . import train as train_cmd
 from . import train_teacher as train_teacher_cmd
+from . import verify as verify_cmd
 from ._output import setup_logging, stderr
 
 
@@ -105,6 +106,7 @@ app.command("init")(init_cmd.init)
 app.command("train-teacher")(train_teacher_cmd.train_teacher)
 app.command("delta")(delta_cmd.delta)
 app.command("svd")(svd_cmd.svd)
+app.command("verify")(verify_cmd.verify)
 app.command("train")(train_cmd.train)
 app.command("compare")(compare_cmd.compare)
 app.command("layer-report")(layer_report_cmd.layer_report)

@@ -6,6 +6,7 @@ from ._options import (
     DEFAULT_OUTPUT_DIR,
     BaseModelOpt,
     CacheDirOpt,
+    DtypePolicyOpt,
     ExcludeOpt,
     IncludeOpt,
     JsonOpt,
@@ -21,6 +22,7 @@ def delta(
     teacher_model: TeacherModelOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
+    dtype_policy: DtypePolicyOpt = "round",
     output_dir: OutputDirOpt = None,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
@@ -38,6 +40,7 @@ def delta(
         teacher_model=require(teacher_model, "--teacher-model", "teacher_model"),
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
+        dtype_policy=dtype_policy,
         output_dir=output_dir or DEFAULT_OUTPUT_DIR,
         cache=cache_options(cache_dir, no_cache),
     )

@@ -11,6 +11,7 @@ from ._options import (
     BaseModelOpt,
     CacheDirOpt,
     CacheSizeOpt,
+    DtypePolicyOpt,
     ExcludeOpt,
     IncludeOpt,
     JsonOpt,
@@ -45,6 +46,7 @@ def layer_report(
     method: Annotated[str, typer.Option("--method", help="auto, exact or randomized.")] = "auto",
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
+    dtype_policy: DtypePolicyOpt = "round",
     output_dir: OutputDirOpt = None,
     cache_dir: CacheDirOpt = None,
     cache_size: CacheSizeOpt = None,
@@ -69,6 +71,7 @@ def layer_report(
         method=method,
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
+        dtype_policy=dtype_policy,
         output_dir=output_dir or DEFAULT_OUTPUT_DIR,
         cache=cache_options(cache_dir, no_cache, cache_size),
     )

@@ -12,6 +12,7 @@ from ._options import (
     CacheDirOpt,
     CacheSizeOpt,
     DeviceOpt,
+    DtypePolicyOpt,
     ExcludeOpt,
     IncludeOpt,
     JsonOpt,
@@ -41,6 +42,7 @@ def svd(
     ] = "b",
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
+    dtype_policy: DtypePolicyOpt = "round",
     cache_rank: Annotated[
         int,
         typer.Option(
@@ -58,6 +60,14 @@ def svd(
     plot: Annotated[
         bool, typer.Option("--plot/--no-plot", help="Write svd_analysis_*.png.")
     ] = True,
+    verify: Annotated[
+        bool | None,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Check the adapter's logits through PEFT against a direct merge "
+            "(default: on below 1B parameters). The structural check always runs.",
+        ),
+    ] = None,
     output_dir: OutputDirOpt = None,
     cache_dir: CacheDirOpt = None,
     cache_size: CacheSizeOpt = None,
@@ -82,11 +92,13 @@ def svd(
         split=split,
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
+        dtype_policy=dtype_policy,
         cache_rank=cache_rank,
         oversample=oversample,
         power_iters=power_iters,
         seed=seed,
         plot=plot,
+        verify=verify,
         output_dir=output_dir or DEFAULT_OUTPUT_DIR,
         cache=cache_options(cache_dir, no_cache, cache_size),
     )

@@ -2,42 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ._options import (
     AnswerFieldOpt,
     BaseModelOpt,
-    BatchSizeOpt,
-    Bf16Opt,
     CacheDirOpt,
     CacheSizeOpt,
-    EpochsOpt,
     EvalDataOpt,
-    EvalEveryOpt,
-    EvalLimitOpt,
-    Fp16Opt,
-    GradAccumOpt,
-    GradCkptOpt,
     JsonOpt,
-    MaxLengthOpt,
-    MaxStepsOpt,
     NoCacheOpt,
     PromptFieldOpt,
     RankOpt,
-    ResumeOpt,
-    SaveEveryOpt,
-    SchedulerOpt,
     TeacherModelOpt,
     TrainDataOpt,
-    TrainDeviceOpt,
-    TrustRemoteCodeOpt,
-    WarmupOpt,
-    WeightDecayOpt,
 )
-from ._output import cache_options, emit, hooks, precision, require
+from ._output import cache_options, emit, hooks, require
+from ._training import with_training_options
 
 
 def _seeds(text: str) -> list[int]:
@@ -56,6 +41,7 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+@with_training_options(learning_rate=2e-4)
 def train(
     base_model: BaseModelOpt = None,
     train_data: TrainDataOpt = None,
@@ -87,64 +73,24 @@ def train(
             "--output-dir", "-o", help="Folder (default: ./svdlora-runs/training_results)."
         ),
     ] = None,
-    epochs: EpochsOpt = 5,
-    learning_rate: Annotated[
-        float, typer.Option("--learning-rate", help="AdamW learning rate.")
-    ] = 2e-4,
-    batch_size: BatchSizeOpt = 4,
-    grad_accum: GradAccumOpt = 1,
-    max_length: MaxLengthOpt = 512,
-    eval_every: EvalEveryOpt = 0,
-    eval_limit: EvalLimitOpt = None,
-    max_steps: MaxStepsOpt = None,
-    bf16: Bf16Opt = False,
-    fp16: Fp16Opt = False,
-    gradient_checkpointing: GradCkptOpt = False,
-    device: TrainDeviceOpt = "auto",
-    warmup_steps: WarmupOpt = 0,
-    lr_scheduler: SchedulerOpt = "linear",
-    weight_decay: WeightDecayOpt = 0.0,
     prompt_field: PromptFieldOpt = None,
     answer_field: AnswerFieldOpt = None,
     cache_dir: CacheDirOpt = None,
     cache_size: CacheSizeOpt = None,
     no_cache: NoCacheOpt = False,
-    trust_remote_code: TrustRemoteCodeOpt = False,
-    save_every: SaveEveryOpt = 0,
-    resume: ResumeOpt = False,
     json_output: JsonOpt = False,
+    config: Any = None,  # a TrainConfig built from the training options
 ) -> None:
     """Train LoRA arms on identical batches; writes final_model_{init}/, training_log_{init}.csv."""
     from ..data import FieldNames
     from ..reporting.tables import training_table
     from ..training.inits import parse_inits
-    from ..training.loop import TrainConfig
     from ..workflows import train as workflow
 
     seed_list = _seeds(seeds)
-    config = TrainConfig(
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        max_length=max_length,
-        seed=seed_list[0],
-        eval_every=eval_every,
-        eval_limit=eval_limit,
-        max_steps=max_steps,
-        precision=precision(bf16, fp16),
-        gradient_checkpointing=gradient_checkpointing,
-        device=device,
-        weight_decay=weight_decay,
-        warmup_steps=warmup_steps,
-        lr_scheduler=lr_scheduler,
-        trust_remote_code=trust_remote_code,
-        save_every=save_every,
-        resume=resume,
-    )
     options = workflow.TrainOptions(
         base_model=require(base_model, "--base-model", "base_model"),
-        config=config,
+        config=dataclasses.replace(config, seed=seed_list[0]),
         inits=tuple(parse_inits(init)),
         seeds=tuple(seed_list),
         rank=require(rank, "--rank", "rank"),

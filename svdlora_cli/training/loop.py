@@ -9,6 +9,7 @@ tokens of the whole optimizer step, so gradient accumulation is exact.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -56,9 +57,24 @@ class TrainConfig:
     resume: bool = False
 
     def validate(self) -> None:
+        finite = math.isfinite
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}"),
+            (
+                finite(self.learning_rate) and self.learning_rate > 0,
+                f"--learning-rate must be a positive finite number, got {self.learning_rate}",
+            ),
+            (
+                finite(self.weight_decay) and self.weight_decay >= 0,
+                f"--weight-decay must be a finite number >= 0, got {self.weight_decay}",
+            ),
+            (
+                finite(self.max_grad_norm) and self.max_grad_norm > 0,
+                f"the gradient-norm clip must be positive and finite, got {self.max_grad_norm}",
+            ),
+            (self.max_length >= 2, f"--max-length must be at least 2, got {self.max_length}"),
+            (self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}"),
+            (self.eval_limit is None or self.eval_limit >= 1, "--eval-limit must be at least 1"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.grad_accum >= 1, f"--grad-accum must be at least 1, got {self.grad_accum}"),
             (self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every}"),

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..adapters import LowRankFactors, load_factors
+from ..adapters import LowRankFactors, load_factors, require_finite
 from ..cache import ArtifactCache
 from ..checkpoints import open_checkpoint
 from ..data import FieldNames
@@ -134,6 +134,13 @@ def train_student(
     accelerator.wait_for_everyone()
     state_dict = gathered_state_dict(accelerator, model, trainable_only=True)
     if accelerator.is_main_process:
+        require_finite(
+            state_dict
+            if state_dict is not None
+            else {n: p for n, p in model.named_parameters() if p.requires_grad},
+            f"the trained weights of {name}",
+            "training diverged: lower --learning-rate (or use --warmup-steps)",
+        )
         folder = ensure_writable_dir(output_dir)
         final = folder / f"final_model_{name}"
         paths = {"adapter": final, **write_run_files(folder, name, result, config.to_dict())}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..adapters import require_finite
 from ..data import FieldNames
 from ..files import atomic_dir, ensure_writable_dir, write_run_config
 from .loop import StepProgress, TrainConfig, fit, gathered_state_dict, make_accelerator
@@ -61,6 +62,11 @@ def train_teacher(
     accelerator.wait_for_everyone()
     state_dict = gathered_state_dict(accelerator, model)
     if accelerator.is_main_process:
+        require_finite(
+            state_dict if state_dict is not None else dict(model.named_parameters()),
+            "the teacher's trained weights",
+            "training diverged: lower --learning-rate (or use --warmup-steps)",
+        )
         folder = ensure_writable_dir(output_dir)
         final = folder / "final_model"
         paths = {

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..cache import ArtifactCache
@@ -68,26 +68,22 @@ def cache_session(options: CacheOptions, shared: ArtifactCache | None) -> Iterat
         cache.close()
 
 
-R = TypeVar("R")
-
-
-def extract(
-    output_dir: Path,
-    cache_options: CacheOptions,
-    shared: ArtifactCache | None,
-    bar: contextlib.AbstractContextManager[ItemProgress | None],
-    compute: Callable[[ArtifactCache, ItemProgress | None], R],
-) -> R:
-    """The skeleton of every extraction step: check the output folder before any work, then
-    run `compute` over the cache with a progress bar. Under torchrun every rank computes its
-    share; only the primary process writes outputs (see `is_primary_process`).
-    """
+@contextlib.contextmanager
+def extraction(
+    output_dir: Path, cache_options: CacheOptions, shared: ArtifactCache | None
+) -> Iterator[ArtifactCache]:
+    """The frame of every extraction step: the output folder checked before any work and
+    locked (by the process that writes) until the outputs are in place, and the cache open.
+    Under torchrun every rank computes its share; only the primary process writes."""
     from ..files import check_writable_dir
+    from ..output_sets import locked_output
 
     check_writable_dir(output_dir)
-    with cache_session(cache_options, shared) as cache, bar as update:
-        result = compute(cache, update)
-    return result
+    with (
+        locked_output(output_dir, is_primary_process()),
+        cache_session(cache_options, shared) as cache,
+    ):
+        yield cache
 
 
 def check(ok: bool, message: str, hint: str) -> None:

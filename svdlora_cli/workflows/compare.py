@@ -11,8 +11,8 @@ from .common import (
     CacheOptions,
     Document,
     Hooks,
-    cache_session,
     check,
+    extraction,
     is_primary_process,
 )
 
@@ -99,7 +99,7 @@ def run(
         "--generate needs the base model",
         "pass --base-model",
     )
-    with cache_session(options.cache, cache) as c:
+    with extraction(options.folder, options.cache, cache) as c:
         doc["warnings"] = attach_model_figures(doc, runs, base, teacher_dir, c)
         if options.generate:
             with hooks.items("generate") as update:
@@ -114,8 +114,8 @@ def run(
                     update,
                     c,
                 )
-    if not is_primary_process():
-        return None
-    return write_compare_outputs(
-        doc, curves_for_plot(runs), options.folder, options.log_y, record(options)
-    )
+        if not is_primary_process():
+            return None
+        return write_compare_outputs(
+            doc, curves_for_plot(runs), options.folder, options.log_y, record(options)
+        )

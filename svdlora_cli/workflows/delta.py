@@ -11,7 +11,7 @@ from .common import (
     CacheOptions,
     Document,
     Hooks,
-    extract,
+    extraction,
     is_primary_process,
     record,
 )
@@ -28,6 +28,7 @@ class DeltaOptions:
     teacher_model: str
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    dtype_policy: str = "round"  # base vs teacher dtypes differ: see precision.py
     output_dir: Path = DEFAULT_OUTPUT_DIR
     cache: CacheOptions = field(default_factory=CacheOptions)
 
@@ -40,22 +41,19 @@ def run(
     from ..delta import run_delta
 
     hooks = hooks or Hooks()
-    result = extract(
-        options.output_dir,
-        options.cache,
-        cache,
-        hooks.items("dW"),
-        lambda c, update: run_delta(
-            options.base_model,
-            options.teacher_model,
-            c,
-            options.include,
-            options.exclude,
-            progress=update,
-        ),
-    )
-    if not is_primary_process():  # the other ranks computed their share
-        return None
-    return write_delta_outputs(
-        result, options.output_dir, options.base_model, options.teacher_model, record(options)
-    )
+    with extraction(options.output_dir, options.cache, cache) as c:
+        with hooks.items("dW") as update:
+            result = run_delta(
+                options.base_model,
+                options.teacher_model,
+                c,
+                options.include,
+                options.exclude,
+                progress=update,
+                dtype_policy=options.dtype_policy,
+            )
+        if not is_primary_process():  # the other ranks computed their share
+            return None
+        return write_delta_outputs(
+            result, options.output_dir, options.base_model, options.teacher_model, record(options)
+        )

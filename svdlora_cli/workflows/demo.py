@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..models.builtin import SMOLLM2, TINY
-from .common import CacheOptions, Document, Hooks, cache_session
+from .common import CacheOptions, Document, Hooks, cache_session, check
 
 if TYPE_CHECKING:
     from ..cache import ArtifactCache
@@ -85,6 +85,17 @@ class DemoSettings:
             )
         return self.root / self.name
 
+    def validate(self) -> None:
+        """Every figure checked before the first step, not after the teacher has trained."""
+        check(self.rank >= 1, f"--rank must be at least 1, got {self.rank}", "use e.g. --rank 16")
+        check(
+            self.generate_limit >= 1,
+            f"--generate-limit must be at least 1, got {self.generate_limit}",
+            "use e.g. --generate-limit 8",
+        )
+        self.train_config(self.teacher_epochs, self.teacher_lr).validate()
+        self.train_config(self.student_epochs, self.student_lr).validate()
+
     def train_config(self, epochs: int, learning_rate: float) -> Any:
         from ..training.loop import TrainConfig
 
@@ -122,6 +133,7 @@ def run(settings: DemoSettings, hooks: Hooks | None = None) -> Document:
     """Steps 1-5 of the seed plan plus the layer report; writes demo_summary.json."""
     from ..files import check_writable_dir, write_json
 
+    settings.validate()
     check_writable_dir(settings.folder)
     with cache_session(settings.cache, None) as cache:
         doc = _steps(settings, hooks or Hooks(), cache)

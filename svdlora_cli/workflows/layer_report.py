@@ -11,7 +11,7 @@ from .common import (
     CacheOptions,
     Document,
     Hooks,
-    extract,
+    extraction,
     is_primary_process,
     record,
 )
@@ -34,6 +34,7 @@ class LayerReportOptions:
     method: str = "auto"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    dtype_policy: str = "round"  # base vs teacher dtypes differ: see precision.py
     output_dir: Path = DEFAULT_OUTPUT_DIR
     cache: CacheOptions = field(default_factory=CacheOptions)
 
@@ -46,27 +47,24 @@ def run(
     from ..artifacts import write_layer_outputs
 
     hooks = hooks or Hooks()
-    doc = extract(
-        options.output_dir,
-        options.cache,
-        cache,
-        hooks.items("layers"),
-        lambda c, update: layer_report(
-            options.base_model,
-            options.teacher_model,
-            c,
-            options.rank,
-            options.include,
-            options.exclude,
-            options.method,
-            options.sort,
-            options.intruders,
-            options.intruder_k,
-            options.intruder_threshold,
-            update,
-        ),
-    )
-    if not is_primary_process():  # the other ranks computed their share
-        return None
-    doc = {"base_model": options.base_model, "tuned_model": options.teacher_model, **doc}
-    return write_layer_outputs(doc, options.output_dir, record(options))
+    with extraction(options.output_dir, options.cache, cache) as c:
+        with hooks.items("layers") as update:
+            doc = layer_report(
+                options.base_model,
+                options.teacher_model,
+                c,
+                options.rank,
+                options.include,
+                options.exclude,
+                options.method,
+                options.sort,
+                options.intruders,
+                options.intruder_k,
+                options.intruder_threshold,
+                update,
+                dtype_policy=options.dtype_policy,
+            )
+        if not is_primary_process():  # the other ranks computed their share
+            return None
+        doc = {"base_model": options.base_model, "tuned_model": options.teacher_model, **doc}
+        return write_layer_outputs(doc, options.output_dir, record(options))

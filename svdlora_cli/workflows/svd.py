@@ -13,13 +13,14 @@ from .common import (
     Document,
     Hooks,
     check,
-    extract,
+    extraction,
     is_primary_process,
     record,
 )
 
 if TYPE_CHECKING:
     from ..cache import ArtifactCache
+    from ..extraction import SvdResult
 
 # Defaults shared with the core (kept literal so that building options imports no torch).
 CACHE_RANK = 64
@@ -44,7 +45,9 @@ class SvdOptions:
     oversample: int | None = None
     power_iters: int = POWER_ITERS
     seed: int = 0
+    dtype_policy: str = "round"  # base vs teacher dtypes differ: see precision.py
     plot: bool = True
+    verify: bool | None = None  # None: probe the adapter's logits below VERIFY_MAX_PARAMETERS
     output_dir: Path = DEFAULT_OUTPUT_DIR
     cache: CacheOptions = field(default_factory=CacheOptions)
 
@@ -82,38 +85,80 @@ def run(
     from ..extraction import run_svd
 
     options.validate()
+    refuse_output_in_model(options.output_dir)
     hooks = hooks or Hooks()
-    result = extract(
-        options.output_dir,
-        options.cache,
-        cache,
-        hooks.items("SVD"),
-        lambda c, update: run_svd(
+    with extraction(options.output_dir, options.cache, cache) as c:
+        with hooks.items("SVD") as update:
+            result = run_svd(
+                options.base_model,
+                options.teacher_model,
+                c,
+                rank=options.rank,
+                energy=options.energy,
+                max_rank=options.max_rank,
+                method=options.method,
+                device=options.device,
+                include=options.include,
+                exclude=options.exclude,
+                cache_rank=options.cache_rank,
+                oversample=options.oversample,
+                power_iters=options.power_iters,
+                seed=options.seed,
+                progress=update,
+                dtype_policy=options.dtype_policy,
+            )
+        if not is_primary_process():  # the other ranks computed their share
+            return None
+        return write_svd_outputs(
+            result,
+            options.output_dir,
             options.base_model,
             options.teacher_model,
-            c,
-            rank=options.rank,
-            energy=options.energy,
-            max_rank=options.max_rank,
-            method=options.method,
-            device=options.device,
-            include=options.include,
-            exclude=options.exclude,
-            cache_rank=options.cache_rank,
-            oversample=options.oversample,
-            power_iters=options.power_iters,
-            seed=options.seed,
-            progress=update,
-        ),
-    )
-    if not is_primary_process():  # the other ranks computed their share
-        return None
-    return write_svd_outputs(
-        result,
-        options.output_dir,
-        options.base_model,
-        options.teacher_model,
-        options.split,
-        record(options),
-        plot=options.plot,
-    )
+            options.split,
+            record(options),
+            plot=options.plot,
+            verify=lambda adapter: verification(options, result, adapter),
+        )
+
+
+def refuse_output_in_model(output_dir: Path) -> None:
+    """An output folder that is a model folder, or lies inside one, would mix svdlora's
+    files into a checkpoint (and may shadow its weights): refused before any work."""
+    from ..errors import OutputError
+    from ..model_refs import enclosing_model_folder
+
+    model = enclosing_model_folder(output_dir)
+    if model is not None:
+        where = "is" if model == output_dir.expanduser().resolve() else "lies inside"
+        raise OutputError(
+            f"output folder {output_dir} {where} the model folder {model}",
+            "pass an --output-dir outside every model folder, e.g. svdlora-out",
+        )
+
+
+def verification(options: SvdOptions, result: SvdResult, adapter: Path) -> dict:
+    """The structural check always; the logits probe with --verify (default: small models).
+
+    The probe merges the SVD's own rank-r deltas, not the adapter file's: a wrong scale,
+    orientation or split in the adapter shows up as a mismatch.
+    """
+    from ..model_refs import resolve_model_path
+    from ..verify import VERIFY_MAX_PARAMETERS, parameter_count, verify_adapter
+
+    if result.coverage.get("checked") is False:
+        reason = result.coverage.get("reason")
+        return {"structural": {"ok": None, "skipped": reason}, "probe": None}
+    probe = options.verify
+    reason = "--verify" if probe else "--no-verify"
+    if probe is None:
+        count = parameter_count(resolve_model_path(options.base_model))
+        probe = count < VERIFY_MAX_PARAMETERS
+        reason = f"{count:,} parameters: " + (
+            "on by default below 1B" if probe else "off by default from 1B (pass --verify)"
+        )
+    expected = None
+    if probe:
+        expected = {m: f.B @ f.A for m, f in result.factors("b").items()}
+    doc = verify_adapter(adapter, options.base_model, probe=probe, expected=expected)
+    doc["probe_reason"] = reason
+    return doc

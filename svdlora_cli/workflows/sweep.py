@@ -11,7 +11,7 @@ from .common import (
     CacheOptions,
     Document,
     Hooks,
-    extract,
+    extraction,
     is_primary_process,
     record,
 )
@@ -31,6 +31,7 @@ class SweepOptions:
     method: str = "auto"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    dtype_policy: str = "round"  # base vs teacher dtypes differ: see precision.py
     train: TrainConfig | None = None
     train_data: str | None = None
     eval_data: str | None = None
@@ -48,41 +49,39 @@ def run(
     hooks = hooks or Hooks()
     if options.train is not None:
         options.train.validate()
-    result = extract(
-        options.output_dir,
-        options.cache,
-        cache,
-        hooks.items("SVD"),
-        lambda c, update: rank_sweep(
-            options.base_model,
-            options.teacher_model,
-            c,
-            list(options.ranks),
-            options.include,
-            options.exclude,
-            options.method,
-            update,
-        ),
-    )
-    study = None
-    if options.train is not None:
-        study = train_rank_study(
-            options.base_model,
-            result,
-            options.output_dir / "rank_study",
-            options.train,
-            options.train_data,
-            options.eval_data,
-            hooks.steps,
-        )
-    if not is_primary_process():  # the other ranks computed their share
-        return None
-    doc = {
-        "base_model": options.base_model,
-        "tuned_model": options.teacher_model,
-        "ranks": [{k: v for k, v in row.items() if k != "factors"} for row in result["ranks"]],
-        "cache": result["cache"],
-        "study": study,
-        "warnings": result["warnings"],
-    }
-    return write_sweep_outputs(doc, options.output_dir, record(options))
+    with extraction(options.output_dir, options.cache, cache) as c:
+        with hooks.items("SVD") as update:
+            result = rank_sweep(
+                options.base_model,
+                options.teacher_model,
+                c,
+                list(options.ranks),
+                options.include,
+                options.exclude,
+                options.method,
+                update,
+                dtype_policy=options.dtype_policy,
+            )
+        study = None
+        if options.train is not None:  # every rank trains (students may be distributed)
+            study = train_rank_study(
+                options.base_model,
+                result,
+                options.output_dir / "rank_study",
+                options.train,
+                options.train_data,
+                options.eval_data,
+                hooks.steps,
+            )
+        if not is_primary_process():  # the other ranks computed their share
+            return None
+        doc = {
+            "base_model": options.base_model,
+            "tuned_model": options.teacher_model,
+            "ranks": [{k: v for k, v in row.items() if k != "factors"} for row in result["ranks"]],
+            "cache": result["cache"],
+            "dtypes": result.get("dtypes"),
+            "study": study,
+            "warnings": result["warnings"],
+        }
+        return write_sweep_outputs(doc, options.output_dir, record(options))

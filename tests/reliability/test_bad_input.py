@@ -213,6 +213,54 @@ CASES: list[tuple[str, Callable[[World], list[str]], str]] = [
     ("svd init without factors", lambda w: _train(w, "--init", "svd"), "--svd-factors"),
     ("unknown device", lambda w: _svd(w, w.llama.base, w.llama.tuned, "--device", "npu"), "device"),
     ("trust_remote_code model", _remote_code, "trust_remote_code"),
+    # Numeric options that parse but mean nothing: each has a range check.
+    ("learning rate inf", lambda w: _train(w, "--learning-rate", "inf"), "--learning-rate must"),
+    ("learning rate 0", lambda w: _train(w, "--learning-rate", "0"), "--learning-rate must"),
+    ("lora alpha nan", lambda w: _train(w, "--lora-alpha", "nan"), "--lora-alpha must"),
+    ("lora dropout 1", lambda w: _train(w, "--lora-dropout", "1"), "--lora-dropout must"),
+    ("weight decay -1", lambda w: _train(w, "--weight-decay", "-1"), "--weight-decay must"),
+    ("weight decay nan", lambda w: _train(w, "--weight-decay", "nan"), "--weight-decay must"),
+    ("max length 1", lambda w: _train(w, "--max-length", "1"), "--max-length must"),
+    ("warmup -1", lambda w: _train(w, "--warmup-steps", "-1"), "--warmup-steps must"),
+    ("eval limit 0", lambda w: _train(w, "--eval-limit", "0"), "--eval-limit must"),
+    ("train rank 0", lambda w: _train(w, "--rank", "0"), "--rank must"),
+    (
+        "energy nan",
+        lambda w: ["svd", "-b", str(w.llama.base), "-t", str(w.llama.tuned), "--energy", "nan"],
+        "--energy must",
+    ),
+    (
+        "oversample -1",
+        lambda w: _svd(w, w.llama.base, w.llama.tuned, "--oversample", "-1"),
+        "--oversample must",
+    ),
+    (
+        "power iterations -1",
+        lambda w: _svd(w, w.llama.base, w.llama.tuned, "--power-iters", "-1"),
+        "--power-iters must",
+    ),
+    (
+        "intruder k 0",
+        lambda w: [
+            "layer-report",
+            *("-b", str(w.llama.base), "-t", str(w.llama.tuned)),
+            *("--intruders", "--intruder-k", "0"),
+        ],
+        "--intruder-k",
+    ),
+    (
+        "sweep rank 0",
+        lambda w: ["sweep", "-b", str(w.llama.base), "-t", str(w.llama.tuned), "--ranks", "0,4"],
+        "positive ranks",
+    ),
+    (
+        "target loss nan",
+        lambda w: ["compare", str(w.root), "--target-loss", "nan"],
+        "--target-loss",
+    ),
+    ("no new tokens", lambda w: ["compare", str(w.root), "--max-new-tokens", "0"], "--max-new"),
+    ("demo rank 0", lambda w: ["demo", "--quick", "--rank", "0"], "--rank must"),
+    ("demo epochs 0", lambda w: ["demo", "--quick", "--student-epochs", "0"], "--epochs must"),
 ]
 if not torch.cuda.is_available():
     CASES.append(

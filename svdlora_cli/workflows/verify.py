@@ -1,0 +1,71 @@
+"""The `verify` step: structural check, logits probe and (with a teacher) gap closed, of any
+PEFT LoRA adapter folder. It reads models and the adapter and writes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .common import Document, check
+
+TOLERANCE = 1e-4  # kept literal (the core's value) so that building options imports no torch
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """Everything `svdlora verify` takes."""
+
+    adapter: Path
+    base_model: str | None = None  # None: the adapter's base_model_name_or_path
+    teacher_model: str | None = None
+    eval_data: str | None = None
+    max_rows: int = 32
+    probe: bool = True
+    tolerance: float = TOLERANCE
+
+    def validate(self) -> None:
+        check(
+            self.max_rows > 0,
+            f"--max-rows must be positive, got {self.max_rows}",
+            "use e.g. --max-rows 32",
+        )
+        check(
+            self.tolerance > 0,
+            f"--tolerance must be positive, got {self.tolerance}",
+            "use e.g. --tolerance 1e-4",
+        )
+
+
+def run(options: VerifyOptions) -> Document:
+    """The verification document: adapter, base, teacher and every check's figures."""
+    from ..errors import InvalidOptionError
+    from ..verify import adapter_base, verify_adapter
+
+    options.validate()
+    if not (options.adapter / "adapter_config.json").is_file():
+        raise InvalidOptionError(
+            f"{options.adapter} is not a PEFT adapter folder (no adapter_config.json)",
+            "pass a folder written by `svdlora svd` (adapter_rank*) or by PEFT's save_pretrained",
+        )
+    base = options.base_model or adapter_base(options.adapter)
+    check(
+        bool(base),
+        "no --base-model given and the adapter names no base model",
+        "pass --base-model with the model the adapter was made for",
+    )
+    checks = verify_adapter(
+        options.adapter,
+        str(base),
+        probe=options.probe,
+        teacher_ref=options.teacher_model,
+        eval_data=options.eval_data,
+        max_rows=options.max_rows,
+        tolerance=options.tolerance,
+    )
+    return {
+        "adapter": str(options.adapter),
+        "base_model": str(base),
+        "teacher_model": options.teacher_model,
+        **checks,
+        "warnings": [],
+    }
