@@ -24,6 +24,8 @@ from pathlib import Path
 
 from bench_extract import svdlora, timed
 
+from svdlora_cli.distributed import free_port
+
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
@@ -76,7 +78,7 @@ def main() -> None:
                 cmd = svdlora(args.pair, args.rank, cache, out, "cpu", args.method)
                 if label == "launch":
                     launcher = [str(TORCHRUN), f"--nproc_per_node={args.processes}"]
-                    cmd = [*launcher, f"--master_port={29600 + repeat}", *cmd[1:]]
+                    cmd = [*launcher, f"--master_port={free_port()}", *cmd[1:]]
                 threads = cores if label == "single" else per_process
                 walls[label].append(run(cmd, threads, label)["wall_s"])
                 outs[label] = out

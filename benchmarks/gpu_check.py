@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from svdlora_cli.distributed import free_port
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -75,7 +77,9 @@ def teacher_step(out: Path, device: str, processes: int) -> dict:
     args += ["--batch-size", "8", "--max-length", "512", "--learning-rate", "1e-3"]
     args += ["--device", device, "--no-workspace", "--json"]
     one = sh(cli(*args, "-o", str(out / "teacher1")))
-    many = sh(launched(processes, 29701, "-m", "svdlora_cli", *args, "-o", str(out / "teacherN")))
+    many = sh(
+        launched(processes, free_port(), "-m", "svdlora_cli", *args, "-o", str(out / "teacherN"))
+    )
     result = {"single": one, "launch": many, "ok": False}
     if one["rc"] == 0 and many["rc"] == 0:
         steps = [json.loads(r["stdout"])["arms"][0]["steps"] for r in (one, many)]
@@ -91,7 +95,7 @@ def svd_step(out: Path, device: str, processes: int) -> dict:
     env = {"OMP_NUM_THREADS": "1"}  # the same BLAS threads per process in both runs
     one = sh(cli(*args, "-o", str(out / "svd1"), "--cache-dir", str(out / "c1")), env)
     outputs = ["-o", str(out / "svdN"), "--cache-dir", str(out / "cN")]
-    many = sh(launched(processes, 29702, "-m", "svdlora_cli", *args, *outputs), env)
+    many = sh(launched(processes, free_port(), "-m", "svdlora_cli", *args, *outputs), env)
     result = {"single": one, "launch": many, "ok": False}
     if one["rc"] == 0 and many["rc"] == 0:
         name = "adapter_rank8/adapter_model.safetensors"
@@ -113,9 +117,9 @@ def resume_step(out: Path, device: str, processes: int) -> dict:
         text = (ROOT / "examples" / "distributed" / "fsdp_8gpu.yaml").read_text()
         config.write_text(text.replace("num_processes: 8", f"num_processes: {processes}"))
         launcher = ["accelerate", "launch", "--config_file", str(config)]
-        launcher += ["--main_process_port", "29703", script]
+        launcher += ["--main_process_port", str(free_port()), script]
     else:
-        launcher = launched(processes, 29703, script)
+        launcher = launched(processes, free_port(), script)
     rows = out / "rows16.json"  # a few rows keep the four short runs short
     rows.write_text(json.dumps(json.loads(DATA.read_text())[:16]))
     inputs = [model, str(rows), str(out / "resume"), "512"]

@@ -222,3 +222,15 @@ def release_process_group(succeeded: bool = True) -> None:
         if succeeded:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A TCP port no one listens on now, from the OS (bind to port 0), for --master_port.
+
+    Fixed ports collide when two launches (or a stale one) share the machine.
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

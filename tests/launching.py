@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from svdlora_cli.distributed import free_port
+
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
-
-
-def free_port() -> int:
-    """A TCP port no one listens on now, from the OS (bind to port 0), for --master_port.
-
-    Fixed ports collide when two test runs (or a stale launch) share the machine.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def launch(
