@@ -57,3 +57,38 @@ def test_jq_recipe_runs(recipe, llama_pair, tmp_path):
     assert result.returncode == 0, result.stderr
     if "select(" not in recipe:  # a filter may rightly select nothing on a tiny model
         assert result.stdout.strip(), result.stderr
+
+
+def _command_lines() -> list[list[str]]:
+    """Every `svdlora ...` line of the README's bash blocks, continuations joined."""
+    import shlex
+
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].strip()
+            if line.startswith("svdlora "):
+                lines.append(shlex.split(line.split("|")[0]))
+    return lines
+
+
+def test_every_readme_command_line_names_real_options():
+    """The seed's names (--model-name, --data-path, --lora-rank) included."""
+    import typer
+
+    from svdlora_cli.cli.app import app
+
+    root = typer.main.get_command(app)
+    lines = _command_lines()
+    assert len(lines) >= 10
+    seen = set()
+    for words in lines:
+        command, rest = root, words[1:]
+        while hasattr(command, "commands") and rest and rest[0] in command.commands:
+            command, rest = command.commands[rest[0]], rest[1:]
+        names = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+        for word in rest:
+            if word.startswith("-") and not word.lstrip("-").replace(".", "").isdigit():
+                assert word.split("=")[0] in names, f"{' '.join(words)}: unknown {word}"
+                seen.add(word)
+    assert {"--model-name", "--data-path", "--lora-rank"} <= seen

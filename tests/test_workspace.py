@@ -56,3 +56,15 @@ def test_init_refuses_to_overwrite(llama_pair, tmp_path):
     assert (
         invoke_json("init", "-b", llama_pair.base, "--rank", "4", "--force")["values"]["rank"] == 4
     )
+
+
+def test_the_seeds_keys_mean_the_same_as_the_vocabulary(llama_pair, tmp_path):
+    (tmp_path / "svdlora.toml").write_text(
+        f'model_name = "{llama_pair.base}"\nteacher_model = "{llama_pair.tuned}"\nlora_rank = 2\n'
+    )
+    doc = invoke_json("svd")
+    assert doc["base_model"] == str(llama_pair.base) and doc["rank"] == 2
+    (tmp_path / "svdlora.toml").write_text(
+        f'model_name = "{llama_pair.base}"\nbase_model = "{llama_pair.base}"\n'
+    )
+    assert_user_error(invoke("svd", "--rank", "2"), "base_model is set twice", "model_name")
