@@ -132,6 +132,7 @@ def write_compare_outputs(
 ) -> dict[str, Any]:
     """comparison_random_vs_svd.png, comparison_report.txt/.md and comparison.json."""
     from .reporting.compare_views import comparison_markdown, comparison_png, comparison_text
+    from .reporting.protocol_views import lr_sensitivity_png
 
     folder = ensure_writable_dir(output_dir)
     paths = {
@@ -140,11 +141,15 @@ def write_compare_outputs(
         "markdown": folder / "comparison_report.md",
         "json": folder / "comparison.json",
     }
+    if _several_learning_rates(doc):
+        paths["lr_sensitivity"] = folder / "lr_sensitivity.png"
     _announce(doc, paths)
     with staged(folder, paths["json"]) as at:
         comparison_png(curves, doc, at(paths["plot"]), log_y)
         write_text(at(paths["report"]), comparison_text(doc))
         write_text(at(paths["markdown"]), comparison_markdown(doc))
+        if "lr_sensitivity" in paths:
+            lr_sensitivity_png(doc["protocol"], at(paths["lr_sensitivity"]))
         return _finish(doc, at(paths["json"]), "compare", options, {})
 
 
@@ -179,3 +184,8 @@ def write_sweep_outputs(
         if doc.get("study"):
             rank_study_png(doc["study"], at(paths["rank_study"]))
         return _finish(doc, at(paths["json"]), "sweep", options, {})
+
+
+def _several_learning_rates(doc: dict[str, Any]) -> bool:
+    grid = (doc.get("protocol") or {}).get("grid", {})
+    return any(len(entry["cells"]) > 1 for entry in grid.values())

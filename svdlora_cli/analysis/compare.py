@@ -26,6 +26,7 @@ from .curves import (
     steps_to_target,
     value_at_step,
 )
+from .protocol import protocol
 
 LOG_NAME = re.compile(r"^training_log_(?P<name>.+)\.csv$")
 SEEDED = re.compile(r"^(?P<arm>.+)_seed(?P<seed>\d+)$")
@@ -182,6 +183,7 @@ def run_figures(
         "initial_eval_loss": run.rows[0].eval_loss,
         "final_eval_loss": final_eval,
         "steps": steps[-1],
+        "tokens": run.rows[-1].tokens,
         "steps_to_target": reached,
         "tokens_to_target": value_at_step(steps, [r.tokens for r in run.rows], reached),
         "auc": area_under_curve(steps, losses),
@@ -230,6 +232,7 @@ def compare_runs(runs: Sequence[RunLog], target_loss: float | None = None) -> di
             "n_runs": len(items),
         }
         doc["init"] = items[0][0].record.get("init", "teacher" if arm == "teacher" else arm)
+        doc["learning_rate"] = items[0][0].record.get("learning_rate")
         spreads = {}
         for name in FIGURES:
             s = spread([f[name] for _, f in items])
@@ -256,6 +259,7 @@ def compare_runs(runs: Sequence[RunLog], target_loss: float | None = None) -> di
         "recovered_basis": "eval loss: (L_base - L_arm) / (L_base - L_teacher); "
         "L_base is the random arm's step-0 eval loss, L_teacher the teacher's final one",
         "arms": arm_docs,
+        "protocol": protocol(arm_docs),
     }
 
 
@@ -275,7 +279,8 @@ def curves_for_plot(runs: Sequence[RunLog]) -> dict[str, list[dict[str, list[flo
     return out
 
 
-def _first(values: Iterable[Any]) -> Any:
+def first_set(values: Iterable[Any]) -> Any:
+    """The first value that is set (not None, empty or zero)."""
     return next((v for v in values if v), None)
 
 
@@ -301,7 +306,7 @@ def attach_model_figures(
     for arm in doc["arms"]:
         if arm["arm"] == "teacher":
             continue
-        rank = _first(r.record.get("lora_rank") for r in runs if r.arm == arm["arm"])
+        rank = first_set(r.record.get("lora_rank") for r in runs if r.arm == arm["arm"])
         if arm["init"] in FACTOR_INITS and rank:
             if rank not in energies:
                 from ..extraction import run_svd
@@ -325,84 +330,3 @@ def attach_model_figures(
     if not adapters:
         notes.append("no final_model_* adapters found next to the logs: no parameter distance")
     return notes
-
-
-def attach_accuracy(
-    doc: dict[str, Any],
-    runs: Sequence[RunLog],
-    base_model: str,
-    teacher_model: str | None,
-    eval_data: str | None,
-    limit: int,
-    max_new_tokens: int,
-    progress: Any = None,
-    cache: Any = None,
-) -> None:
-    """Greedy exact-match accuracy of the final `####` number for base, teacher and every run.
-
-    Results are cached by the content of the model, the adapter and the eval slice.
-    """
-    from ..data import load_examples, resolve_data_path
-    from .generation import exact_match, load_for_generation
-
-    eval_path = eval_data or _first(r.record.get("eval_data") for r in runs)
-    examples = load_examples(resolve_data_path(eval_path, "eval"))[:limit]
-    models: list[tuple[str, str, str | None]] = [("base", base_model, None)]
-    if teacher_model:
-        models.append(("teacher", teacher_model, None))
-    models += [
-        (r.name, base_model, str(r.model_dir)) for r in runs if not r.is_teacher and r.model_dir
-    ]
-    results = {}
-    for i, (name, model_ref, adapter) in enumerate(models):
-        if progress:
-            progress(name, i + 1, len(models))
-        key = _generation_key(model_ref, adapter, examples, max_new_tokens, cache)
-        cached = cache.get_json(key) if cache is not None and key else None
-        if cached is None:
-            model, tokenizer = load_for_generation(model_ref, adapter)
-            cached = exact_match(model, tokenizer, examples, max_new_tokens)
-            if cache is not None and key:
-                cache.put_json(key, cached, tensor=f"generation:{name}")
-        results[name] = cached
-    doc["accuracy"] = {
-        "eval_data": str(resolve_data_path(eval_path, "eval")),
-        "limit": len(examples),
-        "models": results,
-    }
-    for arm in doc["arms"]:
-        values = [results[run["name"]]["accuracy"] for run in arm["runs"] if run["name"] in results]
-        if arm["arm"] == "teacher" and "teacher" in results:
-            values = [results["teacher"]["accuracy"]]
-        s = spread(values)
-        arm["accuracy"] = s.mean
-        arm["spread"]["accuracy"] = asdict(s)
-
-
-def _generation_key(
-    model_ref: str, adapter: str | None, examples: Sequence[Any], max_new_tokens: int, cache: Any
-) -> str | None:
-    """Content key of one generation run, or None when there is no cache to key into."""
-    if cache is None or not cache.enabled:
-        return None
-    import hashlib
-
-    from ..cache import content_key
-    from ..checkpoints import fingerprint, open_checkpoint
-
-    adapter_digest = None
-    if adapter is not None:
-        digest = hashlib.sha256()
-        for file in ("adapter_config.json", "adapter_model.safetensors"):
-            digest.update((Path(adapter) / file).read_bytes())
-        adapter_digest = digest.hexdigest()
-    data = hashlib.sha256(
-        "\x00".join(f"{e.prompt}\x01{e.answer}" for e in examples).encode()
-    ).hexdigest()
-    return content_key(
-        "generation",
-        model=fingerprint(open_checkpoint(model_ref), cache.memo),
-        adapter=adapter_digest,
-        data=data,
-        max_new_tokens=max_new_tokens,
-    )

@@ -66,6 +66,14 @@ def train(
         typer.Option("--target-modules", help="Regex of target tensors (default: svd's)."),
     ] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="One arm per seed, e.g. 0,1,2.")] = "0",
+    learning_rates: Annotated[
+        str | None,
+        typer.Option(
+            "--learning-rates",
+            help="A grid, e.g. 1e-4,3e-4,1e-3: one run per (init, learning rate, seed); "
+            "replaces --learning-rate.",
+        ),
+    ] = None,
     eval_data: EvalDataOpt = None,
     output_dir: Annotated[
         Path | None,
@@ -93,6 +101,9 @@ def train(
         config=dataclasses.replace(config, seed=seed_list[0]),
         inits=tuple(parse_inits(init)),
         seeds=tuple(seed_list),
+        learning_rates=(
+            workflow.parse_learning_rates(learning_rates) if learning_rates is not None else ()
+        ),
         rank=require(rank, "--rank", "rank"),
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,

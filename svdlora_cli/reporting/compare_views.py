@@ -10,6 +10,7 @@ import numpy as np
 
 from .columns import COMPARE_ARMS, SEED_METRICS, Column, pct, text_rows
 from .plots import pyplot, save_figure
+from .protocol_views import protocol_lines
 from .text import fixed_width
 
 # Fractions compared in percentage points; losses and distances as a relative change.
@@ -81,6 +82,8 @@ def comparison_text(doc: Mapping[str, Any]) -> str:
                 if s["ci_low"] is not None:
                     interval = f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]"
                     lines.append(f"{a['arm']:>12} {key:<18} {interval} (n={s['n']})")
+    if doc.get("protocol"):
+        lines += protocol_lines(doc["protocol"])
     lines += ["", f"gap recovered: {doc['recovered_basis']}"]
     for note in doc.get("warnings", []):
         lines.append(f"note: {note}")
@@ -107,6 +110,8 @@ def comparison_markdown(doc: Mapping[str, Any]) -> str:
     lines += table(*seed_table(doc))
     lines += ["", "## Per arm (mean ± std over seeds)", ""]
     lines += table(*_detail_rows(doc))
+    if doc.get("protocol"):
+        lines += protocol_lines(doc["protocol"], markdown=True)
     lines += ["", f"Gap recovered: {doc['recovered_basis']}.", ""]
     return "\n".join(lines)
 

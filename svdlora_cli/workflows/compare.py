@@ -74,8 +74,8 @@ def run(
 
     Generated answers are cached by content, so a second `--generate` decodes nothing.
     """
+    from ..analysis.accuracy import attach_accuracy
     from ..analysis.compare import (
-        attach_accuracy,
         attach_model_figures,
         compare_runs,
         curves_for_plot,

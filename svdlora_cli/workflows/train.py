@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ class TrainOptions:
     config: TrainConfig
     inits: tuple[str, ...] = ("random",)
     seeds: tuple[int, ...] = (0,)
+    learning_rates: tuple[float, ...] = ()  # a grid; empty: config.learning_rate alone
     rank: int = 16
     lora_alpha: float | None = None
     lora_dropout: float = 0.0
@@ -37,7 +39,6 @@ class TrainOptions:
     cache: CacheOptions = field(default_factory=CacheOptions)
 
     def validate(self) -> None:
-        import math
 
         check(self.rank >= 1, f"--rank must be at least 1, got {self.rank}", "use e.g. --rank 16")
         check(
@@ -51,7 +52,45 @@ class TrainOptions:
             "use e.g. --lora-dropout 0.05",
         )
         check(bool(self.seeds), "no seed given", "use e.g. --seeds 0,1,2")
+        for lr in self.learning_rates:
+            check(
+                math.isfinite(lr) and lr > 0,
+                f"--learning-rates must list positive finite numbers, got {lr}",
+                "use e.g. --learning-rates 1e-4,3e-4,1e-3",
+            )
         self.config.validate()
+
+    @property
+    def grid(self) -> tuple[float, ...]:
+        """The learning rates to run: the grid, or the one learning rate."""
+        return self.learning_rates or (self.config.learning_rate,)
+
+    def run_name(self, init: str, learning_rate: float, seed: int) -> str:
+        """`svd`, `svd_seed1`, `svd_lr0.0003` or `svd_lr0.0003_seed1`: unique per run."""
+        name = f"{init}_lr{learning_rate:g}" if len(self.grid) > 1 else init
+        return f"{name}_seed{seed}" if len(self.seeds) > 1 else name
+
+
+def parse_learning_rates(text: str) -> tuple[float, ...]:
+    """`1e-4,3e-4` -> (0.0001, 0.0003): distinct, positive, finite."""
+    from ..errors import InvalidOptionError
+
+    hint = "use e.g. --learning-rates 1e-4,3e-4,1e-3"
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InvalidOptionError(
+            f"--learning-rates {text!r} is not a list of numbers", hint
+        ) from None
+    check(bool(values), "--learning-rates is empty", hint)
+    check(len(set(values)) == len(values), f"--learning-rates {text!r} repeats a value", hint)
+    for lr in values:
+        check(
+            math.isfinite(lr) and lr > 0,
+            f"--learning-rates must list positive finite numbers, got {lr:g}",
+            hint,
+        )
+    return values
 
 
 def run(
@@ -61,7 +100,7 @@ def run(
     from ..data import FieldNames
     from ..files import check_writable_dir
     from ..training.inits import FACTOR_INITS
-    from ..training.student import arm_name, base_plan, svd_factors_for, train_student
+    from ..training.student import base_plan, svd_factors_for, train_student
 
     hooks = hooks or Hooks()
     options.validate()
@@ -81,32 +120,33 @@ def run(
     plan = base_plan(
         options.base_model, options.rank, options.lora_alpha, options.target_modules, factors
     )
-    several = len(options.seeds) > 1
-    count = len(options.seeds) * len(options.inits)
+    runs = [
+        (seed, lr, init) for seed in options.seeds for lr in options.grid for init in options.inits
+    ]
     arms = []
-    for seed in options.seeds:
-        for init in options.inits:
-            name = arm_name(init, seed, several)
-            hooks.announce(f"train --init {init} --seed {seed} ({len(arms) + 1}/{count})")
-            with hooks.steps(name) as update:
-                arms.append(
-                    train_student(
-                        options.base_model,
-                        init,
-                        folder,
-                        dataclasses.replace(options.config, seed=seed),
-                        plan,
-                        factors,
-                        name,
-                        options.train_data,
-                        options.eval_data,
-                        options.fields or FieldNames(),
-                        options.lora_dropout,
-                        update,
-                        reuse=options.reuse,
-                        memo=cache.memo if cache is not None else None,
-                    )
+    # Every run of one seed sees the same batches in the same order, whatever its init or lr.
+    for seed, lr, init in runs:
+        name = options.run_name(init, lr, seed)
+        hooks.announce(f"train --init {init} --learning-rate {lr:g} --seed {seed}")
+        with hooks.steps(f"{name} ({len(arms) + 1}/{len(runs)})") as update:
+            arms.append(
+                train_student(
+                    options.base_model,
+                    init,
+                    folder,
+                    dataclasses.replace(options.config, seed=seed, learning_rate=lr),
+                    plan,
+                    factors,
+                    name,
+                    options.train_data,
+                    options.eval_data,
+                    options.fields or FieldNames(),
+                    options.lora_dropout,
+                    update,
+                    reuse=options.reuse,
+                    memo=cache.memo if cache is not None else None,
                 )
+            )
     return {
         "arms": arms,
         "plan": {
@@ -116,5 +156,10 @@ def run(
             "ranks": plan.ranks,
         },
         "config": options.config.to_dict(),
+        "grid": {
+            "inits": list(options.inits),
+            "learning_rates": list(options.grid),
+            "seeds": list(options.seeds),
+        },
         "output_dir": str(folder),
     }

@@ -1,0 +1,147 @@
+"""The fair-comparison protocol on synthetic logs with known answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from svdlora_cli.analysis.compare import compare_runs, find_logs
+from svdlora_cli.analysis.protocol import protocol
+from svdlora_cli.training.steplog import StepRow, write_step_log
+from tests.conftest import assert_user_error, invoke, invoke_json
+
+
+def _run(folder: Path, init: str, lr: float, seed: int, final_eval: float, steps: int = 4) -> None:
+    """A log whose eval loss falls linearly to `final_eval`, and the run record beside it."""
+    name = f"{init}_lr{lr:g}_seed{seed}"
+    rows = [
+        StepRow(
+            step=i,
+            epoch=i / steps,
+            loss=2.0 - i * (2.0 - final_eval) / steps,
+            eval_loss=2.0 - i * (2.0 - final_eval) / steps,
+            tokens=50 * i,
+        )
+        for i in range(steps + 1)
+    ]
+    write_step_log(folder / f"training_log_{name}.csv", rows)
+    (folder / f"final_model_{name}").mkdir()
+    record = {"init": init, "learning_rate": lr, "seed": seed, "eval_limit": 4}
+    (folder / f"final_model_{name}" / "svdlora_run.json").write_text(json.dumps(record))
+
+
+# Final eval loss per (init, lr) over seeds 0, 1, 2.
+GRID = {
+    ("random", 1e-4): [1.50, 1.52, 1.49],
+    ("random", 1e-3): [1.10, 1.20, 1.15],  # random's best lr
+    ("svd", 1e-4): [0.80, 0.86, 0.83],  # svd's best lr
+    ("svd", 1e-3): [0.90, 0.95, 0.92],
+    ("subspace", 1e-4): [1.12, 1.30, 1.05],
+    ("subspace", 1e-3): [1.14, 1.18, 1.16],  # subspace's best (mean 1.16 < 1.157?)
+}
+
+
+@pytest.fixture
+def grid_dir(tmp_path) -> Path:
+    for (init, lr), values in GRID.items():
+        for seed, value in enumerate(values):
+            _run(tmp_path, init, lr, seed, value)
+    return tmp_path
+
+
+def test_selection_is_the_argmin_of_the_mean_eval_loss(grid_dir):
+    doc = compare_runs(find_logs(grid_dir))
+    grid = doc["protocol"]["grid"]
+    for init in ("random", "svd", "subspace"):
+        means = {lr: sum(v) / len(v) for (i, lr), v in GRID.items() if i == init}
+        assert grid[init]["chosen"] == min(means, key=means.get)
+        cells = {c["learning_rate"]: c for c in grid[init]["cells"]}
+        for lr, mean in means.items():
+            assert cells[lr]["mean"] == pytest.approx(mean)
+            assert cells[lr]["n"] == 3
+        assert [c["learning_rate"] for c in grid[init]["cells"] if c.get("chosen")] == [
+            grid[init]["chosen"]
+        ]
+
+
+def test_paired_verdicts_against_an_independent_t_interval(grid_dir):
+    doc = compare_runs(find_logs(grid_dir))
+    verdicts = {v["against"]: v for v in doc["protocol"]["verdicts"]}
+    assert doc["protocol"]["budgets"]["equal"]
+    # svd (1e-4) against random (1e-3): every seed lower by 0.30-0.34, the CI excludes 0.
+    diffs = [a - b for a, b in zip(GRID[("svd", 1e-4)], GRID[("random", 1e-3)], strict=True)]
+    low, high = stats.t.interval(0.95, len(diffs) - 1, loc=sum(diffs) / 3, scale=stats.sem(diffs))
+    figure = verdicts["random"]["figures"]["final_eval_loss"]
+    assert figure["mean_difference"] == pytest.approx(sum(diffs) / 3)
+    assert (figure["ci_low"], figure["ci_high"]) == pytest.approx((low, high))
+    assert verdicts["random"]["verdict"] == "better" and verdicts["random"]["seeds"] == 3
+    assert verdicts["random"]["other_learning_rate"] == 1e-3
+
+
+def test_an_interval_that_includes_zero_is_no_difference(tmp_path):
+    for seed, (a, b) in enumerate([(0.9, 1.0), (1.1, 1.0), (1.0, 1.02)]):
+        _run(tmp_path, "svd", 1e-4, seed, a)
+        _run(tmp_path, "random", 1e-4, seed, b)
+    verdict = compare_runs(find_logs(tmp_path))["protocol"]["verdicts"][0]
+    assert verdict["verdict"] == "no difference detected"
+    f = verdict["figures"]["final_eval_loss"]
+    assert f["ci_low"] < 0 < f["ci_high"]
+
+
+def test_worse_when_the_interval_lies_above_zero(tmp_path):
+    for seed, (a, b) in enumerate([(1.3, 1.0), (1.25, 1.0), (1.35, 1.05)]):
+        _run(tmp_path, "svd", 1e-4, seed, a)
+        _run(tmp_path, "random", 1e-4, seed, b)
+    assert compare_runs(find_logs(tmp_path))["protocol"]["verdicts"][0]["verdict"] == "worse"
+
+
+def test_one_seed_gives_no_interval_and_no_claim(tmp_path):
+    _run(tmp_path, "svd", 1e-4, 0, 0.5)
+    _run(tmp_path, "random", 1e-4, 0, 1.5)
+    verdict = compare_runs(find_logs(tmp_path))["protocol"]["verdicts"][0]
+    assert verdict["verdict"] == "no difference detected" and verdict["seeds"] == 1
+
+
+def test_budgets_that_differ_are_not_ranked(tmp_path):
+    for seed in (0, 1):
+        _run(tmp_path, "svd", 1e-4, seed, 0.5, steps=4)
+        _run(tmp_path, "random", 1e-4, seed, 1.5, steps=8)
+    doc = compare_runs(find_logs(tmp_path))
+    assert not doc["protocol"]["budgets"]["equal"]
+    assert doc["protocol"]["verdicts"][0]["verdict"] == "not ranked: the arms' budgets differ"
+
+
+def test_compare_writes_the_grid_the_verdict_and_the_lr_plot(grid_dir):
+    doc = invoke_json("compare", str(grid_dir))
+    assert Path(doc["artifacts"]["lr_sensitivity"]).is_file()
+    markdown = (grid_dir / "comparison_report.md").read_text()
+    assert "## Learning-rate grid" in markdown and "## Verdict (paired by seed)" in markdown
+    assert "svd (lr 0.0001) vs random (lr 0.001): better" in markdown
+    assert (
+        "Budgets: equal (4 optimizer steps per run; real tokens per run: 200 (seed 0)" in markdown
+    )
+
+
+def test_protocol_ignores_the_teacher():
+    arms = [
+        {"arm": "teacher", "init": "teacher", "runs": [{"name": "teacher", "seed": None}]},
+    ]
+    assert protocol(arms)["grid"] == {} and protocol(arms)["verdicts"] == []
+
+
+@pytest.mark.parametrize(
+    ("grid", "fragment"),
+    [
+        ("", "is empty"),
+        ("1e-4,-1", "positive finite"),
+        ("1e-4,nan", "positive finite"),
+        ("1e-4,inf", "positive finite"),
+        ("a,b", "not a list"),
+        ("1e-4,1e-4", "repeats"),
+    ],
+)
+def test_a_bad_grid_is_an_error(grid, fragment):
+    assert_user_error(invoke("train", "-b", "x", "--learning-rates", grid), fragment)
