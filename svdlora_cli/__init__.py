@@ -35,6 +35,8 @@ _EXPORTS = {
     "run_svd": "extraction",
     "Target": "targets",
     "select_targets": "targets",
+    "build_module_map": "module_map",
+    "verify_adapter": "verify",
 }
 
 
@@ -58,6 +60,7 @@ __all__ = [
     "SvdloraError",
     "Target",
     "__version__",
+    "build_module_map",
     "decompose",
     "default_cache_dir",
     "load_factors",
@@ -70,6 +73,7 @@ __all__ = [
     "spectrum_stats",
     "split_across_processes",
     "split_factors",
+    "verify_adapter",
     "write_delta_outputs",
     "write_peft_adapter",
     "write_svd_outputs",

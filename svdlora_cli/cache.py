@@ -191,13 +191,26 @@ class _ReadOnlyIndex:
         if not db.is_file():
             raise FileNotFoundError(2, "no index", str(db))
         self._disk = diskcache.JSONDisk(str(folder))
-        uri = db.resolve().as_uri() + "?mode=ro"
-        try:  # a WAL database without its -shm file opens only as immutable on a read-only mount
-            self._con = sqlite3.connect(uri, uri=True)
-            self._con.execute("SELECT COUNT(*) FROM Cache").fetchone()
-        except sqlite3.OperationalError:
-            self._con = sqlite3.connect(uri + "&immutable=1", uri=True)
-            self._con.execute("SELECT COUNT(*) FROM Cache").fetchone()
+        uri = db.resolve().as_uri()
+        # Plain read-only first. On a full disk SQLite cannot size the -shm file that WAL
+        # reads need, and unix-excl keeps that index in memory instead (it only runs
+        # SELECTs; it holds the file exclusively until closed). On a read-only mount
+        # without a -shm file only an immutable open reads it.
+        error: sqlite3.Error | None = None
+        for query in ("?mode=ro", "?vfs=unix-excl", "?mode=ro&immutable=1"):
+            con = None
+            try:
+                con = sqlite3.connect(uri + query, uri=True)
+                con.execute("SELECT COUNT(*) FROM Cache").fetchone()
+            except sqlite3.Error as exc:
+                error = exc
+                if con is not None:
+                    con.close()
+                continue
+            self._con = con
+            return
+        assert error is not None
+        raise error
 
     def _sql(self, query: str, *args: Any) -> sqlite3.Cursor:
         return self._con.execute(query, *args)
@@ -295,10 +308,19 @@ class ArtifactCache:
 
     def _open_writable(self) -> diskcache.Cache:
         assert self.directory is not None
-        # Eviction is ours (payload bytes, least recently used); the index itself is small.
-        return diskcache.Cache(
-            str(self.directory / "index"), disk=diskcache.JSONDisk, eviction_policy="none"
-        )
+        index = diskcache.Cache.__new__(diskcache.Cache)
+        try:
+            # Eviction is ours (payload bytes, least recently used); the index itself is small.
+            index.__init__(  # type: ignore[misc]
+                str(self.directory / "index"), disk=diskcache.JSONDisk, eviction_policy="none"
+            )
+        except BaseException:
+            # Close the half-opened connection now: left to the garbage collector, its
+            # close may act on index files that a repair has replaced meanwhile.
+            with contextlib.suppress(Exception):
+                index.close()
+            raise
+        return index
 
     def _open_read_only(self, why: str) -> Any:
         """Use the existing index without writing to it, or run without the cache."""

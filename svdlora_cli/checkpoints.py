@@ -23,9 +23,10 @@ import torch
 
 from .errors import CheckpointError, ModelMismatchError
 from .model_refs import resolve_model_path
+from .quantized import Quantization, read_quantization
+from .weight_files import SAFETENSORS_INDEX as SAFETENSORS_INDEX  # re-exported
+from .weight_files import select_weight_files
 
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-BIN_INDEX = "pytorch_model.bin.index.json"
 _HASH_CHUNK = 8 << 20
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -63,6 +64,8 @@ class Checkpoint:
     files: tuple[Path, ...]
     tensors: dict[str, TensorInfo]
     config: dict[str, Any] = field(default_factory=dict)
+    quantization: Quantization | None = None  # FP8 weights and their scales (quantized.py)
+    weights_warning: str | None = None  # names weight files in the folder left unread
 
     @property
     def format(self) -> str:
@@ -131,37 +134,15 @@ def _load_bin(file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    for index_name in (SAFETENSORS_INDEX, BIN_INDEX):
-        index = folder / index_name
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise CheckpointError(
-                    f"{index} is not a valid shard index", "re-save the model"
-                ) from exc
-            files = sorted({folder / f for f in weight_map.values()})
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                raise CheckpointError(
-                    f"{folder} is missing shard(s) listed in {index_name}: {', '.join(missing)}",
-                    "finish downloading or copying the checkpoint",
-                )
-            return files
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        files = sorted(folder.glob("pytorch_model*.bin"))
-    return files
-
-
 def open_checkpoint(ref: str | os.PathLike[str]) -> Checkpoint:
     """Index a checkpoint's tensors from its file headers."""
     folder = resolve_model_path(ref)
-    files = _weight_files(folder)
+    selected = select_weight_files(folder)
+    files = list(selected.files)
     if not files:
+        adapter = (folder / "adapter_config.json").is_file()
         raise CheckpointError(
-            f"no weights found in {folder}",
+            f"no weights found in {folder}" + (" (it is a PEFT adapter folder)" if adapter else ""),
             "expected model.safetensors, sharded *.safetensors with an index, "
             "or pytorch_model*.bin",
         )
@@ -184,7 +165,10 @@ def open_checkpoint(ref: str | os.PathLike[str]) -> Checkpoint:
             raise CheckpointError(
                 f"{config_file} is not valid JSON", "re-save the model config"
             ) from exc
-    return Checkpoint(str(ref), folder, tuple(files), tensors, config)
+    quantization, tensors = read_quantization(folder, config, tensors)
+    return Checkpoint(
+        str(ref), folder, tuple(files), tensors, config, quantization, selected.warning(folder)
+    )
 
 
 class TensorReader:
@@ -213,12 +197,20 @@ class TensorReader:
         return self._handle
 
     def get(self, name: str) -> torch.Tensor:
+        """One tensor in its stored dtype; FP8 weights come dequantized (never their codes)."""
+        quant = self.checkpoint.quantization
+        raw = self._read(self.checkpoint.tensors[name])
+        if quant is not None and name in quant.scales:
+            return quant.dequantize(name, raw, self._read(quant.scales[name]))
+        return raw
+
+    def _read(self, info: TensorInfo) -> torch.Tensor:
         """One tensor, as stored (no dtype conversion).
 
         safetensors data is read with one positioned read into a fresh buffer rather
         than through a memory map, so only the tensors in use count towards RSS.
         """
-        info = self.checkpoint.tensors[name]
+        name = info.name
         handle = self._open(info.file)
         if isinstance(handle, dict):
             return handle[name]
@@ -250,7 +242,9 @@ class TensorReader:
         info = self.checkpoint.tensors[name]
         dtype = SAFETENSORS_DTYPES.get(info.dtype)
         numel = math.prod(info.shape)
-        if dtype is None or info.offset < 0 or numel <= size:
+        quant = self.checkpoint.quantization
+        quantized = quant is not None and name in quant.scales
+        if dtype is None or quantized or info.offset < 0 or numel <= size:
             yield from self.get(name).reshape(-1).split(size)
             return
         handle = self._open(info.file)

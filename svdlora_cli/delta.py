@@ -13,19 +13,34 @@ from .cache import ArtifactCache, content_key
 from .checkpoints import ModelPair, open_pair
 from .distributed import missing_warning, work_group
 from .errors import NonFiniteDeltaError, SvdloraError
+from .precision import (
+    DEFAULT_DTYPE_POLICY,
+    base_for_delta,
+    check_policy,
+    dtype_summary,
+    dtype_warnings,
+    rounding_sums,
+)
+from .quantized import check_targets_readable, reads_float
 from .targets import Target, describe, select_targets, untargeted_kind
 
 log = logging.getLogger("svdlora")
-
-FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "float64", "float32", "float16", "bfloat16"})
 
 Progress = Callable[[str, int, int], None]
 
 
 def delta_matrix(
-    name: str, base: torch.Tensor, tuned: torch.Tensor, transposed: bool = False
+    name: str,
+    base: torch.Tensor,
+    tuned: torch.Tensor,
+    transposed: bool = False,
+    policy: str = DEFAULT_DTYPE_POLICY,
 ) -> torch.Tensor:
-    """fp32 delta in LoRA's (out, in) orientation; NaN/Inf is an error naming the tensor."""
+    """fp32 delta in LoRA's (out, in) orientation; NaN/Inf is an error naming the tensor.
+
+    Under the `round` policy a base stored in another dtype is first cast to the
+    teacher's (see precision.py)."""
+    base = base_for_delta(base, tuned, policy)
     dw = tuned.to(torch.float32) - base.to(torch.float32)
     if not math.isfinite(float(dw.sum())):  # NaN/Inf propagate into the sum: one cheap pass
         bad = int((~torch.isfinite(dw)).sum())
@@ -54,36 +69,58 @@ class DeltaRecord:
     rel_change: float
     max_abs: float
     delta_sq: float
+    # Mixed dtypes only (else 0): the base's rounding to the teacher's dtype and the raw
+    # ||W_teacher - W_base||^2; summarised in the document's `dtypes`, not per row.
+    rounding_sq: float = 0.0
+    raw_delta_sq: float = 0.0
 
     @property
     def changed(self) -> bool:
         return self.delta_sq > 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        del row["rounding_sq"], row["raw_delta_sq"]
+        return row
 
 
 STATS_CHUNK = 1 << 22  # elements per block: bounded memory for embedding-sized tensors
 
 
-def chunk_stats(name: str, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+def chunk_stats(
+    name: str,
+    chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    policy: str = DEFAULT_DTYPE_POLICY,
+) -> dict[str, float]:
     """||W||_F, ||dW||_F, ||dW||/||W|| and max|dW| over (base, tuned) blocks of one tensor.
 
     Each block is promoted to fp32 for the difference; its sum of squares is an fp32
     dot product (pairwise-summed, relative error about 1e-7) added up in float64, so
     an embedding-sized tensor never has to exist in fp32 as a whole.
     """
-    base_sq = delta_sq = max_abs = 0.0
+    base_sq = delta_sq = max_abs = rounding_sq = raw_sq = 0.0
     for base, tuned in chunks:
         b = base.reshape(-1).to(torch.float32)
-        d = delta_matrix(name, b, tuned.reshape(-1))
+        d = delta_matrix(name, _aligned(base, b, tuned, policy), tuned, policy="raw").reshape(-1)
         base_sq += float(torch.dot(b, b))
         delta_sq += float(torch.dot(d, d))
         max_abs = max(max_abs, float(d.abs().max()) if d.numel() else 0.0)
-    return _stats(base_sq, delta_sq, max_abs)
+        rounding, raw = rounding_sums(base, tuned)
+        rounding_sq, raw_sq = rounding_sq + rounding, raw_sq + raw
+    return _stats(base_sq, delta_sq, max_abs, rounding_sq, raw_sq)
 
 
-def _stats(base_sq: float, delta_sq: float, max_abs: float) -> dict[str, float]:
+def _aligned(
+    base: torch.Tensor, base_fp32: torch.Tensor, tuned: torch.Tensor, policy: str
+) -> torch.Tensor:
+    """The base to subtract: its fp32 copy, unless the policy casts it to the teacher's dtype."""
+    aligned = base_for_delta(base, tuned, policy)
+    return base_fp32.reshape(base.shape) if aligned is base else aligned
+
+
+def _stats(
+    base_sq: float, delta_sq: float, max_abs: float, rounding_sq: float, raw_sq: float
+) -> dict[str, float]:
     base_norm, delta_norm = math.sqrt(base_sq), math.sqrt(delta_sq)
     rel_change = delta_norm / base_norm if base_norm > 0 else (math.inf if delta_norm else 0.0)
     return {
@@ -92,27 +129,25 @@ def _stats(base_sq: float, delta_sq: float, max_abs: float) -> dict[str, float]:
         "rel_change": rel_change,
         "max_abs": max_abs,
         "delta_sq": delta_sq,
+        "rounding_sq": rounding_sq,
+        "raw_delta_sq": raw_sq,
     }
 
 
 def target_delta(
-    name: str, base: torch.Tensor, tuned: torch.Tensor, transposed: bool
+    name: str,
+    base: torch.Tensor,
+    tuned: torch.Tensor,
+    transposed: bool,
+    policy: str = DEFAULT_DTYPE_POLICY,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """A target's fp32 dW in (out, in) orientation and its statistics, converting each once."""
     b = base.to(torch.float32)
-    dw = delta_matrix(name, b, tuned)
+    dw = delta_matrix(name, _aligned(base, b, tuned, policy), tuned, policy="raw")
     flat_b, flat_d = b.reshape(-1), dw.reshape(-1)
     base_sq, delta_sq = float(torch.dot(flat_b, flat_b)), float(torch.dot(flat_d, flat_d))
-    base_norm, delta_norm = math.sqrt(base_sq), math.sqrt(delta_sq)
-    stats = {
-        "base_norm": base_norm,
-        "delta_norm": delta_norm,
-        "rel_change": delta_norm / base_norm
-        if base_norm > 0
-        else (math.inf if delta_norm else 0.0),
-        "max_abs": float(flat_d.abs().max()) if flat_d.numel() else 0.0,
-        "delta_sq": delta_sq,
-    }
+    max_abs = float(flat_d.abs().max()) if flat_d.numel() else 0.0
+    stats = _stats(base_sq, delta_sq, max_abs, *rounding_sums(base, tuned))
     return (dw.T if transposed else dw), stats
 
 
@@ -129,26 +164,44 @@ def _record(
         shape=list(shape),
         targeted=target is not None,
         kind="target" if target is not None else untargeted_kind(name, shape),
-        **stats,
+        **{k: stats.get(k, 0.0) for k in _STAT_FIELDS},
     )
 
 
-def stats_key(pair: ModelPair, name: str) -> str:
+_STAT_FIELDS = (
+    "base_norm",
+    "delta_norm",
+    "rel_change",
+    "max_abs",
+    "delta_sq",
+    "rounding_sq",
+    "raw_delta_sq",
+)
+
+
+def stats_key(pair: ModelPair, name: str, policy: str = DEFAULT_DTYPE_POLICY) -> str:
     return content_key(
-        "delta-stats", base=pair.base_fingerprint, tuned=pair.tuned_fingerprint, tensor=name
+        "delta-stats",
+        base=pair.base_fingerprint,
+        tuned=pair.tuned_fingerprint,
+        tensor=name,
+        dtype_policy=policy,
     )
 
 
 def _tensor_stats(
-    pair: ModelPair, names: Sequence[str], cache: ArtifactCache, progress: Progress | None
+    pair: ModelPair,
+    names: Sequence[str],
+    cache: ArtifactCache,
+    progress: Progress | None,
+    policy: str = DEFAULT_DTYPE_POLICY,
 ) -> dict[str, dict]:
     """Change statistics of each named tensor, read in blocks, each written to the cache."""
     found = {}
     for i, (name, chunks) in enumerate(pair.iter_chunks(names, STATS_CHUNK)):
         if progress:
             progress(name, i + 1, len(names))
-        info = pair.base.tensors[name]
-        if info.dtype not in FLOAT_DTYPES:
+        if not (reads_float(pair.base, name) and reads_float(pair.tuned, name)):
             blocks = list(chunks)
             base, tuned = (torch.cat([c[j].reshape(-1) for c in blocks]) for j in (0, 1))
             stats = {
@@ -161,8 +214,8 @@ def _tensor_stats(
             if not torch.equal(base, tuned):
                 stats["max_abs"] = math.nan
         else:
-            stats = chunk_stats(name, chunks)
-        cache.put_json(stats_key(pair, name), stats, tensor=name)
+            stats = chunk_stats(name, chunks, policy)
+        cache.put_json(stats_key(pair, name, policy), stats, tensor=name)
         found[name] = stats
     return found
 
@@ -174,6 +227,7 @@ def collect_deltas(
     cache: ArtifactCache,
     progress: Progress | None = None,
     known: dict[str, dict] | None = None,
+    policy: str = DEFAULT_DTYPE_POLICY,
 ) -> tuple[list[DeltaRecord], list[DeltaRecord]]:
     """Statistics of every target and untargeted tensor; `known` and the cache skip reads."""
     by_name: dict[str, Target | None] = {t.tensor: t for t in targets}
@@ -182,7 +236,7 @@ def collect_deltas(
     found: dict[str, dict] = dict(known or {})
     todo = []
     for name in order:
-        cached = found.get(name) or cache.get_json(stats_key(pair, name))
+        cached = found.get(name) or cache.get_json(stats_key(pair, name, policy))
         if cached is None:
             todo.append(name)
         else:
@@ -192,8 +246,8 @@ def collect_deltas(
             todo,
             key=str,
             cost=lambda n: pair.base.tensors[n].nbytes,
-            compute=lambda names: _tensor_stats(pair, names, cache, progress),
-            fetch=lambda n: cache.get_json(stats_key(pair, n)),
+            compute=lambda names: _tensor_stats(pair, names, cache, progress, policy),
+            fetch=lambda n: cache.get_json(stats_key(pair, n, policy)),
         )
     found.update(computed)
     if late:
@@ -269,8 +323,19 @@ def pair_targets(
     shapes.update({n: pair.tuned.tensors[n].shape for n in pair.only_tuned})
     targets, rest = select_targets(shapes, pair.base.model_type, include, exclude)
     one_sided = check_pair_names(pair, targets)
-    warnings = [f"{n} exists in only one model; it is left out of every figure" for n in one_sided]
+    check_targets_readable(pair.base, [t.tensor for t in targets], "base")
+    check_targets_readable(pair.tuned, [t.tensor for t in targets], "teacher")
+    warnings = [c.weights_warning for c in (pair.base, pair.tuned) if c.weights_warning]
+    warnings += [f"{n} exists in only one model; it is left out of every figure" for n in one_sided]
     return targets, [n for n in rest if n not in set(one_sided)], warnings
+
+
+def pair_dtypes(
+    pair: ModelPair, records: Sequence[DeltaRecord], policy: str
+) -> tuple[dict, list[str]]:
+    """The `dtypes` record of the targets and its warnings (one per run for mixed dtypes)."""
+    summary = dtype_summary(pair, [r.name for r in records], {r.name: r for r in records}, policy)
+    return summary, dtype_warnings(summary, len(records))
 
 
 @dataclass
@@ -282,12 +347,14 @@ class DeltaResult:
     summary: dict
     fingerprints: dict[str, str | None]
     warnings: list[str] = field(default_factory=list)
+    dtypes: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "modules": [r.to_dict() for r in self.modules],
             "untargeted": [r.to_dict() for r in self.untargeted if r.changed],
             "summary": self.summary,
+            "dtypes": self.dtypes,
             "fingerprints": self.fingerprints,
             "warnings": self.warnings,
         }
@@ -300,12 +367,18 @@ def run_delta(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     progress: Progress | None = None,
+    dtype_policy: str = DEFAULT_DTYPE_POLICY,
 ) -> DeltaResult:
     """Statistics of dW for every target and every other changed tensor."""
+    check_policy(dtype_policy)
     pair = open_pair(base_model, tuned_model, cache.memo, with_fingerprints=cache.enabled)
     targets, rest, warnings = pair_targets(pair, include, exclude)
-    modules, untargeted = collect_deltas(pair, targets, rest, cache, progress=progress)
+    modules, untargeted = collect_deltas(
+        pair, targets, rest, cache, progress=progress, policy=dtype_policy
+    )
     summary = summarize_deltas(modules, untargeted)
+    dtypes, dtype_notes = pair_dtypes(pair, modules, dtype_policy)
+    warnings += dtype_notes
     if summary["all_zero"]:
         warnings.append("base and tuned are identical: every delta is exactly zero")
-    return DeltaResult(modules, untargeted, summary, pair.fingerprints(), warnings)
+    return DeltaResult(modules, untargeted, summary, pair.fingerprints(), warnings, dtypes)

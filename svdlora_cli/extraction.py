@@ -20,10 +20,19 @@ from .decompose import (
     resolve_method,
     spectrum_stats,
 )
-from .delta import DeltaRecord, Progress, collect_deltas, pair_targets, summarize_deltas
+from .delta import (
+    DeltaRecord,
+    Progress,
+    collect_deltas,
+    pair_dtypes,
+    pair_targets,
+    summarize_deltas,
+)
 from .devices import check_device, local_device
 from .distributed import missing_warning, work_group
 from .errors import InvalidOptionError
+from .module_map import map_targets
+from .precision import DEFAULT_DTYPE_POLICY, check_policy
 from .svd_job import SvdItem, SvdJob, svd_key
 
 
@@ -75,6 +84,8 @@ class SvdResult:
     target_deltas: list[DeltaRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     compute: dict = field(default_factory=dict)
+    coverage: dict = field(default_factory=dict)
+    dtypes: dict = field(default_factory=dict)  # stored dtypes, --dtype-policy, rounding share
 
     @property
     def label(self) -> str:
@@ -98,6 +109,8 @@ class SvdResult:
             "fingerprints": self.fingerprints,
             "cache": self.cache,
             "compute": self.compute,
+            "coverage": self.coverage,
+            "dtypes": self.dtypes,
             "warnings": self.warnings,
         }
 
@@ -174,12 +187,17 @@ def run_svd(
     power_iters: int = POWER_ITERS,
     seed: int = 0,
     progress: Progress | None = None,
+    dtype_policy: str = DEFAULT_DTYPE_POLICY,
 ) -> SvdResult:
     """Decompose every target's dW once (per content key) and truncate at the chosen rank(s)."""
     _validate(rank, energy, max_rank, method, cache_rank)
+    check_policy(dtype_policy)
     torch_device = local_device(check_device(device))
     pair = open_pair(base_model, tuned_model, cache.memo, with_fingerprints=cache.enabled)
     targets, rest, warnings = pair_targets(pair, include, exclude)
+    # Adapter keys name the modules of the model transformers builds, not the file's keys.
+    targets, rest, wrappable, coverage = map_targets(pair.base.path, targets, rest)
+    warnings.extend(coverage.warnings())
     wanted = rank if rank is not None else max_rank
     keep = max(wanted, cache_rank)
     clamped = []
@@ -194,7 +212,9 @@ def run_svd(
         resolved = resolve_method(method, target.shape, k)
         # An exact decomposition already cached serves an `auto` request too.
         tried = [resolved, "exact"] if method == "auto" and resolved != "exact" else [resolved]
-        keys = [svd_key(pair, target, m, oversample, power_iters, seed) for m in tried]
+        keys = [
+            svd_key(pair, target, m, oversample, power_iters, seed, dtype_policy) for m in tried
+        ]
         dec = next(
             (d for d in (cache.peek_decomposition(key, k) for key in keys) if d is not None), None
         )
@@ -209,7 +229,9 @@ def run_svd(
                 f"without the cache the {group.launch.world_size} processes cannot share "
                 "results: each one decomposed every tensor"
             )
-        job = SvdJob(pair, cache, torch_device, oversample, power_iters, seed)
+        job = SvdJob(
+            pair, cache, torch_device, oversample, power_iters, seed, dtype_policy=dtype_policy
+        )
         computed, late = group.run(
             todo,
             key=lambda item: item.target.tensor,
@@ -221,8 +243,10 @@ def run_svd(
         if late:
             warnings.append(missing_warning(late, "decomposition(s)", cache.directory))
         delta_records, untargeted = collect_deltas(
-            pair, targets, rest, cache, progress=None, known=job.stats
+            pair, targets, rest, cache, progress=None, known=job.stats, policy=dtype_policy
         )
+    dtypes, dtype_notes = pair_dtypes(pair, delta_records, dtype_policy)
+    warnings += dtype_notes
     if clamped:
         warnings.append(
             f"rank {wanted} exceeds min(out, in) of {len(clamped)} module(s) "
@@ -283,7 +307,9 @@ def run_svd(
         summary=summary,
         fingerprints=pair.fingerprints(),
         cache={"hits": cache.hits - hits_before, "misses": cache.misses - misses_before},
-        candidates=[
+        candidates=wrappable
+        if wrappable is not None
+        else [
             n.removesuffix(".weight") for n in pair.names if len(pair.base.tensors[n].shape) == 2
         ],
         fan_in_fan_out=any(t.transposed for t in targets),
@@ -294,6 +320,8 @@ def run_svd(
             "processes": group.launch.world_size,
             "threads": torch.get_num_threads(),
         },
+        coverage=coverage.to_dict(),
+        dtypes=dtypes,
     )
 
 

@@ -23,20 +23,21 @@ WRITE_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 )
 _SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-_RUST_OS_ERROR = re.compile(r"os error (\d+)")  # how safetensors (Rust) reports an OS error
+# How an OS error shows inside another library's message: safetensors (Rust), or a re-raise.
+_NAMED_OS_ERROR = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]")
 
 
 def errno_of(exc: BaseException) -> int | None:
-    """The errno behind an exception: an OSError's, or one named in a Rust library's message."""
+    """The errno behind an exception: an OSError's, or one named in another library's message."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno:
             return current.errno
-        match = _RUST_OS_ERROR.search(str(current))
+        match = _NAMED_OS_ERROR.search(str(current))
         if match:
-            return int(match.group(1))
+            return int(match.group(1) or match.group(2))
         current = current.__cause__
     return None
 

@@ -43,3 +43,20 @@ def resolve_model_path(ref: str | os.PathLike[str]) -> Path:
     else:
         hint = "check the path: it should be a model folder with config.json and weight files"
     raise ModelNotFoundError(f"model not found: {text}", hint)
+
+
+def is_model_folder(folder: Path) -> bool:
+    """A folder with config.json and weight files: a checkpoint svdlora reads."""
+    if not (folder / "config.json").is_file():
+        return False
+    patterns = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+    return any(next(folder.glob(p), None) is not None for p in patterns)
+
+
+def enclosing_model_folder(path: str | os.PathLike[str]) -> Path | None:
+    """The model folder `path` is, or lies inside (nearest first), if any."""
+    folder = Path(path).expanduser().resolve()
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir() and is_model_folder(candidate):
+            return candidate
+    return None

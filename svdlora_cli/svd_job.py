@@ -14,6 +14,7 @@ from .checkpoints import ModelPair, TensorReader
 from .decompose import Decomposition, decompose
 from .delta import Progress, stats_key, target_delta
 from .distributed import Launch
+from .precision import DEFAULT_DTYPE_POLICY
 from .targets import Target
 
 
@@ -24,9 +25,10 @@ def svd_key(
     oversample: int | None,
     power_iters: int,
     seed: int,
+    dtype_policy: str = DEFAULT_DTYPE_POLICY,
 ) -> str:
     """Content key of one target's decomposition under the given method parameters."""
-    params: dict = {"method": method}
+    params: dict = {"method": method, "dtype_policy": dtype_policy}
     if method == "randomized":
         params.update(oversample=oversample, power_iters=power_iters, seed=seed)
     return content_key(
@@ -97,6 +99,7 @@ class SvdJob:
     power_iters: int
     seed: int
     stats: dict[str, dict] = field(default_factory=dict)
+    dtype_policy: str = DEFAULT_DTYPE_POLICY
 
     def run(self, items: Sequence[SvdItem], progress: Progress | None) -> dict[str, Decomposition]:
         pair, cache = self.pair, self.cache
@@ -111,10 +114,12 @@ class SvdJob:
             start = time.perf_counter()
             base, tuned = base.to(self.device), tuned.to(self.device)
             dw, self.stats[target.tensor] = target_delta(
-                target.tensor, base, tuned, target.transposed
+                target.tensor, base, tuned, target.transposed, self.dtype_policy
             )
             cache.put_json(
-                stats_key(pair, target.tensor), self.stats[target.tensor], tensor=target.tensor
+                stats_key(pair, target.tensor, self.dtype_policy),
+                self.stats[target.tensor],
+                tensor=target.tensor,
             )
             del base, tuned
             dec = decompose(

@@ -177,6 +177,7 @@ def layer_report(
     intruder_k: int = 10,
     intruder_threshold: float = 0.5,
     progress: Callable[[str, int, int], None] | None = None,
+    dtype_policy: str = "round",
 ) -> dict[str, Any]:
     """Per-module rows and their aggregates by type, depth and attention vs MLP."""
     from ..errors import InvalidOptionError
@@ -196,6 +197,7 @@ def layer_report(
         exclude=exclude,
         method=method,
         progress=progress,
+        dtype_policy=dtype_policy,
     )
     rows = module_rows(result)
     warnings = list(result.warnings)
@@ -223,6 +225,7 @@ def layer_report(
         "untargeted_share": 1.0 - sum(r["share"] for r in rows) if rows else 0.0,
         "intruders": {"k": intruder_k, "threshold": intruder_threshold} if intruders else None,
         "cache": result.cache,
+        "dtypes": result.dtypes,
         "fingerprints": result.fingerprints,
         "warnings": warnings,
     }

@@ -36,11 +36,12 @@ def rank_sweep(
     exclude: Sequence[str] = (),
     method: str = "auto",
     progress: Callable[[str, int, int], None] | None = None,
+    dtype_policy: str = "round",
 ) -> dict[str, Any]:
     """Energy and error per rank, overall and per module type. The largest rank is decomposed
     first and cached with K >= every rank, so each other rank is a slice (no new SVD)."""
     keep = max(max(ranks), DEFAULT_CACHE_RANK)
-    rows, hits, misses, warnings = [], 0, 0, []
+    rows, hits, misses, warnings, dtypes = [], 0, 0, [], None
     for rank in sorted(ranks, reverse=True):
         result = run_svd(
             base_model,
@@ -52,7 +53,9 @@ def rank_sweep(
             exclude=exclude,
             method=method,
             progress=progress,
+            dtype_policy=dtype_policy,
         )
+        dtypes = result.dtypes
         hits, misses = hits + result.cache["hits"], misses + result.cache["misses"]
         warnings += [w for w in result.warnings if w not in warnings]
         s = result.summary
@@ -74,7 +77,12 @@ def rank_sweep(
     rows.sort(key=lambda r: r["rank"])
     if not cache.enabled:
         warnings.append("with --no-cache every rank is decomposed again")
-    return {"ranks": rows, "cache": {"hits": hits, "misses": misses}, "warnings": warnings}
+    return {
+        "ranks": rows,
+        "cache": {"hits": hits, "misses": misses},
+        "dtypes": dtypes,
+        "warnings": warnings,
+    }
 
 
 def train_rank_study(

@@ -28,6 +28,7 @@ from .columns import (
     pct,
     untargeted_share,
 )
+from .text import verification_rows
 
 Record = Mapping[str, Any]
 
@@ -84,7 +85,19 @@ def svd_table(doc: Record) -> Group:
         ("   cache ", "bold"),
         f"{doc['cache']['hits']} hits / {doc['cache']['misses']} misses",
     )
-    return Group(table, footer, *_artifact_lines(doc))
+    checks = [Text(f"verification {c}: {r} ({d})") for c, r, d in verification_rows(doc)]
+    return Group(table, footer, *checks, *_artifact_lines(doc))
+
+
+def verify_table(doc: Record) -> Table:
+    """`svdlora verify`: one row per check (structural, probe, teacher gap)."""
+    table = Table(title=f"Adapter {doc['adapter']} on {doc['base_model']}", title_justify="left")
+    for header in ("check", "result", "detail"):
+        table.add_column(header, header_style="bold")
+    for check, result, detail in verification_rows(doc):
+        style = "red" if result == "FAILED" else "green" if result == "ok" else ""
+        table.add_row(check, Text(result, style=style), detail)
+    return table
 
 
 def _artifact_lines(doc: Record) -> list[Text]:

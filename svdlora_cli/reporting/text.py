@@ -56,6 +56,26 @@ def _untargeted_lines(untargeted: list[Mapping[str, Any]], share: float) -> list
     return lines + column_lines(UNTARGETED, untargeted)
 
 
+def dtype_lines(doc: Mapping[str, Any]) -> list[str]:
+    """One short line: the targets' stored dtypes, and under mixed dtypes the policy."""
+    d = doc.get("dtypes")
+    if not d:
+        return []
+
+    def counts(side: Mapping[str, int]) -> str:
+        return ", ".join(f"{dtype} x{n}" for dtype, n in side.items())
+
+    line = f"dtypes: base {counts(d['base'])}; teacher {counts(d['teacher'])}"
+    if d.get("mixed_targets"):
+        line += (
+            f"; --dtype-policy {d['policy']}; the base's rounding to the teacher's dtype is "
+            f"{pct(d['rounding_share'])} of raw ||dW||^2"
+        )
+    for side, how in (d.get("quantized") or {}).items():
+        line += f"; {side} {how}"
+    return [line]
+
+
 def svd_report(doc: Mapping[str, Any]) -> str:
     """Human-readable report of an `svd` result document."""
     summary = doc["summary"]
@@ -70,6 +90,7 @@ def svd_report(doc: Mapping[str, Any]) -> str:
         "=" * 50,
         f"base:   {doc.get('base_model', '')}",
         f"tuned:  {doc.get('tuned_model', '')}",
+        *dtype_lines(doc),
         f"truncation: {header}; method: {doc['method']}",
         f"targets: {summary['count']} modules; "
         f"adapter parameters: {summary['adapter_parameters']:,}",
@@ -87,9 +108,53 @@ def svd_report(doc: Mapping[str, Any]) -> str:
     lines += ["", "Per module", "-" * 50]
     lines += column_lines(SVD_MODULES_REPORT, doc["modules"])
     lines += _untargeted_lines(list(doc["untargeted"]), summary["untargeted_share"])
+    if doc.get("verification"):
+        lines += ["", "Verification", "-" * 50]
+        lines += fixed_width([["check", "result", "detail"], *verification_rows(doc)], VERIFY_ALIGN)
     if doc.get("warnings"):
         lines += ["", "Warnings", "-" * 50, *doc["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+VERIFY_ALIGN: list[Align] = ["left", "left", "left"]
+
+
+def verification_rows(doc: Mapping[str, Any]) -> list[list[str]]:
+    """(check, result, detail) of a document's verification: one source for every renderer."""
+    v = doc.get("verification") or doc
+    rows = []
+    structural = v.get("structural") or {}
+    if structural.get("ok"):
+        detail = f"{structural['modules']} adapter modules, each wrapped by PEFT with its shape"
+        rows.append(["structural", "ok", detail])
+    elif structural:
+        rows.append(["structural", "skipped", str(structural.get("skipped", ""))])
+    probe = v.get("probe")
+    if probe:
+        rows.append(
+            [
+                "probe",
+                "ok" if probe["ok"] else "FAILED",
+                f"PEFT vs direct merge: max |logit diff| {probe['max_abs_diff']:.2e} "
+                f"({probe['rel_diff']:.2e} relative, tolerance {probe['tolerance']:g}); "
+                f"adapter changes logits by up to {probe['max_abs_change']:.3g}",
+            ]
+        )
+    elif "probe" in v:
+        rows.append(["probe", "off", str(v.get("probe_reason") or "--no-probe")])
+    gap = v.get("gap")
+    if gap:
+        closed = gap["gap_closed"]
+        rows.append(
+            [
+                "teacher gap",
+                "n/a" if closed is None else f"{pct(closed)} closed",
+                f"KL(teacher || base) {gap['kl_teacher_base']:.4g} -> "
+                f"KL(teacher || base + adapter) {gap['kl_teacher_adapted']:.4g} "
+                f"over {gap['tokens']} answer tokens of {gap['rows']} rows",
+            ]
+        )
+    return rows
 
 
 def delta_report(doc: Mapping[str, Any]) -> str:
@@ -100,6 +165,7 @@ def delta_report(doc: Mapping[str, Any]) -> str:
         "=" * 50,
         f"base:   {doc.get('base_model', '')}",
         f"tuned:  {doc.get('tuned_model', '')}",
+        *dtype_lines(doc),
         f"targets: {s['targets']} ({s['changed_targets']} changed); "
         f"untargeted changed tensors: {s['untargeted_changed']}",
         "; ".join(f"{c.header}: {c.cell(s)}" for c in DELTA_TOTALS),
