@@ -54,7 +54,7 @@ def test_quick_demo_runs_end_to_end_and_reuses_everything(tmp_path, monkeypatch)
     again = invoke_json("demo", "--quick")
     assert again["teacher"]["reused"] and all(s["reused"] for s in again["students"])
     assert again["reading"] == doc["reading"]
-    _same_bytes_as_the_commands(doc, monkeypatch)
+    _same_bytes_as_the_commands(again, monkeypatch)
     # The workspace makes later commands argument-free.
     assert invoke_json("svd", "--rank", "8")["rank"] == 8
     assert {a["arm"] for a in invoke_json("compare")["arms"]} == {
@@ -90,7 +90,7 @@ def _same_bytes_as_the_commands(doc: dict, monkeypatch) -> None:
     same inputs rewrites byte-identical files (and decodes nothing: answers are cached)."""
     from svdlora_cli.analysis import generation
 
-    run = Path("svdlora-runs/quick")  # the same (relative) paths the demo passed its steps
+    run = Path(doc["run_dir"])  # the same paths the demo passed its steps
     base, teacher = doc["base_model"], str(run / "teacher_full_sft" / "final_model")
     layer_files = ("layer_report.json", "layer_report_heatmap.png")
     compare_files = (

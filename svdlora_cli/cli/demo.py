@@ -24,7 +24,24 @@ def demo(
         bool, typer.Option("--quick", help="Tiny model, short runs: a smoke test.")
     ] = False,
     rank: Annotated[int, typer.Option("--rank", "-r", help="SVD and LoRA rank.")] = 16,
-    inits: Annotated[str, typer.Option("--inits", help="Student arms.")] = "random,svd,subspace",
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            help="small: random/svd/pissa x 2 learning rates x 2 seeds, 12 steps each (about "
+            "20 min on 2 CPU cores); full: every baseline x 3 learning rates x 3 seeds.",
+        ),
+    ] = "small",
+    inits: Annotated[
+        str | None, typer.Option("--inits", help="Student arms (default: the protocol's).")
+    ] = None,
+    learning_rates: Annotated[
+        str | None,
+        typer.Option("--learning-rates", help="Student learning-rate grid (default: protocol's)."),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option("--seeds", help="Student seeds (default: the protocol's).")
+    ] = None,
     teacher_epochs: Annotated[
         int | None, typer.Option("--teacher-epochs", help="Teacher epochs.")
     ] = None,
@@ -46,15 +63,21 @@ def demo(
     cache_size: CacheSizeOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Teacher SFT, dW, SVD, random/svd/subspace students, comparison and layer report."""
+    """Teacher SFT, dW, SVD, a grid of students, the paired verdict and the layer report."""
     from ..reporting.tables import demo_summary
     from ..training.inits import parse_inits
     from ..workflows import demo as workflow
+    from ..workflows.train import parse_learning_rates
+    from .train import _seeds
 
     overrides = {
         "name": name,
         "rank": rank,
-        "inits": tuple(parse_inits(inits)),
+        "inits": tuple(parse_inits(inits)) if inits is not None else None,
+        "learning_rates": parse_learning_rates(learning_rates)
+        if learning_rates is not None
+        else None,
+        "seeds": tuple(_seeds(seeds)) if seeds is not None else None,
         "device": device,
         "output_dir": output_dir,
         "teacher_epochs": teacher_epochs,
@@ -70,7 +93,7 @@ def demo(
             overrides["name"] = "quick"
         settings = workflow.DemoSettings.quick_settings(**overrides)
     else:
-        settings = workflow.DemoSettings(model=model, **overrides)
+        settings = workflow.DemoSettings.for_protocol(protocol, model=model, **overrides)
     if quick and model != "smollm2-135m":
         settings.model = model
     emit(workflow.run(settings, hooks(announce=True)), json_output, demo_summary)

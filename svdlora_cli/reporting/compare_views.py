@@ -32,9 +32,27 @@ def _improvement(arm: Mapping[str, Any], random: Mapping[str, Any], metric: Colu
     return f"{pct(abs(change))} {'↓' if change > 0 else '↑'}"
 
 
+def table_arms(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The arms the seed's table shows: with a learning-rate grid, each init once, at the
+    learning rate the protocol chose for it (named by its init); otherwise every arm."""
+    arms = [a for a in doc["arms"] if a["arm"] != "teacher"]
+    grid = (doc.get("protocol") or {}).get("grid") or {}
+    if not any(len(entry["cells"]) > 1 for entry in grid.values()):
+        return arms
+    chosen = {e["chosen_arm"]: init for init, e in grid.items() if e["chosen_arm"] is not None}
+    return [{**a, "arm": chosen[a["arm"]]} for a in arms if a["arm"] in chosen]
+
+
+def _grid_note(doc: Mapping[str, Any]) -> list[str]:
+    students = sum(a["arm"] != "teacher" for a in doc["arms"])
+    if len(table_arms(doc)) == students:
+        return []
+    return ["", "Each init at the learning rate chosen on held-out eval loss (grid below)."]
+
+
 def seed_table(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Metric rows x arm columns, plus 'vs random' columns: the seed's report table."""
-    arms = [a for a in doc["arms"] if a["arm"] != "teacher"]
+    arms = table_arms(doc)
     teacher = next((a for a in doc["arms"] if a["arm"] == "teacher"), None)
     random = next((a for a in arms if a["arm"] == "random"), None)
     header = ["Metric", *(a["arm"] for a in arms)]
@@ -70,6 +88,7 @@ def comparison_text(doc: Mapping[str, Any]) -> str:
     ]
     header, rows = seed_table(doc)
     lines += fixed_width([header, *rows])
+    lines += _grid_note(doc)
     lines += ["", "Per arm (mean ± std over seeds)", "-" * 50]
     detail_header, detail_rows = _detail_rows(doc)
     lines += fixed_width([detail_header, *detail_rows])
@@ -108,6 +127,7 @@ def comparison_markdown(doc: Mapping[str, Any]) -> str:
         "",
     ]
     lines += table(*seed_table(doc))
+    lines += _grid_note(doc)
     lines += ["", "## Per arm (mean ± std over seeds)", ""]
     lines += table(*_detail_rows(doc))
     if doc.get("protocol"):

@@ -24,20 +24,43 @@ if TYPE_CHECKING:
     from ..cache import ArtifactCache
 
 
+# The student grids. small: about 20 minutes on 2 CPU cores with SmolLM2-135M (12 short
+# runs: the question's two arms plus PiSSA, the strongest teacher-free SVD init, each at
+# two learning rates a factor 5 apart, over two seeds). full: every teacher-free baseline,
+# three learning rates, three seeds, whole epochs.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "small": {
+        "inits": ("random", "svd", "pissa"),
+        "learning_rates": (2e-4, 1e-3),
+        "seeds": (0, 1),
+        "student_max_steps": 12,
+    },
+    "full": {
+        "inits": ("random", "svd", "subspace", "pissa", "olora", "lora-ga", "eva"),
+        "learning_rates": (1e-4, 3e-4, 1e-3),
+        "seeds": (0, 1, 2),
+        "student_max_steps": None,
+    },
+}
+
+
 @dataclass
 class DemoSettings:
-    """Defaults sized for about 15 minutes on a 2-core CPU with SmolLM2-135M."""
+    """Defaults sized for about 20 minutes on a 2-core CPU with SmolLM2-135M."""
 
     model: str = SMOLLM2
     name: str = "demo"
     root: Path = Path("svdlora-runs")
     output_dir: Path | None = None
     rank: int = 16
-    inits: tuple[str, ...] = ("random", "svd", "subspace")
+    protocol: str = "small"
+    inits: tuple[str, ...] = PROTOCOLS["small"]["inits"]
+    learning_rates: tuple[float, ...] = PROTOCOLS["small"]["learning_rates"]
+    seeds: tuple[int, ...] = PROTOCOLS["small"]["seeds"]
+    student_max_steps: int | None = PROTOCOLS["small"]["student_max_steps"]
     teacher_epochs: int = 2
     student_epochs: int = 1
     teacher_lr: float = 5e-5
-    student_lr: float = 2e-4
     batch_size: int = 4
     max_length: int = 384
     eval_every: int = 5
@@ -53,15 +76,31 @@ class DemoSettings:
     cache: CacheOptions = field(default_factory=CacheOptions)
 
     @classmethod
+    def for_protocol(cls, protocol: str, **overrides: Any) -> DemoSettings:
+        """The settings of a named protocol (small or full), then the overrides."""
+        if protocol not in PROTOCOLS:
+            from ..errors import InvalidOptionError
+
+            raise InvalidOptionError(
+                f"unknown --protocol {protocol!r}", f"use one of: {', '.join(PROTOCOLS)}"
+            )
+        return cls(**{"protocol": protocol, **PROTOCOLS[protocol], **overrides})
+
+    @classmethod
     def quick_settings(cls, **overrides: Any) -> DemoSettings:
-        """A tiny model and short runs: the whole pipeline in well under 2 minutes."""
+        """A tiny model and short runs (one learning rate, one seed): the whole pipeline in
+        well under 2 minutes."""
         base = {
             "model": TINY,
             "name": "quick",
+            "protocol": "quick",
+            "inits": ("random", "svd", "subspace"),
+            "learning_rates": (3e-3,),
+            "seeds": (0,),
+            "student_max_steps": None,
             "teacher_epochs": 2,
             "student_epochs": 2,
             "teacher_lr": 3e-3,
-            "student_lr": 3e-3,
             "max_length": 512,
             "eval_every": 10,
             "eval_limit": 16,
@@ -94,14 +133,16 @@ class DemoSettings:
             "use e.g. --generate-limit 8",
         )
         self.train_config(self.teacher_epochs, self.teacher_lr).validate()
-        self.train_config(self.student_epochs, self.student_lr).validate()
+        for lr in self.learning_rates:
+            self.train_config(self.student_epochs, lr, self.student_max_steps).validate()
 
-    def train_config(self, epochs: int, learning_rate: float) -> Any:
+    def train_config(self, epochs: int, learning_rate: float, max_steps: int | None = None) -> Any:
         from ..training.loop import TrainConfig
 
         return TrainConfig(
             epochs=epochs,
             learning_rate=learning_rate,
+            max_steps=max_steps,
             batch_size=self.batch_size,
             max_length=self.max_length,
             seed=self.seed,
@@ -178,9 +219,12 @@ def _steps(settings: DemoSettings, hooks: Hooks, cache: ArtifactCache) -> Docume
     with _timed(timings, "students"):
         train_options = train.TrainOptions(
             base_model=base,
-            config=settings.train_config(settings.student_epochs, settings.student_lr),
+            config=settings.train_config(
+                settings.student_epochs, settings.learning_rates[0], settings.student_max_steps
+            ),
             inits=settings.inits,
-            seeds=(settings.seed,),
+            seeds=settings.seeds,
+            learning_rates=settings.learning_rates,
             rank=settings.rank,
             svd_factors=svd_doc["artifacts"]["factors"],
             train_data=settings.data_path,
@@ -188,7 +232,12 @@ def _steps(settings: DemoSettings, hooks: Hooks, cache: ArtifactCache) -> Docume
             output_dir=folder / "training_results",
             reuse=True,
         )
-        say(f"[4/6] train --init {','.join(settings.inits)}")
+        grid = len(settings.inits) * len(settings.learning_rates) * len(settings.seeds)
+        say(
+            f"[4/6] train: {grid} runs (inits {','.join(settings.inits)} x learning rates "
+            f"{','.join(f'{lr:g}' for lr in settings.learning_rates)} x seeds "
+            f"{','.join(map(str, settings.seeds))})"
+        )
         students = train.run(train_options, _numbered(hooks, "4/6"), cache)["arms"]
     with _timed(timings, "compare"):
         say(f"[5/6] compare (greedy decoding on {settings.generate_limit} eval problems)")

@@ -120,6 +120,9 @@ def test_compare_writes_the_grid_the_verdict_and_the_lr_plot(grid_dir):
     markdown = (grid_dir / "comparison_report.md").read_text()
     assert "## Learning-rate grid" in markdown and "## Verdict (paired by seed)" in markdown
     assert "svd (lr 0.0001) vs random (lr 0.001): better" in markdown
+    # The seed's table shows each init once, at its chosen learning rate.
+    assert "| Metric | random | subspace | svd | subspace vs random | svd vs random |" in markdown
+    assert "Each init at the learning rate chosen" in markdown
     assert (
         "Budgets: equal (4 optimizer steps per run; real tokens per run: 200 (seed 0)" in markdown
     )
