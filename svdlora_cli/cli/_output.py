@@ -12,7 +12,6 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import SvdloraError
 from ..workflows.common import is_primary_process
@@ -66,6 +65,8 @@ def emit(
 @contextlib.contextmanager
 def progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
     """A transient progress bar on stderr; yields a callback (item, done, total)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     bar = Progress(
         TextColumn(f"[bold]{label}[/]"),
         BarColumn(),
@@ -115,6 +116,8 @@ def progress_enabled() -> bool:
 @contextlib.contextmanager
 def training_progress(label: str) -> Iterator[Callable[[int, int, float], None]]:
     """A progress bar on stderr for optimizer steps, showing the latest loss."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     bar = Progress(
         TextColumn(f"[bold]{label}[/]"),
         BarColumn(),

@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-from ._options import (
-    DEFAULT_OUTPUT_DIR,
-    BaseModelOpt,
-    CacheDirOpt,
-    DtypePolicyOpt,
-    ExcludeOpt,
-    IncludeOpt,
-    JsonOpt,
-    NoCacheOpt,
-    OutputDirOpt,
-    TeacherModelOpt,
-)
-from ._output import cache_options, emit, hooks, require
+from typing import Any
+
+from ._groups import pair_options
+from ._options import JsonOpt
+from ._output import emit, hooks
 
 
-def delta(
-    base_model: BaseModelOpt = None,
-    teacher_model: TeacherModelOpt = None,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    dtype_policy: DtypePolicyOpt = "round",
-    output_dir: OutputDirOpt = None,
-    cache_dir: CacheDirOpt = None,
-    no_cache: NoCacheOpt = False,
-    json_output: JsonOpt = False,
-) -> None:
+@pair_options()
+def delta(json_output: JsonOpt = False, pair: Any = None) -> None:
     """Per-target ||W||, ||dW||, relative change and max |dW|, with untargeted changes.
 
     Under torchrun the tensors are split across the processes; rank 0 writes the outputs.
@@ -35,13 +18,4 @@ def delta(
     from ..reporting.tables import delta_table
     from ..workflows import delta as workflow
 
-    options = workflow.DeltaOptions(
-        base_model=require(base_model, "--base-model", "base_model"),
-        teacher_model=require(teacher_model, "--teacher-model", "teacher_model"),
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
-        dtype_policy=dtype_policy,
-        output_dir=output_dir or DEFAULT_OUTPUT_DIR,
-        cache=cache_options(cache_dir, no_cache),
-    )
-    emit(workflow.run(options, hooks()), json_output, delta_table)
+    emit(workflow.run(workflow.DeltaOptions(**pair), hooks()), json_output, delta_table)

@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from ._groups import pair_options
 from ._options import (
-    DEFAULT_OUTPUT_DIR,
-    BaseModelOpt,
-    CacheDirOpt,
-    CacheSizeOpt,
     DeviceOpt,
-    DtypePolicyOpt,
-    ExcludeOpt,
-    IncludeOpt,
     JsonOpt,
-    NoCacheOpt,
-    OutputDirOpt,
     RankOpt,
-    TeacherModelOpt,
 )
-from ._output import cache_options, emit, hooks, require
+from ._output import emit, hooks
 
 
+@pair_options()
 def svd(
-    base_model: BaseModelOpt = None,
-    teacher_model: TeacherModelOpt = None,
     rank: RankOpt = None,
     energy: Annotated[
         float | None,
@@ -40,9 +30,6 @@ def svd(
     split: Annotated[
         str, typer.Option("--split", help="b: B = U_r S_r, A = Vh_r; sqrt: sqrt(S_r) on both.")
     ] = "b",
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    dtype_policy: DtypePolicyOpt = "round",
     cache_rank: Annotated[
         int,
         typer.Option(
@@ -68,11 +55,8 @@ def svd(
             "(default: on below 1B parameters). The structural check always runs.",
         ),
     ] = None,
-    output_dir: OutputDirOpt = None,
-    cache_dir: CacheDirOpt = None,
-    cache_size: CacheSizeOpt = None,
-    no_cache: NoCacheOpt = False,
     json_output: JsonOpt = False,
+    pair: Any = None,
 ) -> None:
     """Decompose dW per target; write factors, a PEFT adapter, spectra JSON, report and plot.
 
@@ -82,24 +66,18 @@ def svd(
     from ..workflows import svd as workflow
 
     options = workflow.SvdOptions(
-        base_model=require(base_model, "--base-model", "base_model"),
-        teacher_model=require(teacher_model, "--teacher-model", "teacher_model"),
+        **pair,
         rank=rank,
         energy=energy,
         max_rank=max_rank,
         method=method,
         device=device,
         split=split,
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
-        dtype_policy=dtype_policy,
         cache_rank=cache_rank,
         oversample=oversample,
         power_iters=power_iters,
         seed=seed,
         plot=plot,
         verify=verify,
-        output_dir=output_dir or DEFAULT_OUTPUT_DIR,
-        cache=cache_options(cache_dir, no_cache, cache_size),
     )
     emit(workflow.run(options, hooks()), json_output, svd_table)

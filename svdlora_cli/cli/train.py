@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ._groups import training_options
 from ._options import (
     AnswerFieldOpt,
     BaseModelOpt,
@@ -22,7 +23,6 @@ from ._options import (
     TrainDataOpt,
 )
 from ._output import cache_options, emit, hooks, require
-from ._training import with_training_options
 
 
 def _seeds(text: str) -> list[int]:
@@ -41,7 +41,7 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-@with_training_options(learning_rate=2e-4)
+@training_options(learning_rate=2e-4)
 def train(
     base_model: BaseModelOpt = None,
     train_data: TrainDataOpt = None,

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ._groups import training_options
 from ._options import (
     AnswerFieldOpt,
     BaseModelOpt,
@@ -19,10 +20,9 @@ from ._options import (
     TrainDataOpt,
 )
 from ._output import emit, hooks, require
-from ._training import with_training_options
 
 
-@with_training_options(learning_rate=2e-5)
+@training_options(learning_rate=2e-5)
 def train_teacher(
     ctx: typer.Context,
     base_model: BaseModelOpt = None,

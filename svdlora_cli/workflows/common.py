@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from ..cache import ArtifactCache
@@ -84,6 +84,29 @@ def extraction(
         cache_session(cache_options, shared) as cache,
     ):
         yield cache
+
+
+R = TypeVar("R")
+
+
+def extraction_step(
+    options: Any,
+    hooks: Hooks | None,
+    shared: ArtifactCache | None,
+    label: str,
+    compute: Callable[[ArtifactCache, ItemProgress | None], R],
+    write: Callable[[R], Document],
+) -> Document | None:
+    """delta, svd and layer-report: `compute` over the cache under a progress bar labelled
+    `label` (every rank its share), then `write` the outputs on the primary process only.
+    `options` has `output_dir` and `cache` (CacheOptions)."""
+    bar = (hooks or Hooks()).items(label)
+    with extraction(options.output_dir, options.cache, shared) as cache:
+        with bar as update:
+            result = compute(cache, update)
+        if not is_primary_process():  # the other ranks computed their share
+            return None
+        return write(result)
 
 
 def check(ok: bool, message: str, hint: str) -> None:

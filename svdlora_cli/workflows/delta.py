@@ -11,8 +11,7 @@ from .common import (
     CacheOptions,
     Document,
     Hooks,
-    extraction,
-    is_primary_process,
+    extraction_step,
     record,
 )
 
@@ -40,20 +39,21 @@ def run(
     from ..artifacts import write_delta_outputs
     from ..delta import run_delta
 
-    hooks = hooks or Hooks()
-    with extraction(options.output_dir, options.cache, cache) as c:
-        with hooks.items("dW") as update:
-            result = run_delta(
-                options.base_model,
-                options.teacher_model,
-                c,
-                options.include,
-                options.exclude,
-                progress=update,
-                dtype_policy=options.dtype_policy,
-            )
-        if not is_primary_process():  # the other ranks computed their share
-            return None
-        return write_delta_outputs(
+    return extraction_step(
+        options,
+        hooks,
+        cache,
+        "dW",
+        lambda c, update: run_delta(
+            options.base_model,
+            options.teacher_model,
+            c,
+            options.include,
+            options.exclude,
+            progress=update,
+            dtype_policy=options.dtype_policy,
+        ),
+        lambda result: write_delta_outputs(
             result, options.output_dir, options.base_model, options.teacher_model, record(options)
-        )
+        ),
+    )

@@ -11,8 +11,7 @@ from .common import (
     CacheOptions,
     Document,
     Hooks,
-    extraction,
-    is_primary_process,
+    extraction_step,
     record,
 )
 
@@ -46,25 +45,29 @@ def run(
     from ..analysis.layers import layer_report
     from ..artifacts import write_layer_outputs
 
-    hooks = hooks or Hooks()
-    with extraction(options.output_dir, options.cache, cache) as c:
-        with hooks.items("layers") as update:
-            doc = layer_report(
-                options.base_model,
-                options.teacher_model,
-                c,
-                options.rank,
-                options.include,
-                options.exclude,
-                options.method,
-                options.sort,
-                options.intruders,
-                options.intruder_k,
-                options.intruder_threshold,
-                update,
-                dtype_policy=options.dtype_policy,
-            )
-        if not is_primary_process():  # the other ranks computed their share
-            return None
-        doc = {"base_model": options.base_model, "tuned_model": options.teacher_model, **doc}
-        return write_layer_outputs(doc, options.output_dir, record(options))
+    return extraction_step(
+        options,
+        hooks,
+        cache,
+        "layers",
+        lambda c, update: layer_report(
+            options.base_model,
+            options.teacher_model,
+            c,
+            options.rank,
+            options.include,
+            options.exclude,
+            options.method,
+            options.sort,
+            options.intruders,
+            options.intruder_k,
+            options.intruder_threshold,
+            update,
+            dtype_policy=options.dtype_policy,
+        ),
+        lambda doc: write_layer_outputs(
+            {"base_model": options.base_model, "tuned_model": options.teacher_model, **doc},
+            options.output_dir,
+            record(options),
+        ),
+    )

@@ -13,8 +13,7 @@ from .common import (
     Document,
     Hooks,
     check,
-    extraction,
-    is_primary_process,
+    extraction_step,
     record,
 )
 
@@ -86,30 +85,30 @@ def run(
 
     options.validate()
     refuse_output_in_model(options.output_dir)
-    hooks = hooks or Hooks()
-    with extraction(options.output_dir, options.cache, cache) as c:
-        with hooks.items("SVD") as update:
-            result = run_svd(
-                options.base_model,
-                options.teacher_model,
-                c,
-                rank=options.rank,
-                energy=options.energy,
-                max_rank=options.max_rank,
-                method=options.method,
-                device=options.device,
-                include=options.include,
-                exclude=options.exclude,
-                cache_rank=options.cache_rank,
-                oversample=options.oversample,
-                power_iters=options.power_iters,
-                seed=options.seed,
-                progress=update,
-                dtype_policy=options.dtype_policy,
-            )
-        if not is_primary_process():  # the other ranks computed their share
-            return None
-        return write_svd_outputs(
+    return extraction_step(
+        options,
+        hooks,
+        cache,
+        "SVD",
+        lambda c, update: run_svd(
+            options.base_model,
+            options.teacher_model,
+            c,
+            rank=options.rank,
+            energy=options.energy,
+            max_rank=options.max_rank,
+            method=options.method,
+            device=options.device,
+            include=options.include,
+            exclude=options.exclude,
+            cache_rank=options.cache_rank,
+            oversample=options.oversample,
+            power_iters=options.power_iters,
+            seed=options.seed,
+            progress=update,
+            dtype_policy=options.dtype_policy,
+        ),
+        lambda result: write_svd_outputs(
             result,
             options.output_dir,
             options.base_model,
@@ -118,7 +117,8 @@ def run(
             record(options),
             plot=options.plot,
             verify=lambda adapter: verification(options, result, adapter),
-        )
+        ),
+    )
 
 
 def refuse_output_in_model(output_dir: Path) -> None:
