@@ -63,27 +63,59 @@ def emit(
 
 
 @contextlib.contextmanager
-def progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
-    """A transient progress bar on stderr; yields a callback (item, done, total)."""
+def _bar(label: str) -> Iterator[Callable[[int, int | None, str], None]]:
+    """A transient rich bar on a terminal; elsewhere (a log file, CI, nohup) a plain line at
+    most every SVDLORA_PROGRESS_SECONDS (default 30) and at the end: step i/N, status, ETA."""
+    import time
+
+    if not progress_enabled():
+        yield lambda done, total, text: None
+        return
+    if not stderr.is_terminal:
+        every = float(os.environ.get("SVDLORA_PROGRESS_SECONDS", "30"))
+        start = last = time.monotonic()
+
+        def line(done: int, total: int | None, text: str) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last < every and done != total:
+                return
+            last = now
+            eta = ""
+            if total and done:
+                eta = f", ETA {(now - start) * (total - done) / done:.0f} s"
+            stderr.print(
+                f"{label}: {done}/{total or '?'} {text} ({now - start:.0f} s{eta})",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+
+        yield line
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(
-        TextColumn(f"[bold]{label}[/]"),
+        TextColumn(f"[bold]{escape(label)}[/]"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.description}", style="dim"),
         TimeElapsedColumn(),
         console=stderr,
         transient=True,
-        disable=not progress_enabled(),
     )
     task = bar.add_task("", total=None)
-
-    def update(item: str, done: int, total: int) -> None:
-        bar.update(task, description=item, completed=done - 1, total=total)
-
     with bar:
-        yield update
+        yield lambda done, total, text: bar.update(
+            task, completed=done, total=total, description=text
+        )
+
+
+@contextlib.contextmanager
+def progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
+    """Progress over items (tensors, models); yields a callback (item, done, total)."""
+    with _bar(label) as show:
+        yield lambda item, done, total: show(done, total, item)
 
 
 def require(value: Any, option: str, key: str) -> Any:
@@ -115,26 +147,9 @@ def progress_enabled() -> bool:
 
 @contextlib.contextmanager
 def training_progress(label: str) -> Iterator[Callable[[int, int, float], None]]:
-    """A progress bar on stderr for optimizer steps, showing the latest loss."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(
-        TextColumn(f"[bold]{label}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=stderr,
-        transient=True,
-        disable=not progress_enabled(),
-    )
-    task = bar.add_task("", total=None)
-
-    def update(step: int, total: int, loss: float) -> None:
-        bar.update(task, completed=step, total=total, description=f"loss {loss:.4f}")
-
-    with bar:
-        yield update
+    """Progress over optimizer steps, showing the latest loss."""
+    with _bar(label) as show:
+        yield lambda step, total, loss: show(step, total, f"loss {loss:.4f}")
 
 
 def precision(bf16: bool, fp16: bool) -> str:
