@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -84,6 +84,20 @@ def extraction(
         cache_session(cache_options, shared) as cache,
     ):
         yield cache
+
+
+@dataclass(frozen=True)
+class PairOptions:
+    """The fields every extraction step shares: the model pair, its targets, the dtype
+    policy, the output folder and the cache (the CLI's `pair_options` group fills them)."""
+
+    base_model: str
+    teacher_model: str
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    dtype_policy: str = "round"  # base vs teacher dtypes differ: see precision.py
+    output_dir: Path = DEFAULT_OUTPUT_DIR
+    cache: CacheOptions = field(default_factory=CacheOptions)
 
 
 R = TypeVar("R")

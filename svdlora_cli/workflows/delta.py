@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .common import (
-    DEFAULT_OUTPUT_DIR,
-    CacheOptions,
     Document,
     Hooks,
+    PairOptions,
     extraction_step,
     record,
 )
@@ -20,16 +18,8 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class DeltaOptions:
+class DeltaOptions(PairOptions):
     """Everything `svdlora delta` takes."""
-
-    base_model: str
-    teacher_model: str
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    dtype_policy: str = "round"  # base vs teacher dtypes differ: see precision.py
-    output_dir: Path = DEFAULT_OUTPUT_DIR
-    cache: CacheOptions = field(default_factory=CacheOptions)
 
 
 def run(

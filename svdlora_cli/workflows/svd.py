@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .common import (
-    DEFAULT_OUTPUT_DIR,
-    CacheOptions,
     Document,
     Hooks,
+    PairOptions,
     check,
     extraction_step,
     record,
@@ -27,28 +26,21 @@ POWER_ITERS = 3
 
 
 @dataclass(frozen=True)
-class SvdOptions:
+class SvdOptions(PairOptions):
     """Everything `svdlora svd` takes."""
 
-    base_model: str
-    teacher_model: str
     rank: int | None = None
     energy: float | None = None
     max_rank: int = 64
     method: str = "auto"
     device: str = "cpu"
     split: str = "b"
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
     cache_rank: int = CACHE_RANK
     oversample: int | None = None
     power_iters: int = POWER_ITERS
     seed: int = 0
-    dtype_policy: str = "round"  # base vs teacher dtypes differ: see precision.py
     plot: bool = True
     verify: bool | None = None  # None: probe the adapter's logits below VERIFY_MAX_PARAMETERS
-    output_dir: Path = DEFAULT_OUTPUT_DIR
-    cache: CacheOptions = field(default_factory=CacheOptions)
 
     def validate(self) -> None:
         """Ranges the core does not check itself (rank, energy and method are checked there)."""

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .common import (
-    DEFAULT_OUTPUT_DIR,
-    CacheOptions,
     Document,
     Hooks,
+    PairOptions,
     extraction,
     is_primary_process,
     record,
@@ -22,21 +20,14 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class SweepOptions:
+class SweepOptions(PairOptions):
     """Everything `svdlora sweep` takes; `train` set means a student per rank is trained."""
 
-    base_model: str
-    teacher_model: str
     ranks: tuple[int, ...] = (4, 8, 16, 32, 64)
     method: str = "auto"
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    dtype_policy: str = "round"  # base vs teacher dtypes differ: see precision.py
     train: TrainConfig | None = None
     train_data: str | None = None
     eval_data: str | None = None
-    output_dir: Path = DEFAULT_OUTPUT_DIR
-    cache: CacheOptions = field(default_factory=CacheOptions)
 
 
 def run(
