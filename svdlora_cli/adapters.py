@@ -90,8 +90,9 @@ def save_factors(
         tensors[f"{module}.A"] = f.A.contiguous()
         tensors[f"{module}.S"] = f.S.contiguous()
     meta = {"format": "pt", "layout": FACTORS_LAYOUT, **{k: str(v) for k, v in metadata.items()}}
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(safetensors_bytes(tensors, meta))
+    data = safetensors_bytes(tensors, meta)
+    with atomic_path(path, size=len(data)) as tmp:
+        tmp.write_bytes(data)
     return path
 
 
@@ -181,8 +182,9 @@ def write_peft_adapter(
         tensors[f"base_model.model.{module}.lora_B.weight"] = f.B.contiguous()
     require_finite(tensors, "the adapter weights", "check the models for NaN/Inf weights")
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "adapter_model.safetensors") as tmp:
-        tmp.write_bytes(save_safetensors(tensors, metadata={"format": "pt"}))
+    data = save_safetensors(tensors, metadata={"format": "pt"})
+    with atomic_path(folder / "adapter_model.safetensors", size=len(data)) as tmp:
+        tmp.write_bytes(data)
     write_json(folder / "adapter_config.json", config)
     return folder
 

@@ -207,4 +207,4 @@ def reuse_or_key(
 
 def save_hyperparameters(folder: Path, record: dict[str, Any]) -> None:
     """The run's hyperparameters next to its model, as litgpt does."""
-    (folder / "svdlora_run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_json(folder / "svdlora_run.json", record)

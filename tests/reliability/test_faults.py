@@ -376,7 +376,7 @@ def test_full_tmpfs_under_the_cache(reference, llama_pair, tmp_path):
 
 def test_index_whose_wal_cannot_be_mapped_on_a_full_disk_is_still_read(tmp_path):
     """Entries still in the WAL (no -shm file, none can be made) are read, not lost."""
-    from svdlora_cli.cache import _ReadOnlyIndex
+    from svdlora_cli.cache_sqlite import ReadOnlyIndex
 
     with tmpfs(tmp_path / "mnt", "1m") as mount:
         live = diskcache.Cache(str(mount / "live"), disk=diskcache.JSONDisk)
@@ -386,7 +386,7 @@ def test_index_whose_wal_cannot_be_mapped_on_a_full_disk_is_still_read(tmp_path)
             shutil.copy(mount / "live" / name, mount / "index" / name)
         live.close()
         _fill(mount)
-        index = _ReadOnlyIndex(mount / "index")
+        index = ReadOnlyIndex(mount / "index")
         try:
             assert index.get("a") == {"kind": "json", "value": 1} and len(index) == 1
         finally:
