@@ -43,8 +43,11 @@ def attach_accuracy(
     models: list[tuple[str, str, str | None]] = [("base", base_model, None)]
     if teacher_model:
         models.append(("teacher", teacher_model, None))
+    chosen = _chosen_arms(doc)
     models += [
-        (r.name, base_model, str(r.model_dir)) for r in runs if not r.is_teacher and r.model_dir
+        (r.name, base_model, str(r.model_dir))
+        for r in runs
+        if not r.is_teacher and r.model_dir and (chosen is None or r.arm in chosen)
     ]
     results = {}
     for i, (name, model_ref, adapter) in enumerate(models):
@@ -100,6 +103,15 @@ def _generation_key(
         data=data,
         max_new_tokens=max_new_tokens,
     )
+
+
+def _chosen_arms(doc: dict[str, Any]) -> set[str] | None:
+    """With a learning-rate grid, only each init's chosen cell is decoded (accuracy is a
+    report of the selected arms, not a selection criterion); None: every run."""
+    grid = (doc.get("protocol") or {}).get("grid") or {}
+    if not any(len(entry["cells"]) > 1 for entry in grid.values()):
+        return None
+    return {entry["chosen_arm"] for entry in grid.values() if entry["chosen_arm"]}
 
 
 def accuracy_offset(runs: Sequence[RunLog]) -> int:

@@ -39,8 +39,8 @@ GRID = {
     ("random", 1e-3): [1.10, 1.20, 1.15],  # random's best lr
     ("svd", 1e-4): [0.80, 0.86, 0.83],  # svd's best lr
     ("svd", 1e-3): [0.90, 0.95, 0.92],
-    ("subspace", 1e-4): [1.12, 1.30, 1.05],
-    ("subspace", 1e-3): [1.14, 1.18, 1.16],  # subspace's best (mean 1.16 < 1.157?)
+    ("subspace", 1e-4): [1.12, 1.30, 1.05],  # subspace's best: mean 1.157 < 1.160
+    ("subspace", 1e-3): [1.14, 1.18, 1.16],
 }
 
 
@@ -148,3 +148,12 @@ def test_protocol_ignores_the_teacher():
 )
 def test_a_bad_grid_is_an_error(grid, fragment):
     assert_user_error(invoke("train", "-b", "x", "--learning-rates", grid), fragment)
+
+
+def test_accuracy_decodes_only_the_chosen_cells_of_a_grid(grid_dir):
+    from svdlora_cli.analysis.accuracy import _chosen_arms
+
+    doc = compare_runs(find_logs(grid_dir))
+    assert _chosen_arms(doc) == {"random_lr0.001", "svd_lr0.0001", "subspace_lr0.0001"}
+    single = compare_runs([r for r in find_logs(grid_dir) if "lr0.001_" in r.name])
+    assert _chosen_arms(single) is None  # one learning rate: every run is decoded
