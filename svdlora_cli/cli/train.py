@@ -48,7 +48,12 @@ def train(
     init: Annotated[
         str,
         typer.Option(
-            "--init", help="random, gaussian, svd, svd-sqrt, subspace or pissa (comma list ok)."
+            "--init",
+            help="random, gaussian, svd, svd-sqrt, subspace, pissa, olora, lora-ga, eva or "
+            "corda (comma list ok). svd, svd-sqrt and subspace need --svd-factors or "
+            "--teacher-model; lora-ga, eva and corda read the first 4 training micro-batches of "
+            "the seed's order to initialise (lora-ga needs 2 x rank <= every target's smaller "
+            "side; corda needs the attrs package).",
         ),
     ] = "random",
     svd_factors: Annotated[

@@ -3,6 +3,13 @@
 With scale s = alpha / r, PEFT computes W' = W + s * B @ A. The SVD inits set
 s * B @ A to the teacher's rank-r truncation U_r S_r Vh_r, so the student
 starts at base + best rank-r approximation of dW whatever alpha is.
+
+Teacher-free baselines see only the base and the data: `olora` (Buyukakyuz
+2024, arXiv:2406.01775: Q, R = qr(W), B = Q[:, :r], A = R[:r]), `pissa` (top-r
+SVD of W), and the data-driven `lora-ga`, `eva` and `corda` (data_inits.py).
+The inits in MUTATING_INITS move s * B0 @ A0 out of the base weight, so the
+model starts at the base; their saved adapters are converted to plain LoRAs
+on the untouched base (rank 2r) by PEFT's path_initial_model_for_weight_conversion.
 """
 
 from __future__ import annotations
@@ -19,9 +26,29 @@ from ..checkpoints import Checkpoint
 from ..errors import InvalidOptionError, ModelMismatchError
 from ..targets import CONV1D_MODEL_TYPES, describe, select_targets
 
-INITS = ("random", "gaussian", "svd", "svd-sqrt", "subspace", "pissa")
+INITS = (
+    "random",
+    "gaussian",
+    "svd",
+    "svd-sqrt",
+    "subspace",
+    "pissa",
+    "olora",
+    "lora-ga",
+    "eva",
+    "corda",
+)
 FACTOR_INITS = frozenset({"svd", "svd-sqrt", "subspace"})
-PEFT_INIT = {"random": True, "gaussian": "gaussian", "pissa": "pissa"}
+PEFT_INIT = {
+    "random": True,
+    "gaussian": "gaussian",
+    "pissa": "pissa",
+    "olora": "olora",
+    "lora-ga": "lora_ga",
+    "eva": "eva",
+    "corda": "corda",
+}
+MUTATING_INITS = frozenset({"pissa", "olora", "lora-ga", "corda"})  # they rewrite W - s * B0 @ A0
 
 
 @dataclass(frozen=True)
@@ -100,9 +127,23 @@ def plan_lora(
 
 def lora_config(plan: LoraPlan, init: str, dropout: float = 0.0) -> Any:
     """PEFT LoraConfig for an arm: clamped ranks in rank_pattern, the same scale everywhere."""
-    from peft import LoraConfig
+    from peft import EvaConfig, LoraConfig, LoraGAConfig
+    from peft.tuners.lora.config import CordaConfig  # not re-exported by peft
 
+    if init == "olora" and plan.fan_in_fan_out:
+        raise InvalidOptionError(
+            "--init olora does not support Conv1D (GPT-2 style) weights in PEFT",
+            "use another init for this model, e.g. pissa or random",
+        )
     pattern = {re.escape(m): r for m, r in plan.ranks.items() if r != plan.rank}
+    subconfig: dict[str, Any] = {}
+    if init == "lora-ga":
+        subconfig["lora_ga_config"] = LoraGAConfig()  # direction ArB2r, "stable" scale
+    if init == "eva":
+        # rho = 1: no rank redistribution, so EVA keeps the plan's ranks and alpha.
+        subconfig["eva_config"] = EvaConfig(rho=1.0, adjust_scaling_factors=False)
+    if init == "corda":
+        subconfig["corda_config"] = CordaConfig(corda_method="ipm")  # task-context directions
     return LoraConfig(
         r=plan.rank,
         lora_alpha=plan.alpha,
@@ -114,7 +155,27 @@ def lora_config(plan: LoraPlan, init: str, dropout: float = 0.0) -> Any:
         fan_in_fan_out=plan.fan_in_fan_out,
         init_lora_weights=PEFT_INIT.get(init, True),
         task_type="CAUSAL_LM",
+        **subconfig,
     )
+
+
+def check_plan(peft_model: Any, plan: LoraPlan, adapter: str = "default") -> None:
+    """Every arm has a LoRA on exactly the plan's modules, at the plan's rank and scale."""
+    layers = {
+        name.removeprefix("base_model.model."): module
+        for name, module in peft_model.named_modules()
+        if hasattr(module, "lora_A") and adapter in getattr(module, "r", {})
+    }
+    found = {m: (layer.r[adapter], layer.scaling[adapter]) for m, layer in layers.items()}
+    wanted = {m: (r, plan.scale) for m, r in plan.ranks.items()}
+    if set(found) != set(wanted) or any(
+        found[m][0] != wanted[m][0] or abs(found[m][1] - wanted[m][1]) > 1e-9 for m in wanted
+    ):
+        bad = sorted(set(found) ^ set(wanted)) or [m for m in wanted if found[m] != wanted[m]]
+        raise ModelMismatchError(
+            f"the LoRA layers differ from the plan at {', '.join(bad[:3])}",
+            "every arm must share modules, ranks and alpha; report this init as a bug",
+        )
 
 
 def factor_weights(

@@ -1,4 +1,4 @@
-"""Steps 3 and 4 of the seed plan: LoRA students from random, SVD and control inits."""
+"""Steps 3 and 4 of the seed plan: LoRA students from random, SVD, control and baseline inits."""
 
 from __future__ import annotations
 
@@ -15,7 +15,24 @@ from ..checkpoints import open_checkpoint
 from ..data import FieldNames
 from ..errors import InvalidOptionError
 from ..files import atomic_dir, ensure_writable_dir, write_run_config
-from .inits import FACTOR_INITS, LoraPlan, apply_factor_init, lora_config, plan_lora
+from .data_inits import (
+    DATA_INITS,
+    INIT_BATCHES,
+    corda_model,
+    eva_model,
+    init_batches,
+    lora_ga_model,
+)
+from .inits import (
+    FACTOR_INITS,
+    MUTATING_INITS,
+    PEFT_INIT,
+    LoraPlan,
+    apply_factor_init,
+    check_plan,
+    lora_config,
+    plan_lora,
+)
 from .loop import StepProgress, TrainConfig, fit, gathered_state_dict, make_accelerator
 from .runs import (
     arm_summary,
@@ -74,9 +91,6 @@ def train_student(
 
     With `reuse`, a finished arm in `output_dir` with the same inputs is returned as is.
     """
-    import torch
-    from peft import get_peft_model
-
     config.validate()
     name = name or init
     if init in FACTOR_INITS and factors is None:
@@ -98,24 +112,30 @@ def train_student(
         alpha=plan.alpha,
         dropout=dropout,
         factors=factors_digest(factors) if init in FACTOR_INITS else None,
+        **({"init_batches": INIT_BATCHES} if init in DATA_INITS else {}),
     )
     if found is not None:
         return found
     accelerator = make_accelerator(config.device, config.precision)
-    torch.manual_seed(config.seed)  # kaiming/gaussian A draws depend on the seed only
-    model = get_peft_model(
-        load_model(base_model, config.trust_remote_code), lora_config(plan, init, dropout)
+    model = build_student(
+        load_model(base_model, config.trust_remote_code),
+        plan,
+        init,
+        config,
+        dropout,
+        data.train,
+        tokenizer.pad_token_id,
+        accelerator,
+        factors,
     )
-    if init in FACTOR_INITS and factors is not None:
-        apply_factor_init(model, plan, init, factors)
     initial_dir = None
-    if init == "pissa":
-        # PiSSA rewrites the base weights (W - B A); keep its starting adapter so the
-        # saved one can be converted into a plain LoRA on the untouched base (rank 2r).
-        initial_dir = Path(tempfile.mkdtemp(prefix="pissa_init_"))
+    if init in MUTATING_INITS:
+        # These inits rewrite the base weights (W - s B0 A0); keep the starting adapter so
+        # the saved one can be converted into a plain LoRA on the untouched base (rank 2r).
+        initial_dir = Path(tempfile.mkdtemp(prefix=f"{init}_init_"))
         model.peft_config["default"].init_lora_weights = True
         model.save_pretrained(initial_dir)
-        model.peft_config["default"].init_lora_weights = "pissa"
+        model.peft_config["default"].init_lora_weights = PEFT_INIT[init]
     result = fit(
         model,
         data.train,
@@ -161,6 +181,46 @@ def train_student(
     if initial_dir is not None:
         shutil.rmtree(initial_dir, ignore_errors=True)
     return summary
+
+
+def build_student(
+    base: Any,
+    plan: LoraPlan,
+    init: str,
+    config: TrainConfig,
+    dropout: float,
+    train: Any,
+    pad_id: int,
+    accelerator: Any,
+    factors: Mapping[str, LowRankFactors] | None = None,
+) -> Any:
+    """The PEFT model of one arm at its starting point, checked against the shared plan.
+
+    The data-driven inits read the first INIT_BATCHES micro-batches of this seed's
+    schedule; `fit` recomputes the schedule from the seed, so training order is unchanged.
+    """
+    import torch
+    from peft import get_peft_model
+
+    peft_config = lora_config(plan, init, dropout)
+    if init in DATA_INITS:
+        if accelerator.num_processes == 1:
+            base.to(accelerator.device)
+        batches = init_batches(len(train), config.batch_size, config.seed)
+        torch.manual_seed(config.seed)  # LoRA-GA's randomized SVD draws from the seed
+        if init == "lora-ga":
+            model = lora_ga_model(base, peft_config, train, batches, pad_id, plan.ranks)
+        elif init == "corda":
+            model = corda_model(base, peft_config, train, batches, pad_id)
+        else:
+            model = eva_model(base, peft_config, train, batches, pad_id, plan.ranks)
+    else:
+        torch.manual_seed(config.seed)  # kaiming/gaussian A draws depend on the seed only
+        model = get_peft_model(base, peft_config)
+    if init in FACTOR_INITS and factors is not None:
+        apply_factor_init(model, plan, init, factors)
+    check_plan(model, plan)
+    return model
 
 
 def factors_digest(factors: Mapping[str, LowRankFactors] | None) -> str | None:

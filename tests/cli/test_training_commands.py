@@ -159,7 +159,7 @@ def test_training_input_errors(tiny_llm, tiny_data, tmp_path):
         "--svd-factors",
     )
     assert_user_error(
-        invoke("train", "-b", tiny_llm, "--init", "lora-ga", "-o", out), "unknown --init"
+        invoke("train", "-b", tiny_llm, "--init", "loftq", "-o", out), "unknown --init"
     )
     assert_user_error(invoke("train", "-b", tiny_llm, "--seeds", "0,x", "-o", out), "--seeds")
     assert_user_error(
