@@ -181,6 +181,8 @@ def quiet_libraries() -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+        # PEFT's advice for PiSSA/OLoRA adapters; svdlora already saves them as plain LoRAs.
+        warnings.filterwarnings("ignore", message=r".* changes the base weights of the model")
 
 
 if __name__ == "__main__":  # pragma: no cover
