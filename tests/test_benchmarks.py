@@ -82,6 +82,7 @@ def test_make_pair_and_bench_extract_run(tmp_path):
     assert figures["max_energy_diff_pp"] < 0.05
 
 
+@pytest.mark.slow  # a whole benchmark script end to end; run with -m slow
 def test_bench_distributed_runs_and_adapters_match(tmp_path):
     pair = tmp_path / "pair"
     subprocess.run(
@@ -128,6 +129,7 @@ def test_bench_distributed_runs_and_adapters_match(tmp_path):
     assert figures["max_over_mean_load"] >= 1.0
 
 
+@pytest.mark.slow  # a whole benchmark script end to end; run with -m slow
 def test_gpu_check_passes_on_cpu_processes(tmp_path):
     """The prepared device check runs its steps on 2 CPU processes (no speed step)."""
     options = ["--device", "cpu", "--processes", "2", "--skip-speed", f"--out={tmp_path}"]
