@@ -215,7 +215,11 @@ def compare_runs(runs: Sequence[RunLog], target_loss: float | None = None) -> di
         )
     else:
         target, source = None, "none (no teacher log and no --target-loss)"
-    randoms = {r.seed: r for r in runs if r.arm == "random"}
+    # The same-seed random run: its row 0 is the base's loss (any learning rate of a grid).
+    randoms: dict[int | None, RunLog] = {}
+    for r in runs:
+        if r.arm == "random" or r.record.get("init") == "random":
+            randoms.setdefault(r.seed, r)
     fallback_random = next(iter(randoms.values()), None)
     per_run = []
     for run in runs:

@@ -157,3 +157,10 @@ def test_accuracy_decodes_only_the_chosen_cells_of_a_grid(grid_dir):
     assert _chosen_arms(doc) == {"random_lr0.001", "svd_lr0.0001", "subspace_lr0.0001"}
     single = compare_runs([r for r in find_logs(grid_dir) if "lr0.001_" in r.name])
     assert _chosen_arms(single) is None  # one learning rate: every run is decoded
+
+
+def test_gap_recovered_uses_the_random_runs_of_a_grid(grid_dir):
+    doc = compare_runs(find_logs(grid_dir))
+    svd = next(a for a in doc["arms"] if a["arm"] == "svd_lr0.0001")
+    # No teacher log here, so no gap; but the base (random's row 0) is found in the grid.
+    assert svd["runs"][0]["improvement_over_random_pct"] is not None
