@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ..workflows.common import DEFAULT_OUTPUT_DIR
 from ._options import (
-    DEFAULT_OUTPUT_DIR,
     BaseModelOpt,
     BatchSizeOpt,
     Bf16Opt,

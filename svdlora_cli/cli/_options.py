@@ -87,7 +87,6 @@ DtypePolicyOpt = Annotated[
     ),
 ]
 
-DEFAULT_OUTPUT_DIR = Path("svdlora-out")
 
 # Training options shared by train-teacher and train (the seed's flag names).
 EpochsOpt = Annotated[int, typer.Option("--epochs", help="Passes over the training set.")]

@@ -67,10 +67,6 @@ def svd_factors_for(
     )
 
 
-def arm_name(init: str, seed: int, several_seeds: bool) -> str:
-    return f"{init}_seed{seed}" if several_seeds else init
-
-
 def train_student(
     base_model: str,
     init: str,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,7 +132,9 @@ def check(ok: bool, message: str, hint: str) -> None:
 
 def is_primary_process() -> bool:
     """False on the non-zero ranks of a torchrun / accelerate launch: they write nothing."""
-    return int(os.environ.get("RANK", "0")) == 0
+    from ..distributed import Launch
+
+    return Launch.from_env().primary
 
 
 def record(options: Any) -> dict[str, Any]:
