@@ -164,3 +164,13 @@ def test_gap_recovered_uses_the_random_runs_of_a_grid(grid_dir):
     svd = next(a for a in doc["arms"] if a["arm"] == "svd_lr0.0001")
     # No teacher log here, so no gap; but the base (random's row 0) is found in the grid.
     assert svd["runs"][0]["improvement_over_random_pct"] is not None
+
+
+def test_accuracy_rows_start_after_the_eval_loss_rows(grid_dir):
+    from svdlora_cli.analysis.accuracy import accuracy_offset
+
+    runs = find_logs(grid_dir)
+    assert accuracy_offset(runs) == 4  # every record says eval_limit 4
+    for run in runs:
+        run.record["eval_limit"] = None
+    assert accuracy_offset(runs) == 0
