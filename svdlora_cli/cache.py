@@ -28,6 +28,7 @@ from .cache_index import GuardedIndex
 from .cache_payloads import (
     check_payload,
     encode_payload,
+    entry_from_payload,
     file_fields,
     payload_files,
     payload_path,
@@ -240,10 +241,9 @@ class ArtifactCache:
         path = self._payload_path(key)
 
         def store() -> None:
-            with atomic_path(path, size=len(data)) as tmp:
-                tmp.write_bytes(data)
+            stored = _publish_payload(key, path, data)
             try:
-                self._guard.index.set(key, {**entry, **file_fields(data)})
+                self._guard.index.set(key, {**entry, **file_fields(stored)})
             except BaseException:
                 with contextlib.suppress(OSError):
                     path.unlink()  # an unindexed payload only takes space
@@ -321,3 +321,30 @@ class ArtifactCache:
         if self._guard.index is not None:
             self._evict()
             self._guard.close()
+
+
+def _publish_payload(key: str, path: Path, data: bytes) -> bytes:
+    """Put `data` at `path` unless a valid payload is already there; return the bytes at path.
+
+    The first writer wins (a hard link cannot replace a file), so a payload never changes
+    once written: two processes computing the same key concurrently index the same file,
+    not each its own bytes (their entries differ in timings). A damaged file is replaced.
+    """
+    staging = path.with_name(f"{path.name}.{os.getpid()}.new")
+    try:
+        with atomic_path(staging, size=len(data)) as tmp:
+            tmp.write_bytes(data)
+        try:
+            os.link(staging, path)
+            return data
+        except FileExistsError:
+            existing = path.read_bytes()
+            try:
+                entry_from_payload(key, existing)
+                return existing
+            except ValueError:
+                os.replace(staging, path)
+                return data
+    finally:
+        with contextlib.suppress(OSError):
+            staging.unlink()
