@@ -121,6 +121,14 @@ Fp16Opt = Annotated[bool, typer.Option("--fp16", help="fp16 mixed precision (CUD
 GradCkptOpt = Annotated[
     bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
 ]
+PackingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--packing/--no-packing",
+        help="Lay each micro-batch's rows end to end (no padding; attention stays within "
+        "each row). Checked against padded batches before training.",
+    ),
+]
 TrainDeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 WarmupOpt = Annotated[int, typer.Option("--warmup-steps", help="Linear LR warmup steps.")]
 SchedulerOpt = Annotated[str, typer.Option("--lr-scheduler", help="linear, cosine or constant.")]

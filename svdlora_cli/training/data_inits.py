@@ -33,7 +33,7 @@ import torch
 
 from ..data import TokenizedSet, collate
 from ..errors import SvdloraError
-from .loop import _loss_sum
+from .loss import loss_sum
 from .schedule import batch_schedule
 
 INIT_BATCHES = 4
@@ -88,7 +88,7 @@ def lora_ga_model(
         # PEFT divides the accumulated .grad by the number of backward passes, so
         # each pass is scaled by len(batches) / total: the result is d(mean loss)/dW.
         for indices in batches:
-            loss, _ = _loss_sum(base, _batch(indices, data, pad_id, device))
+            loss, _ = loss_sum(base, _batch(indices, data, pad_id, device))
             with warnings.catch_warnings():
                 # PEFT counts passes with full backward hooks; the first layer's input
                 # needs no gradient, so torch warns that its hook fires on outputs.

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..cache import content_key
-from ..data import IGNORE_INDEX, TokenizedSet, collate
+from ..data import IGNORE_INDEX, TokenizedSet
 from ..errors import InvalidOptionError
+from .loss import loss_sum
+from .packing import make_batcher
 from .resume_state import load_checkpoint, save_checkpoint
 from .schedule import Step, batch_schedule
 from .steplog import StepRow
@@ -30,6 +31,7 @@ from .steplog import StepRow
 PRECISIONS = ("no", "bf16", "fp16")
 SCHEDULERS = ("linear", "cosine", "constant")
 StepProgress = Callable[[int, int, float], None]
+Batcher = Callable[[Sequence[int], TokenizedSet], dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -52,6 +54,7 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_scheduler: str = "linear"
     max_grad_norm: float = 1.0
+    packing: bool = True
     trust_remote_code: bool = False
     save_every: int = 0
     resume: bool = False
@@ -167,33 +170,32 @@ def _shard(indices: Sequence[int], accelerator: Any) -> tuple[list[int], float]:
     return (mine, 1.0) if mine else (list(indices)[:1], 0.0)
 
 
-def _loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over answer tokens, and their count.
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Non-padding tokens of a padded or packed batch."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
 
-    The LM head runs only at positions where some row predicts an answer token
-    (transformers' `logits_to_keep`), which skips the prompts' share of the
-    vocabulary projection and softmax.
-    """
-    targets = batch["labels"][:, 1:]
-    positions = torch.nonzero((targets != IGNORE_INDEX).any(dim=0)).squeeze(1)
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    try:
-        logits = model(**inputs, logits_to_keep=positions).logits
-        targets = targets[:, positions]
-    except TypeError:  # a model without logits_to_keep: full logits
-        logits = model(**inputs).logits[:, :-1]
-    keep = targets != IGNORE_INDEX
-    loss = F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
-    return loss, int(keep.sum())
+
+def make_optimizer(params: list[Any], config: TrainConfig, device: torch.device) -> Any:
+    """AdamW, fused into one kernel per step where torch has it (CPU and CUDA)."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused or None
+    )
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
+    """The batch on the device; packed rows' bounds stay on the host (attention reads them)."""
+    return {k: v if k == "cu_seq_lens_q" else v.to(device) for k, v in batch.items()}
 
 
 @torch.no_grad()
 def mean_loss(
-    model: Any, data: TokenizedSet, indices: Sequence[Sequence[int]], pad_id: int, accelerator: Any
+    model: Any,
+    data: TokenizedSet,
+    indices: Sequence[Sequence[int]],
+    batch_of: Batcher,
+    accelerator: Any,
 ) -> float:
     """Token-weighted mean loss over micro-batches, summed across processes."""
     was_training = model.training
@@ -201,7 +203,7 @@ def mean_loss(
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     for batch_indices in indices:
         mine, weight = _shard(batch_indices, accelerator)
-        loss, count = _loss_sum(model, _to(collate(mine, data, pad_id), accelerator.device))
+        loss, count = loss_sum(model, _to(batch_of(mine, data), accelerator.device))
         total += weight * torch.tensor(
             [float(loss), count], dtype=torch.float64, device=accelerator.device
         )
@@ -251,9 +253,18 @@ def fit(
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(params, config, accelerator.device)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, config.warmup_steps, len(schedule))
     model, optimizer = accelerator.prepare(model, optimizer)
+    batch_of = make_batcher(
+        model,
+        accelerator.unwrap_model(model),
+        train,
+        pad_id,
+        config.packing,
+        config.max_length,
+        lambda batch: _to(batch, accelerator.device),
+    )
     eval_batches: list[list[int]] = []
     if evaluation is not None:
         n_eval = (
@@ -269,7 +280,7 @@ def fit(
     def evaluate() -> float | None:
         if not eval_batches or evaluation is None:
             return None
-        return mean_loss(model, evaluation, eval_batches, pad_id, accelerator)
+        return mean_loss(model, evaluation, eval_batches, batch_of, accelerator)
 
     model.train()
     start = time.perf_counter()
@@ -283,7 +294,7 @@ def fit(
         done, rows, tokens, train_seconds = restored
         start -= rows[-1].elapsed_s
     else:
-        initial = mean_loss(model, train, schedule[0].micro_batches, pad_id, accelerator)
+        initial = mean_loss(model, train, schedule[0].micro_batches, batch_of, accelerator)
         rows = [StepRow(step=0, epoch=0.0, loss=initial, eval_loss=evaluate(), elapsed_s=0.0)]
         done, train_seconds, tokens = 0, 0.0, 0
     for number, step in enumerate(schedule, start=1):
@@ -291,7 +302,7 @@ def fit(
             continue
         tic = time.perf_counter()
         shards = [_shard(b, accelerator) for b in step.micro_batches]
-        batches = [(collate(mine, train, pad_id), weight) for mine, weight in shards]
+        batches = [(batch_of(mine, train), weight) for mine, weight in shards]
         answer_tokens = sum(
             weight * int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b, weight in batches
         )
@@ -303,13 +314,13 @@ def fit(
         for batch, weight in batches:
             batch = _to(batch, accelerator.device)
             with accelerator.autocast():
-                loss_sum, _ = _loss_sum(model, batch)
-            loss_sum = loss_sum * weight
+                summed, _ = loss_sum(model, batch)
+            summed = summed * weight
             # Scale so the summed gradient is the mean over all answer tokens of the step
             # (times world size, which DDP's gradient averaging divides back out).
-            accelerator.backward(loss_sum * accelerator.num_processes / total_answer)
-            step_loss += loss_sum.detach().double()
-            step_tokens += int(weight * batch["attention_mask"].sum())
+            accelerator.backward(summed * accelerator.num_processes / total_answer)
+            step_loss += summed.detach().double()
+            step_tokens += int(weight * real_tokens(batch))
         grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()

@@ -1,0 +1,208 @@
+"""Packed micro-batches against padded ones: same targets, same loss, same gradients."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from svdlora_cli.data import IGNORE_INDEX, collate, load_examples, tokenize_examples
+from svdlora_cli.training import packing
+from svdlora_cli.training.loop import TrainConfig, make_optimizer, real_tokens
+from svdlora_cli.training.loss import loss_sum
+from svdlora_cli.training.steplog import read_step_log
+from svdlora_cli.training.student import base_plan, train_student
+from tests.conftest import build_tiny_llm, write_rows
+
+ROWS = [0, 3, 7, 11]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny Llama and Qwen2 (grouped-query attention) with LoRA, and rows of varied length."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("packing")
+    rows = write_rows(root / "rows.json", 12, offset=5)
+    out = {}
+    for arch in ("llama", "qwen2"):
+        folder = build_tiny_llm(root / arch, arch)
+        tok = AutoTokenizer.from_pretrained(folder)
+        data = tokenize_examples(load_examples(rows), tok, 64)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        lora = LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj", "down_proj"])
+        model = get_peft_model(model, lora)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # nonzero B so the adapters carry gradient to A too
+                torch.nn.init.normal_(p, std=0.02)
+        out[arch] = SimpleNamespace(folder=folder, tok=tok, data=data, model=model)
+    return out
+
+
+def test_pack_lays_rows_end_to_end_with_the_same_targets(setup):
+    data = setup["llama"].data
+    lengths = [len(data.input_ids[i]) for i in ROWS]
+    assert len(set(lengths)) > 1, "the rows must differ in length for this test to mean much"
+    batch = packing.pack(ROWS, data)
+    assert batch["input_ids"].shape == (1, sum(lengths))
+    assert batch["cu_seq_lens_q"].tolist() == [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    assert batch["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
+    # The (context, target) pairs: per row, target token t+1 predicted at position t.
+    padded = collate(ROWS, data, pad_id=0)
+    expected = [
+        (row, t, int(padded["labels"][row, t + 1]))
+        for row in range(len(ROWS))
+        for t in range(lengths[row] - 1)
+        if padded["labels"][row, t + 1] != IGNORE_INDEX
+    ]
+    starts = batch["cu_seq_lens_q"].tolist()
+    got = []
+    for position, target in enumerate(batch["labels"][0, 1:].tolist()):
+        if target == IGNORE_INDEX:
+            continue
+        row = max(r for r in range(len(ROWS)) if starts[r] <= position)
+        got.append((row, position - starts[row], target))
+    assert got == expected
+    assert real_tokens(batch) == real_tokens(padded) == sum(lengths)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_packed_loss_and_gradients_match_padded(setup, arch):
+    case = setup[arch]
+    model = case.model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(batch):
+        model.zero_grad(set_to_none=True)
+        loss, count = loss_sum(model, batch)
+        loss.backward()
+        return float(loss), count, [p.grad.clone() for p in trainable]
+
+    model.set_attn_implementation("sdpa")
+    padded = loss_and_grads(collate(ROWS, case.data, case.tok.pad_token_id))
+    previous = packing.enable(model.base_model.model)
+    try:
+        packed = loss_and_grads(packing.pack(ROWS, case.data))
+    finally:
+        model.base_model.model.set_attn_implementation(previous)
+    assert packed[1] == padded[1]
+    assert packed[0] == pytest.approx(padded[0], rel=1e-5)
+    for a, b in zip(packed[2], padded[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_packed_attention_is_causal_attention_per_row():
+    """Against an explicit per-row softmax(QK^T / sqrt(d) + causal mask) V."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 9, 8, generator=gen)
+    k = torch.randn(1, 2, 9, 8, generator=gen)
+    v = torch.randn(1, 2, 9, 8, generator=gen)
+    out, _ = packing.packed_attention(None, q, k, v, None, cu_seq_lens_q=torch.tensor([0, 4, 9]))
+    for start, end in [(0, 4), (4, 9)]:
+        n = end - start
+        kr = k[:, :, start:end].repeat_interleave(2, dim=1)
+        vr = v[:, :, start:end].repeat_interleave(2, dim=1)
+        scores = q[:, :, start:end] @ kr.transpose(-1, -2) / 8**0.5
+        scores = scores.masked_fill(torch.ones(n, n).triu(1).bool(), float("-inf"))
+        expected = (F.softmax(scores, dim=-1) @ vr).transpose(1, 2)
+        torch.testing.assert_close(out[:, start:end], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_whose_attention_crosses_rows_falls_back_to_padding(setup, monkeypatch, caplog):
+    """If packed attention leaked across rows, the pre-training check must catch it."""
+    case = setup["llama"]
+
+    def leaky(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        out = F.scaled_dot_product_attention(
+            query, key, value, is_causal=True, scale=scaling, enable_gqa=True
+        )
+        return out.transpose(1, 2).contiguous(), None
+
+    monkeypatch.setattr(packing, "packed_attention", leaky)
+    inner = case.model.base_model.model
+    with caplog.at_level(logging.WARNING, logger="svdlora"):
+        batcher = packing.make_batcher(
+            case.model, inner, case.data, case.tok.pad_token_id, True, 64, lambda b: b
+        )
+    assert "packed loss differs from the padded one" in caplog.text
+    assert "attention_mask" in batcher(ROWS, case.data)
+    assert inner.config._attn_implementation != packing.ATTENTION
+    monkeypatch.undo()
+    packing.register()
+
+
+def test_the_batcher_packs_a_supported_model_and_pads_when_told(setup):
+    case = setup["llama"]
+    inner = case.model.base_model.model
+    args = (case.data, case.tok.pad_token_id)
+    padded_batch = collate(ROWS, case.data, case.tok.pad_token_id)
+    with torch.no_grad():
+        inner.set_attn_implementation("sdpa")
+        reference, _ = loss_sum(case.model, padded_batch)
+        try:
+            packed = packing.make_batcher(case.model, inner, *args, True, 64, lambda b: b)
+            assert "cu_seq_lens_q" in packed(ROWS, case.data)
+            assert inner.config._attn_implementation == packing.ATTENTION
+            # A padded batch through the packed implementation still gets its mask.
+            again, _ = loss_sum(case.model, padded_batch)
+            assert float(again) == pytest.approx(float(reference), rel=1e-6)
+        finally:
+            inner.set_attn_implementation("sdpa")
+    padded = packing.make_batcher(case.model, inner, *args, False, 64, lambda b: b)
+    assert "attention_mask" in padded(ROWS, case.data)
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"sliding_window": 16}, "sliding window (16) is shorter than --max-length (64)"),
+        ({"attn_logit_softcapping": 50.0}, "soft-caps"),
+        ({"layer_types": ["full_attention", "linear_attention"]}, "linear_attention layers"),
+    ],
+)
+def test_attention_variants_packing_cannot_reproduce_are_refused(settings, fragment):
+    model = SimpleNamespace(config=SimpleNamespace(**settings), set_attn_implementation=None)
+    assert fragment in packing.unsupported_reason(model, 64)
+
+
+def test_a_window_longer_than_every_row_is_no_obstacle():
+    config = SimpleNamespace(sliding_window=4096, use_sliding_window=True)
+    model = SimpleNamespace(config=config, set_attn_implementation=None)
+    assert packing.unsupported_reason(model, 512) is None
+
+
+def test_training_packed_and_padded_ends_at_the_same_adapter(tiny_llm, tmp_path):
+    """Three optimizer steps both ways: same losses, same tokens, same trained adapter."""
+    from safetensors.torch import load_file
+
+    rows = write_rows(tmp_path / "rows.json", 12, offset=5)
+    plan = base_plan(str(tiny_llm), 4, None)
+    results = {}
+    for packed in (True, False):
+        config = TrainConfig(
+            epochs=1, max_steps=3, learning_rate=3e-3, max_length=64, device="cpu", packing=packed
+        )
+        out = tmp_path / str(packed)
+        summary = train_student(str(tiny_llm), "random", out, config, plan, data_path=str(rows))
+        log = read_step_log(summary["artifacts"]["log"])
+        adapter = load_file(out / "final_model_random" / "adapter_model.safetensors")
+        results[packed] = (summary, log, adapter)
+    (s1, log1, a1), (_, log0, a0) = results[True], results[False]
+    assert [r.tokens for r in log1] == [r.tokens for r in log0]
+    for r1, r0 in zip(log1, log0, strict=True):
+        assert r1.loss == pytest.approx(r0.loss, rel=1e-5)
+    assert a1.keys() == a0.keys()
+    for name in a1:
+        torch.testing.assert_close(a1[name], a0[name], rtol=1e-4, atol=1e-6)
+    assert s1["final_loss"] < s1["initial_loss"]
+
+
+def test_adamw_is_fused_on_cpu():
+    param = torch.nn.Parameter(torch.zeros(3))
+    optimizer = make_optimizer([param], TrainConfig(), torch.device("cpu"))
+    assert optimizer.defaults["fused"] is True
