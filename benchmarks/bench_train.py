@@ -1,6 +1,11 @@
 """Training throughput: `svdlora train` against a minimal PEFT loop, alternating, same batches.
 
-python benchmarks/bench_train.py --model smollm2-135m --steps 20 --repeats 2
+python benchmarks/bench_train.py --model smollm2-135m --steps 20 --repeats 3
+
+Three runs per repeat, in rotating order: the minimal loop (`minimal_peft_loop.py`:
+svdlora's batches, padded to each micro-batch's longest row, `model(**batch).loss`),
+`svdlora train` with packed micro-batches (the default) and with `--no-packing`.
+Tokens are real (non-padding) tokens; model loading and evaluation are excluded.
 """
 
 from __future__ import annotations
@@ -26,29 +31,31 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     model = str(resolve_model_path(args.model))
-    ours, minimal = [], []
+    speeds: dict[str, list[float]] = {"minimal": [], "svdlora": [], "svdlora_no_packing": []}
     for repeat in range(args.repeats):
         out = tempfile.mkdtemp(prefix="svdlora-train-bench-")
+        train = [
+            sys.executable,
+            "-m",
+            "svdlora_cli",
+            "train",
+            "-b",
+            model,
+            "--init",
+            "random",
+            "--max-steps",
+            str(args.steps),
+            "--device",
+            "cpu",
+            "--eval-limit",
+            "1",
+            "-o",
+            out,
+            "--json",
+        ]
         runs = {
-            "svdlora": [
-                sys.executable,
-                "-m",
-                "svdlora_cli",
-                "train",
-                "-b",
-                model,
-                "--init",
-                "random",
-                "--max-steps",
-                str(args.steps),
-                "--device",
-                "cpu",
-                "--eval-limit",
-                "1",
-                "-o",
-                out,
-                "--json",
-            ],
+            "svdlora": train,
+            "svdlora_no_packing": [*train, "--no-packing", "-o", out + "-padded"],
             "minimal": [
                 sys.executable,
                 str(HERE / "minimal_peft_loop.py"),
@@ -57,22 +64,28 @@ def main() -> None:
                 str(args.steps),
             ],
         }
-        order = ["svdlora", "minimal"] if repeat % 2 == 0 else ["minimal", "svdlora"]
+        names = list(runs)
+        order = names[repeat % 3 :] + names[: repeat % 3]
         for name in order:
             proc = subprocess.run(runs[name], capture_output=True, text=True)
             if proc.returncode != 0:
                 sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
             doc = json.loads(proc.stdout)
-            speed = doc["arms"][0]["tokens_per_s"] if name == "svdlora" else doc["tokens_per_s"]
-            (ours if name == "svdlora" else minimal).append(speed)
+            speed = doc["tokens_per_s"] if name == "minimal" else doc["arms"][0]["tokens_per_s"]
+            speeds[name].append(speed)
             print(f"repeat {repeat + 1} {name}: {speed:.1f} tokens/s", flush=True)
     figures = {
         "model": args.model,
         "steps": args.steps,
         "repeats": args.repeats,
-        "svdlora_tokens_per_s": round(statistics.median(ours), 1),
-        "minimal_tokens_per_s": round(statistics.median(minimal), 1),
-        "ratio": round(statistics.median(ours) / statistics.median(minimal), 3),
+        **{f"{name}_tokens_per_s": round(statistics.median(v), 1) for name, v in speeds.items()},
+        "ratio": round(
+            statistics.median(speeds["svdlora"]) / statistics.median(speeds["minimal"]), 3
+        ),
+        "ratio_no_packing": round(
+            statistics.median(speeds["svdlora_no_packing"]) / statistics.median(speeds["minimal"]),
+            3,
+        ),
     }
     print(json.dumps(figures, indent=2))
     if args.json:

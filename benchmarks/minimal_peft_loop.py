@@ -37,6 +37,8 @@ def main() -> None:
     )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     model.train()
+    with torch.no_grad():  # one untimed forward, as svdlora's untimed initial loss
+        model(**collate(schedule[0].micro_batches[0], data, tokenizer.pad_token_id))
     tokens, start = 0, time.perf_counter()
     for step in schedule:
         batch = collate(step.micro_batches[0], data, tokenizer.pad_token_id)

@@ -171,8 +171,14 @@ def prompt_text(tokenizer: Any, question: str) -> str:
     return PLAIN_PROMPT.format(question=question)
 
 
-def _ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def _batch_ids(tokenizer: Any, texts: Sequence[str], chunk: int = 1024) -> list[list[int]]:
+    """Token ids of each text, encoded in batches (a fast tokenizer's batch path is
+    several times quicker than one call per text, with the same ids)."""
+    out: list[list[int]] = []
+    for start in range(0, len(texts), chunk):
+        encoded = tokenizer(list(texts[start : start + chunk]), add_special_tokens=False)
+        out.extend(list(ids) for ids in encoded["input_ids"])
+    return out
 
 
 @dataclass
@@ -202,9 +208,10 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Any, max_length: i
         raise SvdloraError(f"--max-length must be at least 2, got {max_length}", "use e.g. 512")
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     ids_out, labels_out, truncated, dropped = [], [], 0, 0
-    for example in examples:
-        prompt = _ids(tokenizer, prompt_text(tokenizer, example.prompt))
-        answer = _ids(tokenizer, example.answer) + eos
+    prompts = _batch_ids(tokenizer, [prompt_text(tokenizer, e.prompt) for e in examples])
+    answers = _batch_ids(tokenizer, [e.answer for e in examples])
+    for prompt, answer_ids in zip(prompts, answers, strict=True):
+        answer = answer_ids + eos
         ids = prompt + answer
         labels = [IGNORE_INDEX] * len(prompt) + answer
         if len(ids) > max_length:

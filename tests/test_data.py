@@ -121,3 +121,31 @@ def test_malformed_data_names_the_row(tmp_path, content, fragment):
     path.write_text(content)
     with pytest.raises(DataError, match=fragment.replace("(", r"\(")):
         load_examples(path)
+
+
+def test_batched_encoding_gives_the_ids_of_one_call_per_text():
+    from svdlora_cli.data import _batch_ids
+
+    tok = char_tokenizer()
+    texts = [f"What is {i} times {i * 7}?\n#### {i * i * 7}" for i in range(7)] + ["x"]
+    separate = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert _batch_ids(tok, texts, chunk=3) == separate
+    assert _batch_ids(tok, texts) == separate
+
+
+def test_a_file_is_tokenized_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    from svdlora_cli.training import runs
+
+    calls = []
+    real = runs.tokenize_examples
+    monkeypatch.setattr(runs, "tokenize_examples", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tok = char_tokenizer()
+    path = _write(tmp_path / "t.json", [{"question": "q1", "answer": "a1"}])
+    first = runs.prepare_data(tok, str(path), None, 64)
+    again = runs.prepare_data(tok, str(path), None, 64)
+    assert again.train is first.train and len(calls) == 1
+    runs.prepare_data(tok, str(path), None, 32)  # another max length: tokenized again
+    assert len(calls) == 2
+    _write(path, [{"question": "q1", "answer": "a longer answer"}])
+    changed = runs.prepare_data(tok, str(path), None, 64)
+    assert len(calls) == 3 and changed.train.input_ids != first.train.input_ids

@@ -82,17 +82,41 @@ def prepare_data(
     max_length: int,
     fields: FieldNames = FieldNames(),
 ) -> Datasets:
-    """Tokenized train and eval sets; the built-in eval set goes with the built-in train set."""
+    """Tokenized train and eval sets; the built-in eval set goes with the built-in train set.
+
+    Each file is tokenized once per process for a given tokenizer and max length: the
+    arms of a grid (and the teacher before them) share the result.
+    """
     train_file = resolve_data_path(train_path, "train")
     builtin = train_path is None or str(train_path) == "builtin"
     eval_file = resolve_data_path(eval_path, "eval") if (eval_path or builtin) else None
-    train = tokenize_examples(load_examples(train_file, fields), tokenizer, max_length)
-    evaluation = (
-        tokenize_examples(load_examples(eval_file, fields), tokenizer, max_length)
-        if eval_file
-        else None
-    )
+    train = _tokenized(train_file, tokenizer, max_length, fields)
+    evaluation = _tokenized(eval_file, tokenizer, max_length, fields) if eval_file else None
     return Datasets(train, evaluation, train_file, eval_file)
+
+
+_TOKENIZED: dict[tuple, TokenizedSet] = {}
+
+
+def _tokenized(file: Path, tokenizer: Any, max_length: int, fields: FieldNames) -> TokenizedSet:
+    """`tokenize_examples` of a file, remembered by the file's identity and content stamp,
+    the tokenizer (name, vocabulary size, chat template) and the max length."""
+    stat = file.stat()
+    key = (
+        str(file.resolve()),
+        stat.st_size,
+        stat.st_mtime_ns,
+        getattr(tokenizer, "name_or_path", None),
+        len(tokenizer),
+        getattr(tokenizer, "chat_template", None),
+        max_length,
+        fields,
+    )
+    if key not in _TOKENIZED:
+        if len(_TOKENIZED) >= 8:
+            _TOKENIZED.pop(next(iter(_TOKENIZED)))
+        _TOKENIZED[key] = tokenize_examples(load_examples(file, fields), tokenizer, max_length)
+    return _TOKENIZED[key]
 
 
 def arm_summary(name: str, result: FitResult, paths: dict[str, Path]) -> dict[str, Any]:
