@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +130,32 @@ def probe_ids(vocab_size: int, tokens: int = PROBE_TOKENS, seed: int = 0) -> tor
     return torch.randint(0, vocab_size, (1, tokens), generator=gen)
 
 
+class LazyDeltas(Mapping[str, torch.Tensor]):
+    """module -> its dense delta, formed from the module's factors when asked, so a
+    model's deltas never exist all at once (a 0.5B model's would take 1.4 GB in fp32)."""
+
+    def __init__(self, factors: Mapping[str, Any], form: Callable[[Any], torch.Tensor]) -> None:
+        self._factors = factors
+        self._form = form
+
+    def __getitem__(self, module: str) -> torch.Tensor:
+        return self._form(self._factors[module])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._factors)
+
+    def __len__(self) -> int:
+        return len(self._factors)
+
+
 def _module_mismatches(
-    peft_model: Any, deltas: dict[str, torch.Tensor], tol: float, fan_in_fan_out: bool
+    peft_model: Any, deltas: Mapping[str, torch.Tensor], tol: float, fan_in_fan_out: bool
 ) -> list[str]:
     """Modules whose PEFT delta weight (out, in) differs from the directly computed one."""
     inner = peft_model.get_base_model()
     bad = []
-    for module, delta in deltas.items():
+    for module in deltas:
+        delta = deltas[module].float()
         layer = inner.get_submodule(module)
         if not hasattr(layer, "get_delta_weight"):
             bad.append(module)
@@ -171,7 +190,7 @@ def probe_check(
     peft_model: Any,
     adapter: str | Path,
     tolerance: float = TOLERANCE,
-    expected: dict[str, torch.Tensor] | None = None,
+    expected: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """PEFT logits vs the base with each module's delta (out, in) added to its weight (fp32).
 
@@ -180,43 +199,44 @@ def probe_check(
     """
     config = peft_model.peft_config["default"]
     if expected is None:
-        expected = {m: w.delta() for m, w in read_peft_adapter(adapter).items()}
+        expected = LazyDeltas(read_peft_adapter(adapter), lambda weights: weights.delta())
     vocab = int(peft_model.get_base_model().config.get_text_config().vocab_size)
     ids = probe_ids(vocab)
     adapted = _logits(peft_model, ids)
     with peft_model.disable_adapter():
         base = _logits(peft_model, ids)
-    deltas = {}
     inner = peft_model.get_base_model()
+    nonzero = False
     with torch.no_grad():
-        for module, delta in expected.items():
-            deltas[module] = delta.float()
+        for module in expected:  # one module's dense delta at a time (they may be lazy)
+            delta = expected[module].float()
+            nonzero = nonzero or float(delta.abs().max()) > 0
             layer = getattr(inner.get_submodule(module), "base_layer", None)
             if layer is None:  # not wrapped: the structural check names these
                 raise AdapterCheckError(
                     f"PEFT did not wrap {module}", "regenerate the adapter with `svdlora svd`"
                 )
             conv1d = type(layer).__name__ == "Conv1D"  # GPT-2 stores (in, out)
-            layer.weight += delta.float().T if conv1d else delta.float()
+            layer.weight += delta.T if conv1d else delta
+            del delta
         with peft_model.disable_adapter():
             merged = _logits(peft_model, ids)
     scale = max(float(merged.abs().max()), 1e-12)
     diff = float((adapted - merged).abs().max())
     change = float((adapted - base).abs().max())
-    expected = float((merged - base).abs().max())
-    nonzero = any(float(d.abs().max()) > 0 for d in deltas.values())
+    expected_change = float((merged - base).abs().max())
     probe = {
         "tokens": int(ids.shape[1]),
         "max_abs_diff": diff,
         "rel_diff": diff / scale,
         "tolerance": tolerance,
         "max_abs_change": change,
-        "expected_change": expected,
+        "expected_change": expected_change,
         "changed": change > 0.0,
         "ok": diff <= tolerance * scale and (change > 0.0 or not nonzero),
     }
     if diff > tolerance * scale:
-        bad = _module_mismatches(peft_model, deltas, tolerance, config.fan_in_fan_out)
+        bad = _module_mismatches(peft_model, expected, tolerance, config.fan_in_fan_out)
         raise AdapterCheckError(
             f"base + adapter through PEFT differs from the directly merged rank-r delta: "
             f"max |logit diff| {diff:.3g} ({diff / scale:.3g} relative, tolerance {tolerance:g})"
@@ -226,7 +246,7 @@ def probe_check(
         )
     if nonzero and change == 0.0:
         raise AdapterCheckError(
-            f"the adapter's B @ A is non-zero in {len(deltas)} modules but base + adapter "
+            f"the adapter's B @ A is non-zero in {len(expected)} modules but base + adapter "
             "gives the base's logits exactly",
             "PEFT is not applying the adapter; regenerate it with `svdlora svd`",
         )
@@ -311,7 +331,7 @@ def verify_adapter(
     eval_data: str | None = None,
     max_rows: int = 32,
     tolerance: float = TOLERANCE,
-    expected: dict[str, torch.Tensor] | None = None,
+    expected: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Structural check, then (optionally) the gap to a teacher and the logits probe."""
     from .model_refs import resolve_model_path

@@ -135,7 +135,7 @@ def verification(options: SvdOptions, result: SvdResult, adapter: Path) -> dict:
     orientation or split in the adapter shows up as a mismatch.
     """
     from ..model_refs import resolve_model_path
-    from ..verify import VERIFY_MAX_PARAMETERS, parameter_count, verify_adapter
+    from ..verify import VERIFY_MAX_PARAMETERS, LazyDeltas, parameter_count, verify_adapter
 
     if result.coverage.get("checked") is False:
         reason = result.coverage.get("reason")
@@ -150,7 +150,7 @@ def verification(options: SvdOptions, result: SvdResult, adapter: Path) -> dict:
         )
     expected = None
     if probe:
-        expected = {m: f.B @ f.A for m, f in result.factors("b").items()}
+        expected = LazyDeltas(result.factors("b"), lambda f: f.B @ f.A)
     doc = verify_adapter(adapter, options.base_model, probe=probe, expected=expected)
     doc["probe_reason"] = reason
     return doc
