@@ -54,21 +54,22 @@ def packed_attention(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    edges = [int(b) for b in bounds]
+    # split (not slicing): its backward is one concatenation of the rows' gradients,
+    # where each slice's backward would zero-fill and copy a whole-sequence tensor.
+    lengths = [int(end - start) for start, end in itertools.pairwise(bounds.tolist())]
     gqa = query.shape[1] != key.shape[1]
     parts = [
         F.scaled_dot_product_attention(
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            is_causal=True,
-            dropout_p=dropout,
-            scale=scaling,
-            enable_gqa=gqa,
+            q, k, v, is_causal=True, dropout_p=dropout, scale=scaling, enable_gqa=gqa
         )
-        for start, end in itertools.pairwise(edges)
+        for q, k, v in zip(
+            query.split(lengths, dim=2),
+            key.split(lengths, dim=2),
+            value.split(lengths, dim=2),
+            strict=True,
+        )
     ]
-    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+    return torch.cat([part.transpose(1, 2) for part in parts], dim=1), None  # contiguous
 
 
 def register() -> None:
