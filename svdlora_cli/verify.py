@@ -1,9 +1,10 @@
 """Prove a PEFT LoRA adapter does what its factors say: structure, logits and (with a
 teacher) how much of the base-to-teacher gap it closes.
 
-1. Structural (meta device, no weights): PEFT injects the adapter's config into the
-   model transformers builds; every adapter key must land on a wrapped module of the
-   right shape, or PEFT would drop it with only a warning.
+1. Structural and per-module deltas (adapter_check.py, no weights read): PEFT injects
+   the adapter's config into the model transformers builds; every adapter key must land
+   on a wrapped module of the right shape, and PEFT's delta of each module (loaded by
+   PEFT) must be the rank-r delta the adapter was made from.
 2. Probe: logits of base + adapter through PEFT against the base with W + scale * B @ A
    added to its weights directly (fp32), on a few token ids. They must agree to a
    relative tolerance, and the adapter must change the logits.
@@ -15,108 +16,25 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .adapter_check import (
+    TOLERANCE,
+    AdapterCheckError,
+    LazyDeltas,
+    _examples,
+    structural_check,
+)
 from .adapters import read_peft_adapter
-from .errors import CheckpointError, SvdloraError
 
 PROBE_TOKENS = 8
-TOLERANCE = 1e-4
-VERIFY_MAX_PARAMETERS = 1_000_000_000  # `svd --verify` is on by default below this size
-
-
-class AdapterCheckError(SvdloraError):
-    """An adapter would be (partly) dropped by PEFT, or does not reproduce its own delta."""
-
-
-def _examples(names: Sequence[str], limit: int = 3) -> str:
-    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
-def _adapter_shapes(folder: Path) -> dict[str, dict[str, tuple[int, ...]]]:
-    """Module -> {"A": shape, "B": shape} from the adapter file's header."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
-            keys = list(handle.keys())
-            shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in keys}
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read the PEFT adapter in {folder}: {exc}",
-            "pass a folder with adapter_config.json and adapter_model.safetensors",
-        ) from exc
-    out: dict[str, dict[str, tuple[int, ...]]] = {}
-    for key, shape in shapes.items():
-        for part in ("A", "B"):
-            suffix = f".lora_{part}.weight"
-            if key.endswith(suffix):
-                module = key.removesuffix(suffix).removeprefix("base_model.model.")
-                out.setdefault(module, {})[part] = shape
-    return out
-
-
-def structural_check(adapter: str | Path, base_folder: str | Path) -> dict[str, Any]:
-    """Every adapter module is wrapped by PEFT's LoRA in the built model, with its shapes."""
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.tuners.lora import LoraLayer
-
-    from .module_map import meta_model
-
-    folder = Path(adapter)
-    shapes = _adapter_shapes(folder)
-    if not shapes:
-        raise CheckpointError(f"{folder} holds no LoRA weights", "pass a LoRA adapter folder")
-    try:
-        config = LoraConfig.from_pretrained(str(folder))
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read {folder}/adapter_config.json as a LoRA config: {exc}",
-            "pass a PEFT LoRA adapter folder",
-        ) from exc
-    model = meta_model(base_folder)
-    hint = (
-        "the adapter's module names must be those of the model transformers builds; "
-        "regenerate it with this version of `svdlora svd`"
-    )
-    try:
-        inject_adapter_in_model(config, model, low_cpu_mem_usage=True)
-    except Exception as exc:  # no target module matched, or a layer PEFT cannot wrap
-        raise AdapterCheckError(
-            f"PEFT wraps none of the adapter's modules in {base_folder}: "
-            f"{str(exc).splitlines()[0]}",
-            hint,
-        ) from exc
-    wrapped = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
-    dropped = sorted(m for m in shapes if m not in wrapped)
-    if dropped:
-        raise AdapterCheckError(
-            f"PEFT would drop {len(dropped)} of the adapter's {len(shapes)} modules: they are "
-            f"no LoRA-wrapped module of the built model ({_examples(dropped)})",
-            hint,
-        )
-    mismatched = []
-    for module, parts in shapes.items():
-        layer = wrapped[module]
-        a, b = parts.get("A"), parts.get("B")
-        if a is None or b is None or a[1] != layer.in_features or b[0] != layer.out_features:
-            mismatched.append(f"{module} A{list(a or [])} B{list(b or [])}")
-    if mismatched:
-        raise AdapterCheckError(
-            f"{len(mismatched)} adapter module(s) do not fit their layer: {_examples(mismatched)}",
-            hint,
-        )
-    return {
-        "ok": True,
-        "modules": len(shapes),
-        "wrapped": len(wrapped),
-        "extra_wrapped": len(set(wrapped) - set(shapes)),
-    }
+# `svd`'s logits probe is on by default below this size: it loads the base in fp32 (4 bytes
+# a parameter, so about 1 GB here). PEFT's per-module delta check runs at every size.
+VERIFY_MAX_PARAMETERS = 250_000_000
 
 
 def _logits(model: Any, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -128,24 +46,6 @@ def probe_ids(vocab_size: int, tokens: int = PROBE_TOKENS, seed: int = 0) -> tor
     """A fixed batch of token ids inside the vocabulary."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (1, tokens), generator=gen)
-
-
-class LazyDeltas(Mapping[str, torch.Tensor]):
-    """module -> its dense delta, formed from the module's factors when asked, so a
-    model's deltas never exist all at once (a 0.5B model's would take 1.4 GB in fp32)."""
-
-    def __init__(self, factors: Mapping[str, Any], form: Callable[[Any], torch.Tensor]) -> None:
-        self._factors = factors
-        self._form = form
-
-    def __getitem__(self, module: str) -> torch.Tensor:
-        return self._form(self._factors[module])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._factors)
-
-    def __len__(self) -> int:
-        return len(self._factors)
 
 
 def _module_mismatches(
@@ -337,7 +237,8 @@ def verify_adapter(
     from .model_refs import resolve_model_path
 
     base_folder = resolve_model_path(base_ref)
-    out: dict[str, Any] = {"structural": structural_check(adapter, base_folder)}
+    structural = structural_check(adapter, base_folder, expected, tolerance)
+    out: dict[str, Any] = {"structural": structural}
     if not probe and teacher_ref is None:
         out["probe"] = None
         return out

@@ -211,7 +211,50 @@ def test_wrong_scale_is_refused_with_the_module_names(pairs, tmp_path, monkeypat
     monkeypatch.setattr(adapters, "adapter_config", doubled)
     base, tuned = pairs["llama"]
     result = invoke("svd", "-b", base, "-t", tuned, "-r", RANK, "-o", tmp_path / "o")
+    assert_user_error(result, "is not its rank-r delta", "differ: model.layers.0.")
+
+
+def test_the_logits_probe_is_a_second_line_behind_the_delta_check(pairs, tmp_path, monkeypatch):
+    """With the per-module delta check out of the way, the logits probe still refuses."""
+    from svdlora_cli import adapter_check, adapters
+
+    real = adapters.adapter_config
+    monkeypatch.setattr(
+        adapters, "adapter_config", lambda *a, **k: {**real(*a, **k), "lora_alpha": 99.0}
+    )
+    monkeypatch.setattr(adapter_check, "_delta_check", lambda *a, **k: {"checked": 0})
+    base, tuned = pairs["llama"]
+    result = invoke("svd", "-b", base, "-t", tuned, "-r", RANK, "-o", tmp_path / "o")
     assert_user_error(result, "differs from the directly merged", "modules: model.layers.0.")
+
+
+def test_the_delta_check_reads_peft_conventions_like_peft(tmp_path):
+    """A PEFT-made adapter with rsLoRA and per-module alpha/rank patterns passes `verify`:
+    PEFT's get_delta_weight agrees with this package's reading of the file."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import build_tiny_llm
+
+    base = build_tiny_llm(tmp_path / "base")
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        use_rslora=True,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        rank_pattern={"down_proj": 2},
+        alpha_pattern={"v_proj": 3.0},
+    )
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param)
+    model.save_pretrained(tmp_path / "adapter")
+    doc = invoke_json("verify", tmp_path / "adapter", "-b", base)
+    deltas = doc["structural"]["deltas"]
+    assert deltas["checked"] == 6 and deltas["max_rel_diff"] < 1e-6
+    assert doc["probe"]["ok"] and doc["probe"]["changed"]
 
 
 def test_no_verify_skips_the_probe_but_not_the_structure(pairs, tmp_path):
@@ -275,15 +318,28 @@ def test_verify_command_needs_an_adapter_folder(tmp_path):
     assert_user_error(result, "not a PEFT adapter folder")
 
 
-def test_probe_is_off_by_default_from_1b_parameters(pairs, tmp_path, monkeypatch):
+def test_probe_is_off_by_default_from_250m_parameters(pairs, tmp_path, monkeypatch):
     from svdlora_cli import verify
 
-    monkeypatch.setattr(verify, "parameter_count", lambda folder: 2_000_000_000)
+    monkeypatch.setattr(verify, "parameter_count", lambda folder: 300_000_000)
     base, tuned = pairs["llama"]
     doc = invoke_json("svd", "-b", base, "-t", tuned, "-r", RANK, "-o", tmp_path, "--no-plot")
     assert doc["verification"]["structural"]["ok"] and doc["verification"]["probe"] is None
-    assert "off by default from 1B" in doc["verification"]["probe_reason"]
+    assert "off by default from 250M" in doc["verification"]["probe_reason"]
     doc = invoke_json(
         "svd", "-b", base, "-t", tuned, "-r", RANK, "-o", tmp_path, "--no-plot", "--verify"
     )
     assert doc["verification"]["probe"]["ok"]
+
+
+def test_a_base_whose_config_says_bf16_is_checked_in_fp32(tmp_path):
+    """Hub configs name bf16; PEFT keeps adapter weights in fp32, and so does the check
+    (loading the fp32 adapter into bf16 LoRA layers would round it past the tolerance)."""
+    pair = build_pair(tmp_path, "llama")
+    for folder in (pair.base, pair.tuned):
+        config = json.loads((folder / "config.json").read_text())
+        config.update(dtype="bfloat16", torch_dtype="bfloat16")
+        (folder / "config.json").write_text(json.dumps(config))
+    doc = invoke_json("svd", "-b", pair.base, "-t", pair.tuned, "-r", RANK, "-o", tmp_path / "o")
+    deltas = doc["verification"]["structural"]["deltas"]
+    assert deltas["checked"] == len(pair.deltas) and deltas["max_rel_diff"] < 1e-5

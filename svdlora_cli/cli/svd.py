@@ -52,7 +52,8 @@ def svd(
         typer.Option(
             "--verify/--no-verify",
             help="Check the adapter's logits through PEFT against a direct merge "
-            "(default: on below 1B parameters). The structural check always runs.",
+            "(default: on below 250M parameters). The structural and per-module delta "
+            "checks always run.",
         ),
     ] = None,
     json_output: JsonOpt = False,

@@ -127,6 +127,17 @@ def verification_rows(doc: Mapping[str, Any]) -> list[list[str]]:
     if structural.get("ok"):
         detail = f"{structural['modules']} adapter modules, each wrapped by PEFT with its shape"
         rows.append(["structural", "ok", detail])
+        deltas = structural.get("deltas")
+        if deltas:
+            rows.append(
+                [
+                    "module deltas",
+                    "ok",
+                    f"PEFT's delta of each of {deltas['checked']} modules vs the rank-r "
+                    f"delta: max {deltas['max_rel_diff']:.2e} relative "
+                    f"(tolerance {deltas['tolerance']:g})",
+                ]
+            )
     elif structural:
         rows.append(["structural", "skipped", str(structural.get("skipped", ""))])
     probe = v.get("probe")

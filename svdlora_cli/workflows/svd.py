@@ -146,7 +146,7 @@ def verification(options: SvdOptions, result: SvdResult, adapter: Path) -> dict:
         count = parameter_count(resolve_model_path(options.base_model))
         probe = count < VERIFY_MAX_PARAMETERS
         reason = f"{count:,} parameters: " + (
-            "on by default below 1B" if probe else "off by default from 1B (pass --verify)"
+            "on by default below 250M" if probe else "off by default from 250M (pass --verify)"
         )
     expected = None
     if probe:
