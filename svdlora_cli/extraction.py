@@ -196,7 +196,7 @@ def run_svd(
     pair = open_pair(base_model, tuned_model, cache.memo, with_fingerprints=cache.enabled)
     targets, rest, warnings = pair_targets(pair, include, exclude)
     # Adapter keys name the modules of the model transformers builds, not the file's keys.
-    targets, rest, wrappable, coverage = map_targets(pair.base.path, targets, rest)
+    targets, rest, wrappable, coverage = map_targets(pair.base.path, targets, rest, cache)
     warnings.extend(coverage.warnings())
     wanted = rank if rank is not None else max_rank
     keep = max(wanted, cache_rank)

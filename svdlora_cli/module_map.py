@@ -120,16 +120,42 @@ class Coverage:
         return out
 
 
+def module_map(folder: str | Path, keys: Sequence[str], cache: Any = None) -> ModuleMap:
+    """`build_module_map`, remembered in the artifact cache by the config's bytes, the keys
+    and the transformers version (building the model skeleton takes seconds)."""
+    if cache is None or not getattr(cache, "enabled", False):
+        return build_module_map(folder, keys)
+    import hashlib
+    from importlib.metadata import version
+
+    from .cache import content_key
+
+    try:
+        config = hashlib.sha256((Path(folder) / "config.json").read_bytes()).hexdigest()
+    except OSError:
+        return build_module_map(folder, keys)  # it raises the clear error
+    key = content_key(
+        "module-map", config=config, keys=list(keys), transformers=version("transformers")
+    )
+    found = cache.get_json(key)
+    if isinstance(found, dict):
+        return ModuleMap(**found)
+    mapping = build_module_map(folder, keys)
+    cache.put_json(key, dataclasses.asdict(mapping))
+    return mapping
+
+
 def map_targets(
-    folder: str | Path, targets: Sequence[Target], rest: Sequence[str]
+    folder: str | Path, targets: Sequence[Target], rest: Sequence[str], cache: Any = None
 ) -> tuple[list[Target], list[str], list[str] | None, Coverage]:
     """Targets named after the built model's modules; uncovered ones move to `rest`.
 
     Returns (targets, rest, candidate module names or None when unchecked, coverage).
+    With a `cache`, the module map of a config and key list is built once.
     Without a config transformers can build, names stay as in the file (unchecked).
     """
     try:
-        mapping = build_module_map(folder, [t.tensor for t in targets])
+        mapping = module_map(folder, [t.tensor for t in targets], cache)
     except CheckpointError as exc:
         return list(targets), list(rest), None, Coverage(checked=False, reason=exc.message)
     coverage = Coverage()

@@ -190,7 +190,9 @@ def test_file_named_adapter_is_refused_by_svd(pairs, tmp_path, monkeypatch):
     from svdlora_cli.module_map import Coverage
 
     monkeypatch.setattr(
-        extraction, "map_targets", lambda folder, t, rest: (list(t), list(rest), None, Coverage())
+        extraction,
+        "map_targets",
+        lambda folder, t, rest, cache=None: (list(t), list(rest), None, Coverage()),
     )
     base, tuned = pairs["gpt2-hub"]
     result = invoke("svd", "-b", base, "-t", tuned, "-r", RANK, "-o", tmp_path / "o")
@@ -343,3 +345,27 @@ def test_a_base_whose_config_says_bf16_is_checked_in_fp32(tmp_path):
     doc = invoke_json("svd", "-b", pair.base, "-t", pair.tuned, "-r", RANK, "-o", tmp_path / "o")
     deltas = doc["verification"]["structural"]["deltas"]
     assert deltas["checked"] == len(pair.deltas) and deltas["max_rel_diff"] < 1e-5
+
+
+def test_the_module_map_is_built_once_per_config_and_keys(pairs, tmp_path, monkeypatch):
+    from svdlora_cli import module_map
+    from svdlora_cli.cache import ArtifactCache
+
+    built = []
+    real = module_map.build_module_map
+    monkeypatch.setattr(module_map, "build_module_map", lambda *a: built.append(1) or real(*a))
+    base, _ = pairs["llama"]
+    keys = ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"]
+    cache = ArtifactCache(tmp_path / "cache")
+    first = module_map.module_map(base, keys, cache)
+    again = module_map.module_map(base, keys, cache)
+    assert first == again == real(base, keys) and len(built) == 1
+    assert first.modules[keys[0]] == "model.layers.0.self_attn.q_proj"
+    module_map.module_map(base, keys[:1], cache)  # other keys: built again
+    assert len(built) == 2
+    moved = tmp_path / "moved"
+    shutil.copytree(base, moved)
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    assert "model.layers.1.mlp.down_proj.weight" in module_map.module_map(moved, keys, cache).absent
+    assert len(built) == 3
