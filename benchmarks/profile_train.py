@@ -1,22 +1,25 @@
 """Where a packed LoRA training step's time goes: torch profiler over a few steps, and the
 share of it in matrix multiplies against this CPU's measured fp32 GEMM rate.
 
-    python benchmarks/profile_train.py --model smollm2-135m --steps 3
+    python benchmarks/profile_train.py --model smollm2-135m --steps 3 [--minimal]
 
-The step is svdlora's (packed rows, answer-only LM head, loss_sum, backward); LoRA rank 16
-on q/k/v/o/gate/up/down, batch 4 of the built-in data, fp32 on the CPU.
+The step is svdlora's (packed rows, answer-only LM head, loss_sum, backward), or with
+--minimal the minimal PEFT loop's (padded rows, `model(**batch).loss`); LoRA rank 16 on
+q/k/v/o/gate/up/down, batch 4 of the built-in data, fp32 on the CPU. The matrix-multiply
+FLOPs per real token of the two show how much work packing removes.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch.profiler import ProfilerActivity, profile
 
-from svdlora_cli.data import load_examples, resolve_data_path, tokenize_examples
+from svdlora_cli.data import collate, load_examples, resolve_data_path, tokenize_examples
 from svdlora_cli.model_refs import resolve_model_path
 from svdlora_cli.training.loss import loss_sum
 from svdlora_cli.training.packing import make_batcher
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rows", type=int, default=20)
+    parser.add_argument("--minimal", action="store_true", help="profile the minimal loop's step")
     args = parser.parse_args()
     folder = str(resolve_model_path(args.model))
     tokenizer = load_tokenizer(folder)
@@ -50,15 +54,24 @@ def main() -> None:
     model = get_peft_model(load_model(folder), LoraConfig(r=16, target_modules=TARGETS))
     model.train()
     batch_of = make_batcher(model, model.base_model.model, data, 0, True, 512, lambda b: b)
+    pad = tokenizer.pad_token_id
+
+    def step_loss(rows: Sequence[int]) -> tuple[torch.Tensor, int]:
+        if args.minimal:
+            batch = collate(rows, data, pad)
+            return model(**batch).loss, int(batch["attention_mask"].sum())
+        batch = batch_of(rows, data)
+        return loss_sum(model, batch)[0], batch["input_ids"].numel()
+
     steps = batch_schedule(len(data), 4, 1, 1, 0, args.steps + 1)
-    loss_sum(model, batch_of(steps[0].micro_batches[0], data))[0].backward()  # warm-up
+    step_loss(steps[0].micro_batches[0])[0].backward()  # warm-up
     tokens = 0
     with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         start = time.perf_counter()
         for step in steps[1:]:
-            batch = batch_of(step.micro_batches[0], data)
-            tokens += batch["input_ids"].numel()
-            loss_sum(model, batch)[0].backward()
+            loss, real = step_loss(step.micro_batches[0])
+            tokens += real
+            loss.backward()
             model.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - start
     events = prof.key_averages()
@@ -69,6 +82,7 @@ def main() -> None:
     rate = gemm_rate()
     print(f"tokens {tokens}, {seconds:.2f} s under the profiler, {tokens / seconds:.1f} tokens/s")
     print(f"matrix multiplies: {mm / total:.0%} of CPU time at {flops / mm / 1e3:.1f} GFLOP/s")
+    print(f"matrix-multiply work: {flops / tokens / 1e6:.0f} MFLOP per real token")
     print(f"this CPU's fp32 GEMM rate (600 x 576 x 1536): {rate:.1f} GFLOP/s")
 
 
