@@ -144,3 +144,34 @@ def test_gpu_check_passes_on_cpu_processes(tmp_path):
     assert summary["teacher"]["same_steps"] and summary["teacher"]["weight_gap"] < 1e-5
     assert summary["svd"]["adapter_identical"]
     assert summary["resume"]["checkpointed"] and summary["resume"]["fsdp_gap"] < 1e-6
+
+
+def _run_tiny(script: str, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(BENCH / script), "--model", "tiny", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_training_step_benchmark_and_profile_run_on_the_tiny_model(tmp_path):
+    """bench_train_steps (both steps in one process) and profile_train, both ways."""
+    _run_tiny("bench_train_steps.py", "--steps", "3", "--json", str(tmp_path / "s.json"))
+    steps = json.loads((tmp_path / "s.json").read_text())
+    assert_ratio(steps["ratio"], steps["svdlora_tokens_per_s"], steps["minimal_tokens_per_s"])
+    assert steps["per_step_ratio_min"] <= steps["per_step_ratio_median"]
+    assert steps["per_step_ratio_median"] <= steps["per_step_ratio_max"]
+    for extra in ((), ("--minimal",)):
+        out = _run_tiny("profile_train.py", "--steps", "1", "--rows", "3", *extra).stdout
+        assert "aten::mm" in out and "MFLOP per real token" in out
+
+
+@pytest.mark.slow  # three training subprocesses; run with -m slow
+def test_end_to_end_training_benchmark_runs_on_the_tiny_model(tmp_path):
+    """bench_train: the minimal loop and `svdlora train` with and without packing."""
+    out = str(tmp_path / "e.json")
+    _run_tiny("bench_train.py", "--steps", "2", "--repeats", "1", "--json", out)
+    e2e = json.loads((tmp_path / "e.json").read_text())
+    assert_ratio(e2e["ratio"], e2e["svdlora_tokens_per_s"], e2e["minimal_tokens_per_s"])
+    assert_ratio(
+        e2e["ratio_no_packing"], e2e["svdlora_no_packing_tokens_per_s"], e2e["minimal_tokens_per_s"]
+    )
