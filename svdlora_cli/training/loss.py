@@ -20,7 +20,9 @@ def loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     """
     targets = batch["labels"][:, 1:]
     positions = torch.nonzero((targets != IGNORE_INDEX).any(dim=0)).squeeze(1)
-    inputs = {k: v for k, v in batch.items() if k != "labels"} | {"use_cache": False}
+    inputs: dict[str, Any] = {k: v for k, v in batch.items() if k != "labels"}
+    if "position_ids" in inputs:  # packed: transformers honours row bounds only without a cache
+        inputs["use_cache"] = False
     try:
         logits = model(**inputs, logits_to_keep=positions).logits
         targets = targets[:, positions]
