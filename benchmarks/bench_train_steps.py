@@ -20,17 +20,13 @@ import statistics
 import time
 
 import torch
-from peft import LoraConfig, get_peft_model
+from profile_train import lora_student  # this folder: python puts it first on sys.path
 
-from svdlora_cli.data import collate, load_examples, resolve_data_path, tokenize_examples
-from svdlora_cli.model_refs import resolve_model_path
+from svdlora_cli.data import collate
 from svdlora_cli.training.loop import TrainConfig, make_optimizer, real_tokens
 from svdlora_cli.training.loss import loss_sum
 from svdlora_cli.training.packing import make_batcher
-from svdlora_cli.training.runs import load_model, load_tokenizer
 from svdlora_cli.training.schedule import batch_schedule
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def main() -> None:
@@ -39,12 +35,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", type=str)
     args = parser.parse_args()
-    folder = str(resolve_model_path(args.model))
-    tokenizer = load_tokenizer(folder)
-    data = tokenize_examples(load_examples(resolve_data_path(None)), tokenizer, 512)
-    torch.manual_seed(0)
-    model = get_peft_model(load_model(folder), LoraConfig(r=16, target_modules=TARGETS))
-    model.train()
+    tokenizer, data, model = lora_student(args.model)
     params = [p for p in model.parameters() if p.requires_grad]
     plain = torch.optim.AdamW(params, lr=1e-5)
     fused = make_optimizer(params, TrainConfig(learning_rate=1e-5), torch.device("cpu"))

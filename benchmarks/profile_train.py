@@ -14,12 +14,19 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch.profiler import ProfilerActivity, profile
 
-from svdlora_cli.data import collate, load_examples, resolve_data_path, tokenize_examples
+from svdlora_cli.data import (
+    TokenizedSet,
+    collate,
+    load_examples,
+    resolve_data_path,
+    tokenize_examples,
+)
 from svdlora_cli.model_refs import resolve_model_path
 from svdlora_cli.training.loss import loss_sum
 from svdlora_cli.training.packing import make_batcher
@@ -40,6 +47,17 @@ def gemm_rate(m: int = 600, k: int = 576, n: int = 1536, repeats: int = 30) -> f
     return 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
 
 
+def lora_student(model_ref: str) -> tuple[Any, TokenizedSet, Any]:
+    """Tokenizer, the built-in training rows and a rank-16 LoRA model in training mode."""
+    folder = str(resolve_model_path(model_ref))
+    tokenizer = load_tokenizer(folder)
+    data = tokenize_examples(load_examples(resolve_data_path(None)), tokenizer, 512)
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(folder), LoraConfig(r=16, target_modules=TARGETS))
+    model.train()
+    return tokenizer, data, model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -47,12 +65,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--minimal", action="store_true", help="profile the minimal loop's step")
     args = parser.parse_args()
-    folder = str(resolve_model_path(args.model))
-    tokenizer = load_tokenizer(folder)
-    data = tokenize_examples(load_examples(resolve_data_path(None)), tokenizer, 512)
-    torch.manual_seed(0)
-    model = get_peft_model(load_model(folder), LoraConfig(r=16, target_modules=TARGETS))
-    model.train()
+    tokenizer, data, model = lora_student(args.model)
     batch_of = make_batcher(model, model.base_model.model, data, 0, True, 512, lambda b: b)
     pad = tokenizer.pad_token_id
 
