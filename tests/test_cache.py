@@ -129,7 +129,8 @@ def test_info_list_and_clear(llama_pair, tmp_path):
     run_svd(str(llama_pair.base), str(llama_pair.tuned), cache, rank=2)
     info = cache.info()
     assert info["decompositions"] == 14 and info["payload_bytes"] > 0
-    assert info["statistics"] == len(open_checkpoint(llama_pair.base).tensors)  # one per tensor
+    # one per tensor, plus the module map (checkpoint keys -> the built model's modules)
+    assert info["statistics"] == len(open_checkpoint(llama_pair.base).tensors) + 1
     assert len([e for e in cache.entries() if e["kind"] == "svd"]) == 14
     assert cache.clear() == info["decompositions"] + info["statistics"]
     assert cache.info()["decompositions"] == 0

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -354,7 +355,9 @@ def test_full_tmpfs_under_the_cache(reference, llama_pair, tmp_path):
         run = invoke(*_svd(llama_pair, cache_dir, tmp_path / "o"), "--json")
         assert _energies(_ok(run)) == _energies(reference[1])
         assert len(_warnings(run)) == 1 and "could not store results" in run.stderr, run.stderr
-        assert "0 B free" in run.stderr and not _temp_files(mount)
+        # The payloads or the index run out of room first (which depends on what is
+        # stored); either way the warning names the space left.
+        assert re.search(r"\d+(\.\d+)? (B|KiB) free", run.stderr) and not _temp_files(mount)
         _fill(mount)
         info = _ok(invoke("cache", "info", "--cache-dir", cache_dir, "--json"))
         stored = info["decompositions"]
