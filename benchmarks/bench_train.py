@@ -49,13 +49,11 @@ def main() -> None:
             "cpu",
             "--eval-limit",
             "1",
-            "-o",
-            out,
             "--json",
         ]
         runs = {
-            "svdlora": train,
-            "svdlora_no_packing": [*train, "--no-packing", "-o", out + "-padded"],
+            "svdlora": [*train, "-o", f"{out}/packed"],
+            "svdlora_no_packing": [*train, "--no-packing", "-o", f"{out}/padded"],
             "minimal": [
                 sys.executable,
                 str(HERE / "minimal_peft_loop.py"),

@@ -70,6 +70,11 @@ class LazyDeltas(Mapping[str, torch.Tensor]):
         return len(self._factors)
 
 
+def file_deltas(adapter: str | Path) -> LazyDeltas:
+    """Each module's scale * B @ A as this package reads the adapter file (formed lazily)."""
+    return LazyDeltas(read_peft_adapter(adapter), lambda weights: weights.delta())
+
+
 def structural_check(
     adapter: str | Path,
     base_folder: str | Path,
@@ -133,7 +138,7 @@ def structural_check(
             hint,
         )
     if expected is None:
-        expected = LazyDeltas(read_peft_adapter(folder), lambda weights: weights.delta())
+        expected = file_deltas(folder)
     deltas = _delta_check(folder, model, wrapped, sorted(shapes), expected, config, tolerance)
     return {
         "ok": True,

@@ -25,11 +25,10 @@ import torch
 from .adapter_check import (
     TOLERANCE,
     AdapterCheckError,
-    LazyDeltas,
     _examples,
+    file_deltas,
     structural_check,
 )
-from .adapters import read_peft_adapter
 
 PROBE_TOKENS = 8
 # `svd`'s logits probe is on by default below this size: it loads the base in fp32 (4 bytes
@@ -99,7 +98,7 @@ def probe_check(
     """
     config = peft_model.peft_config["default"]
     if expected is None:
-        expected = LazyDeltas(read_peft_adapter(adapter), lambda weights: weights.delta())
+        expected = file_deltas(adapter)
     vocab = int(peft_model.get_base_model().config.get_text_config().vocab_size)
     ids = probe_ids(vocab)
     adapted = _logits(peft_model, ids)
@@ -237,6 +236,8 @@ def verify_adapter(
     from .model_refs import resolve_model_path
 
     base_folder = resolve_model_path(base_ref)
+    if expected is None:  # read the file once for both checks
+        expected = file_deltas(adapter)
     structural = structural_check(adapter, base_folder, expected, tolerance)
     out: dict[str, Any] = {"structural": structural}
     if not probe and teacher_ref is None:

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..data import TokenizedSet, collate
+from ..data import IGNORE_INDEX, TokenizedSet, collate
 from ..errors import SvdloraError
 from .loss import loss_sum
 from .schedule import batch_schedule
@@ -82,7 +82,7 @@ def lora_ga_model(
             f"lower --lora-rank to {width // 2} or leave such modules out of --target-modules",
         )
     device = next(base.parameters()).device
-    total = sum(int((collate(b, data, pad_id)["labels"][:, 1:] != -100).sum()) for b in batches)
+    total = sum(t != IGNORE_INDEX for b in batches for i in b for t in data.labels[i][1:])
 
     def train_step() -> None:
         # PEFT divides the accumulated .grad by the number of backward passes, so

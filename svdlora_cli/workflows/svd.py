@@ -134,8 +134,9 @@ def verification(options: SvdOptions, result: SvdResult, adapter: Path) -> dict:
     The probe merges the SVD's own rank-r deltas, not the adapter file's: a wrong scale,
     orientation or split in the adapter shows up as a mismatch.
     """
+    from ..adapter_check import LazyDeltas
     from ..model_refs import resolve_model_path
-    from ..verify import VERIFY_MAX_PARAMETERS, LazyDeltas, parameter_count, verify_adapter
+    from ..verify import VERIFY_MAX_PARAMETERS, parameter_count, verify_adapter
 
     if result.coverage.get("checked") is False:
         reason = result.coverage.get("reason")
