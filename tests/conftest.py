@@ -80,9 +80,15 @@ def build_pair(
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    """Never touch the user's cache or workspace; no progress bars in captured output."""
+def _isolated_cache(tmp_path, tmp_path_factory, monkeypatch):
+    """Never touch the user's cache or workspace; no progress bars in captured output.
+
+    The measured device peak is cached once per test session, child processes included.
+    """
     monkeypatch.setenv("SVDLORA_CACHE_DIR", str(tmp_path / "cache"))
+    peaks = tmp_path_factory.getbasetemp() / "device_peaks.json"
+    monkeypatch.setenv("SVDLORA_PEAK_CACHE", str(peaks))
+    monkeypatch.delenv("SVDLORA_PEAK_TFLOPS", raising=False)
     monkeypatch.setenv("SVDLORA_NO_PROGRESS", "1")
     monkeypatch.delenv("SVDLORA_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -32,6 +32,9 @@ LOG_NAME = re.compile(r"^training_log_(?P<name>.+)\.csv$")
 SEEDED = re.compile(r"^(?P<arm>.+)_seed(?P<seed>\d+)$")
 TARGET_FACTOR = 1.1
 log = logging.getLogger("svdlora")
+# From each run's stored summary (svdlora_run.json); runs from before MFU accounting lack them.
+THROUGHPUT = ("tokens_per_s", "tflops", "mfu")
+RUN_SUMMARY = (*THROUGHPUT, "flops_per_token", "peak_tflops", "peak_source")
 FIGURES = (
     "initial_loss",
     "final_loss",
@@ -46,6 +49,7 @@ FIGURES = (
     "recovered_start",
     "recovered_end",
     "oscillation",
+    *THROUGHPUT,
 )
 
 
@@ -176,6 +180,8 @@ def run_figures(
     teacher_eval = _evals(teacher.rows)[-1].eval_loss if teacher and _evals(teacher.rows) else None
     base_eval = random.rows[0].eval_loss if random else None
     final_eval = evals[-1].eval_loss if evals else None
+    summary = run.record.get("summary")
+    summary = summary if isinstance(summary, dict) else {}
     return {
         "initial_loss": losses[0],
         "final_loss": losses[-1],
@@ -200,6 +206,7 @@ def run_figures(
         if run.is_teacher
         else gap_recovered(final_eval, base_eval, teacher_eval),
         "oscillation": oscillation(losses),
+        **{key: summary.get(key) for key in RUN_SUMMARY},
     }
 
 

@@ -97,7 +97,10 @@ def train_rank_study(
     """One SVD-init student per rank and one random student at the largest rank."""
     import contextlib
 
+    from ..training.shared import SharedSetup
     from ..training.student import base_plan, train_student
+
+    shared = SharedSetup(base_model, config.trust_remote_code)
 
     def run(name: str, init: str, rank: int, factors: Any, folder: Path) -> dict[str, Any]:
         plan = base_plan(base_model, rank, None, factors=factors)
@@ -114,6 +117,7 @@ def train_rank_study(
                 data_path,
                 eval_path,
                 progress=update,
+                shared=shared,
             )
 
     study = []

@@ -91,6 +91,15 @@ DtypePolicyOpt = Annotated[
 # Training options shared by train-teacher and train (the seed's flag names).
 EpochsOpt = Annotated[int, typer.Option("--epochs", help="Passes over the training set.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Examples per micro-batch.")]
+TokensPerStepOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--tokens-per-step",
+        help="Size steps by real tokens instead of rows: each step takes rows in the seed's "
+        "order until about N tokens, cut into --grad-accum micro-batches (replaces "
+        "--batch-size; fills a GPU, e.g. 16384).",
+    ),
+]
 GradAccumOpt = Annotated[
     int, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")
 ]
@@ -116,7 +125,14 @@ EvalLimitOpt = Annotated[
 MaxStepsOpt = Annotated[
     int | None, typer.Option("--max-steps", help="Stop after N optimizer steps.")
 ]
-Bf16Opt = Annotated[bool, typer.Option("--bf16", help="bf16 mixed precision.")]
+Bf16Opt = Annotated[
+    bool,
+    typer.Option(
+        "--bf16",
+        help="bf16 mixed precision: students keep the frozen base in bf16 and their LoRA "
+        "weights and optimizer state in fp32; the teacher keeps fp32 master weights.",
+    ),
+]
 Fp16Opt = Annotated[bool, typer.Option("--fp16", help="fp16 mixed precision (CUDA only).")]
 GradCkptOpt = Annotated[
     bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")

@@ -53,6 +53,13 @@ def general(digits: int) -> Callable[[Any], str]:
     return lambda v: "-" if v is None else f"{v:.{digits}g}"
 
 
+def rate(value: float | None) -> str:
+    """A rate such as TFLOP/s: whole numbers from 100 up, else three significant digits."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def count(value: Any) -> str:
     return "-" if value is None else str(value)
 
@@ -226,6 +233,10 @@ ARM = Column("arm", "name", align="left")
 INITIAL_LOSS = Column("initial loss", "initial_loss", loss)
 FINAL_LOSS = Column("final loss", "final_loss", loss)
 FINAL_EVAL_LOSS = Column("final eval loss", "final_eval_loss", loss)
+# Throughput of real tokens; TFLOP/s and MFU (share of the device's peak) count model FLOPs.
+TOKENS_PER_S = Column("tokens/s", "tokens_per_s", fixed(0))
+TFLOPS = Column("TFLOP/s", "tflops", rate)
+MFU = Column("MFU", "mfu", pct)
 TRAINING = (
     ARM,
     INITIAL_LOSS,
@@ -234,7 +245,9 @@ TRAINING = (
     Column("eval start", "initial_eval_loss", loss),
     Column("eval end", "final_eval_loss", loss),
     Column("steps", "steps", count),
-    Column("tokens/s", "tokens_per_s", fixed(0)),
+    TOKENS_PER_S,
+    TFLOPS,
+    MFU,
 )
 RANK_STUDY = (ARM, INITIAL_LOSS, FINAL_LOSS, FINAL_EVAL_LOSS)
 
@@ -268,6 +281,9 @@ SEED_METRICS = (
     _metric("Gap recovered at end", "recovered_end", pct, False),
     _metric("Distance to teacher", "relative_distance", pct, True),
     _metric("Accuracy (exact match)", "accuracy", pct, False),
+    _metric("Tokens/s", TOKENS_PER_S.key, TOKENS_PER_S.format, False),
+    _metric("TFLOP/s", TFLOPS.key, TFLOPS.format, False),
+    _metric("MFU", MFU.key, MFU.format, False),
 )
 
 
@@ -301,4 +317,7 @@ COMPARE_ARMS = (
     Column("AUC", "auc", fixed(2)),
     Column("gap to teacher", "gap_to_teacher_pct", _percent_gap),
     Column("oscillation", "oscillation", fixed(4)),
+    TOKENS_PER_S,
+    TFLOPS,
+    MFU,
 )

@@ -13,9 +13,18 @@ from .plots import pyplot, save_figure
 from .protocol_views import protocol_lines
 from .text import fixed_width
 
-# Fractions compared in percentage points; losses and distances as a relative change.
-_POINTS = ("energy_captured", "recovered_start", "recovered_end", "accuracy")
-_TEACHER = ("initial_loss", "final_loss", "final_eval_loss", "accuracy")
+# Fractions (MFU too) compared in percentage points; losses, distances and throughput as a
+# relative change.
+_POINTS = ("energy_captured", "recovered_start", "recovered_end", "accuracy", "mfu")
+_TEACHER = (
+    "initial_loss",
+    "final_loss",
+    "final_eval_loss",
+    "accuracy",
+    "tokens_per_s",
+    "tflops",
+    "mfu",
+)
 
 
 def _improvement(arm: Mapping[str, Any], random: Mapping[str, Any], metric: Column) -> str:
@@ -26,10 +35,10 @@ def _improvement(arm: Mapping[str, Any], random: Mapping[str, Any], metric: Colu
         return pct(a - b, signed=True, unit=" pp")
     if b == 0:
         return "-"
-    change = (b - a) / abs(b)
+    change = (a - b) / abs(b)
     if not metric.lower_is_better:
         return pct(change, signed=True)
-    return f"{pct(abs(change))} {'↓' if change > 0 else '↑'}"
+    return f"{pct(abs(change))} {'↓' if change < 0 else '↑'}"
 
 
 def table_arms(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:

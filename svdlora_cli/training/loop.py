@@ -9,6 +9,7 @@ tokens of the whole optimizer step, so gradient accumulation is exact.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import time
@@ -20,18 +21,18 @@ from typing import Any
 import torch
 
 from ..cache import content_key
-from ..data import IGNORE_INDEX, TokenizedSet
+from ..data import TokenizedSet
 from ..errors import InvalidOptionError
 from .loss import loss_sum
-from .packing import make_batcher
+from .packing import PackedRows, logit_count, make_batcher, row_lengths
 from .resume_state import load_checkpoint, save_checkpoint
-from .schedule import Step, batch_schedule
+from .schedule import Step, batch_schedule, token_batches, token_schedule
 from .steplog import StepRow
 
 PRECISIONS = ("no", "bf16", "fp16")
 SCHEDULERS = ("linear", "cosine", "constant")
 StepProgress = Callable[[int, int, float], None]
-Batcher = Callable[[Sequence[int], TokenizedSet], dict[str, torch.Tensor]]
+Batcher = Callable[[Sequence[int], TokenizedSet], dict[str, Any]]
 
 
 @dataclass
@@ -41,6 +42,7 @@ class TrainConfig:
     epochs: int = 5
     learning_rate: float = 2e-4
     batch_size: int = 4
+    tokens_per_step: int | None = None
     grad_accum: int = 1
     max_length: int = 512
     seed: int = 0
@@ -79,6 +81,10 @@ class TrainConfig:
             (self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}"),
             (self.eval_limit is None or self.eval_limit >= 1, "--eval-limit must be at least 1"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (
+                self.tokens_per_step is None or self.tokens_per_step >= 1,
+                f"--tokens-per-step must be at least 1, got {self.tokens_per_step}",
+            ),
             (self.grad_accum >= 1, f"--grad-accum must be at least 1, got {self.grad_accum}"),
             (self.eval_every >= 0, f"--eval-every must be >= 0, got {self.eval_every}"),
             (self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}"),
@@ -170,8 +176,8 @@ def _shard(indices: Sequence[int], accelerator: Any) -> tuple[list[int], float]:
     return (mine, 1.0) if mine else (list(indices)[:1], 0.0)
 
 
-def real_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Non-padding tokens of a padded or packed batch."""
+def real_tokens(batch: dict[str, Any]) -> int:
+    """Non-padding tokens of a padded or packed host batch."""
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
 
@@ -184,9 +190,14 @@ def make_optimizer(params: list[Any], config: TrainConfig, device: torch.device)
     )
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """The batch on the device; packed rows' bounds stay on the host (attention reads them)."""
-    return {k: v if k == "cu_seq_lens_q" else v.to(device) for k, v in batch.items()}
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors (and packed rows' bounds) on the device; host counts stay."""
+    moved: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, (torch.Tensor, PackedRows)):
+            value = value.to(device, non_blocking=True)
+        moved[key] = value
+    return moved
 
 
 @torch.no_grad()
@@ -197,19 +208,51 @@ def mean_loss(
     batch_of: Batcher,
     accelerator: Any,
 ) -> float:
-    """Token-weighted mean loss over micro-batches, summed across processes."""
+    """Token-weighted mean loss over micro-batches, summed across processes (one host
+    read at the end, none per micro-batch)."""
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     for batch_indices in indices:
         mine, weight = _shard(batch_indices, accelerator)
-        loss, count = loss_sum(model, _to(batch_of(mine, data), accelerator.device))
-        total += weight * torch.tensor(
-            [float(loss), count], dtype=torch.float64, device=accelerator.device
-        )
+        with accelerator.autocast():
+            loss, count = loss_sum(model, _to(batch_of(mine, data), accelerator.device))
+        total[0] += weight * loss.double()
+        total[1] += weight * count
     total = accelerator.reduce(total, reduction="sum")
     model.train(was_training)
-    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+    loss, count = total.tolist()
+    return loss / count if count > 0 else float("nan")
+
+
+def training_schedule(
+    train: TokenizedSet, config: TrainConfig, epochs: int, max_steps: int | None
+) -> list[Step]:
+    """The seed's steps: `--batch-size` rows per micro-batch, or `--tokens-per-step`."""
+    if config.tokens_per_step:
+        lengths = [len(row) for row in train.input_ids]
+        return token_schedule(
+            lengths, config.tokens_per_step, config.grad_accum, epochs, config.seed, max_steps
+        )
+    return batch_schedule(
+        len(train), config.batch_size, config.grad_accum, epochs, config.seed, max_steps
+    )
+
+
+def evaluation_batches(evaluation: TokenizedSet | None, config: TrainConfig) -> list[list[int]]:
+    """The eval set's first `--eval-limit` rows in order, cut like training micro-batches."""
+    if evaluation is None:
+        return []
+    n_eval = len(evaluation)
+    if config.eval_limit is not None:
+        n_eval = min(config.eval_limit, n_eval)
+    if config.tokens_per_step:
+        lengths = [len(row) for row in evaluation.input_ids[:n_eval]]
+        return token_batches(lengths, max(1, config.tokens_per_step // config.grad_accum))
+    return [
+        list(range(i, min(i + config.batch_size, n_eval)))
+        for i in range(0, n_eval, config.batch_size)
+    ]
 
 
 def fit(
@@ -221,14 +264,21 @@ def fit(
     accelerator: Any,
     progress: StepProgress | None = None,
     checkpoint_dir: Path | None = None,
+    starts: dict[str, StepRow] | None = None,
+    start_key: str | None = None,
 ) -> FitResult:
     """Train `model`'s trainable parameters; row 0 is the loss before any update.
 
     With `save_every`, a checkpoint goes to `checkpoint_dir` every N steps; with
     `resume`, training continues from it on the same batches, so the end state
     matches an uninterrupted run. The checkpoint is removed when training ends.
+    `starts` shares row 0 between runs of one process whose starting model, data and
+    batches are identical (the caller's `start_key` says so): the runs of a learning-rate
+    grid compute it once.
     """
     from transformers import get_scheduler
+
+    from .flops import ModelFlops, device_peak, utilisation
 
     config.validate()
     if (config.save_every or config.resume) and engine(accelerator) == "DEEPSPEED":
@@ -237,17 +287,8 @@ def fit(
             "use the FSDP config (examples/distributed/fsdp_8gpu.yaml), whose checkpoints "
             "work, or drop --save-every",
         )
-    schedule = batch_schedule(
-        len(train),
-        config.batch_size,
-        config.grad_accum,
-        config.epochs,
-        config.seed,
-        config.max_steps,
-    )
-    steps_per_epoch = max(
-        1, len(batch_schedule(len(train), config.batch_size, config.grad_accum, 1, config.seed))
-    )
+    schedule = training_schedule(train, config, config.epochs, config.max_steps)
+    steps_per_epoch = max(1, len(training_schedule(train, config, 1, None)))
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         if hasattr(model, "enable_input_require_grads"):
@@ -256,26 +297,23 @@ def fit(
     optimizer = make_optimizer(params, config, accelerator.device)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, config.warmup_steps, len(schedule))
     model, optimizer = accelerator.prepare(model, optimizer)
-    batch_of = make_batcher(
+    unwrapped = accelerator.unwrap_model(model)
+    low_precision = compute_dtype(config.precision, unwrapped) in (torch.bfloat16, torch.float16)
+    batching = make_batcher(
         model,
-        accelerator.unwrap_model(model),
+        unwrapped,
         train,
         pad_id,
         config.packing,
         config.max_length,
         lambda batch: _to(batch, accelerator.device),
+        accelerator.autocast,
+        low_precision,
+        accelerator.device,
     )
-    eval_batches: list[list[int]] = []
-    if evaluation is not None:
-        n_eval = (
-            len(evaluation)
-            if config.eval_limit is None
-            else min(config.eval_limit, len(evaluation))
-        )
-        eval_batches = [
-            list(range(i, min(i + config.batch_size, n_eval)))
-            for i in range(0, n_eval, config.batch_size)
-        ]
+    batch_of = batching.build
+    counter = ModelFlops.from_model(unwrapped)
+    eval_batches = evaluation_batches(evaluation, config)
 
     def evaluate() -> float | None:
         if not eval_batches or evaluation is None:
@@ -290,81 +328,117 @@ def fit(
     restored = None
     if config.resume and checkpoint_dir is not None:
         restored = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, key)
+    flops, counted_tokens = 0.0, 0
     if restored is not None:
         done, rows, tokens, train_seconds = restored
         start -= rows[-1].elapsed_s
     else:
-        initial = mean_loss(model, train, schedule[0].micro_batches, batch_of, accelerator)
-        rows = [StepRow(step=0, epoch=0.0, loss=initial, eval_loss=evaluate(), elapsed_s=0.0)]
+        if starts is not None and start_key is not None and start_key in starts:
+            first = starts[start_key]
+        else:
+            initial = mean_loss(model, train, schedule[0].micro_batches, batch_of, accelerator)
+            first = StepRow(step=0, epoch=0.0, loss=initial, eval_loss=evaluate(), elapsed_s=0.0)
+            if starts is not None and start_key is not None:
+                starts[start_key] = first
+        rows = [first]
         done, train_seconds, tokens = 0, 0.0, 0
-    for number, step in enumerate(schedule, start=1):
-        if number <= done:
-            continue
-        tic = time.perf_counter()
-        shards = [_shard(b, accelerator) for b in step.micro_batches]
-        batches = [(batch_of(mine, train), weight) for mine, weight in shards]
-        answer_tokens = sum(
-            weight * int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b, weight in batches
-        )
-        total_answer = accelerator.reduce(
-            torch.tensor(float(answer_tokens), device=accelerator.device), "sum"
-        )
-        step_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-        step_tokens = 0
-        for batch, weight in batches:
-            batch = _to(batch, accelerator.device)
-            with accelerator.autocast():
-                summed, _ = loss_sum(model, batch)
-            summed = summed * weight
-            # Scale so the summed gradient is the mean over all answer tokens of the step
-            # (times world size, which DDP's gradient averaging divides back out).
-            accelerator.backward(summed * accelerator.num_processes / total_answer)
-            step_loss += summed.detach().double()
-            step_tokens += int(weight * real_tokens(batch))
-        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = accelerator.reduce(step_loss, "sum")
-        tokens += int(
-            accelerator.reduce(torch.tensor(float(step_tokens), device=accelerator.device), "sum")
-        )
-        train_seconds += time.perf_counter() - tic
-        last = number == len(schedule)
-        due = config.eval_every > 0 and number % config.eval_every == 0
-        loss_value = float(step_loss / total_answer)
-        rows.append(
-            StepRow(
-                step=number,
-                epoch=round(number / steps_per_epoch, 4),
-                loss=loss_value,
-                lr=lr,
-                grad_norm=float(grad_norm) if grad_norm is not None else None,
-                eval_loss=evaluate() if (due or last) else None,
-                tokens=tokens,
-                elapsed_s=round(time.perf_counter() - start, 3),
+    try:
+        for number, step in enumerate(schedule, start=1):
+            if number <= done:
+                continue
+            tic = time.perf_counter()
+            shards = [_shard(b, accelerator) for b in step.micro_batches]
+            batches = [(batch_of(mine, train), weight) for mine, weight in shards]
+            answer_tokens = sum(weight * b["answer_tokens"] for b, weight in batches)
+            total_answer = accelerator.reduce(
+                torch.tensor(float(answer_tokens), device=accelerator.device), "sum"
             )
-        )
-        if (
-            checkpoint_dir is not None
-            and config.save_every
-            and number % config.save_every == 0
-            and not last
-        ):
-            save_checkpoint(  # a collective: every rank gathers, rank 0 writes, all wait
-                checkpoint_dir,
-                model,
-                optimizer,
-                scheduler,
-                number,
-                rows,
-                tokens,
-                train_seconds,
-                key,
+            step_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+            step_tokens = 0
+            for host_batch, weight in batches:
+                batch = _to(host_batch, accelerator.device)
+                with accelerator.autocast():
+                    summed, _ = loss_sum(model, batch)
+                summed = summed * weight
+                # Scale so the summed gradient is the mean over all answer tokens of the step
+                # (times world size, which DDP's gradient averaging divides back out).
+                accelerator.backward(summed * accelerator.num_processes / total_answer)
+                step_loss += summed.detach().double()
+                step_tokens += int(weight * real_tokens(host_batch))
+                if weight:
+                    counted_tokens += real_tokens(host_batch)
+                    flops += counter.micro_batch(row_lengths(host_batch), logit_count(host_batch))
+            grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            summed_stats = accelerator.reduce(
+                torch.stack([step_loss, torch.tensor(float(step_tokens), device=step_loss.device)]),
+                "sum",
             )
-        if progress:
-            progress(number, len(schedule), loss_value)
+            norm = (
+                torch.as_tensor(grad_norm, dtype=torch.float64, device=step_loss.device).reshape(1)
+                if grad_norm is not None
+                else torch.full((1,), float("nan"), dtype=torch.float64, device=step_loss.device)
+            )
+            # One read back to the host per step: loss, tokens and gradient norm together.
+            loss_total, step_total, norm_value = torch.cat([summed_stats, norm]).tolist()
+            tokens += int(step_total)
+            train_seconds += time.perf_counter() - tic
+            last = number == len(schedule)
+            due = config.eval_every > 0 and number % config.eval_every == 0
+            loss_value = loss_total / float(total_answer)
+            rows.append(
+                StepRow(
+                    step=number,
+                    epoch=round(number / steps_per_epoch, 4),
+                    loss=loss_value,
+                    lr=lr,
+                    grad_norm=norm_value if grad_norm is not None else None,
+                    eval_loss=evaluate() if (due or last) else None,
+                    tokens=tokens,
+                    elapsed_s=round(time.perf_counter() - start, 3),
+                )
+            )
+            if (
+                checkpoint_dir is not None
+                and config.save_every
+                and number % config.save_every == 0
+                and not last
+            ):
+                save_checkpoint(  # a collective: every rank gathers, rank 0 writes, all wait
+                    checkpoint_dir,
+                    model,
+                    optimizer,
+                    scheduler,
+                    number,
+                    rows,
+                    tokens,
+                    train_seconds,
+                    key,
+                )
+            if progress:
+                progress(number, len(schedule), loss_value)
+    finally:
+        batching.restore()
     if checkpoint_dir is not None and accelerator.is_main_process:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return FitResult(rows, schedule, tokens, train_seconds)
+    result = FitResult(rows, schedule, tokens, train_seconds)
+    per_token = flops / counted_tokens if counted_tokens else 0.0
+    peak = device_peak(accelerator.device, compute_dtype(config.precision, unwrapped))
+    if accelerator.num_processes > 1:  # every process's device counts towards the peak
+        peak = dataclasses.replace(peak, tflops=peak.tflops * accelerator.num_processes)
+    result.extras.update(
+        attention=batching.attention,
+        flops_per_token=round(per_token),
+        **utilisation(per_token * tokens, train_seconds, peak),
+    )
+    return result
+
+
+def compute_dtype(precision: str, model: Any) -> torch.dtype:
+    """The dtype the matrix products run in: autocast's, else the weights'."""
+    if precision in ("bf16", "fp16"):
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    return next(model.parameters()).dtype

@@ -2,36 +2,154 @@
 
 The rows of a micro-batch are concatenated into one row of length sum(len_i), with
 position ids restarting at 0 for each row, and attention runs causally within each row
-only (`packed_attention`, one scaled-dot-product call per row). Every row sees exactly
-what it sees in a right-padded batch, so the loss and its gradient are the same up to
-float rounding, while no FLOP is spent on padding, the LM head runs only where an
-answer token is predicted, and attention costs sum(len_i^2) instead of B x max_len^2.
+only. Every row sees exactly what it sees in a right-padded batch, so the loss and its
+gradient are the same up to float rounding, while no FLOP is spent on padding, the LM
+head runs only where an answer token is predicted, and attention costs sum(len_i^2)
+instead of B x max_len^2.
+
+The row bounds are known on the host when the batch is built (`PackedRows`), so the
+model never reads a tensor back to the host: the per-row kernel splits by host integers,
+and the variable-length kernels take `cu_seqlens` on the device. Kernels, fastest first:
+
+- `flash_attn`: flash-attention's `flash_attn_varlen_func` (CUDA, bf16/fp16, when the
+  flash-attn package is installed);
+- `varlen`: PyTorch's own `torch.nn.attention.varlen.varlen_attn` (CUDA, bf16/fp16,
+  torch >= 2.10);
+- `sdpa_rows`: one scaled-dot-product call per row (everywhere; the CPU's only choice).
 
 Batch composition is untouched: the schedule still decides which rows share a step,
-so every arm of an experiment sees identical batches. `check_packing` compares the
-packed and the padded loss of a real micro-batch before training and falls back to
-padded batches (with a warning) for a model whose attention ignores the row bounds.
+so every arm of an experiment sees identical batches. `make_batcher` compares the
+packed and the padded loss of a real micro-batch before training, kernel by kernel,
+and falls back to padded batches (with a warning) when none reproduces the padded loss.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import dataclasses
+import inspect
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..data import IGNORE_INDEX, TokenizedSet, collate
-from .loss import loss_sum
+from .loss import loss_sum, with_targets
 
 ATTENTION = "svdlora_packed"
-# Relative gap between packed and padded loss above which packing is refused: fp32
-# rounding differences are about 1e-7; bf16/fp16 weights get more room.
+KERNELS = ("flash_attn", "varlen", "sdpa_rows")
+# Relative gap between packed and padded loss above which a kernel is refused: fp32
+# rounding differences are about 1e-7; bf16/fp16 compute gets more room.
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6}
 LOW_PRECISION_TOLERANCE = 2e-2
 log = logging.getLogger("svdlora")
+Batch = dict[str, Any]
+Batcher = Callable[[Sequence[int], TokenizedSet], Batch]
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """The rows of one packed sequence: host lengths for splitting, device bounds for
+    variable-length kernels, and the kernel that attends within them."""
+
+    lengths: tuple[int, ...]
+    cu_seqlens: torch.Tensor  # int32 [rows + 1]: 0, len_0, len_0 + len_1, ...
+    kernel: str = "sdpa_rows"
+
+    @property
+    def max_length(self) -> int:
+        return max(self.lengths, default=0)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> PackedRows:
+        bounds = self.cu_seqlens.to(device, non_blocking=non_blocking)
+        return dataclasses.replace(self, cu_seqlens=bounds)
+
+
+def _sdpa_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedRows, scale: Any):
+    # split (not slicing): its backward is one concatenation of the rows' gradients,
+    # where each slice's backward would zero-fill and copy a whole-sequence tensor.
+    gqa = q.shape[1] != k.shape[1]
+    parts = [
+        F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=gqa)
+        for qi, ki, vi in zip(
+            q.split(rows.lengths, dim=2),
+            k.split(rows.lengths, dim=2),
+            v.split(rows.lengths, dim=2),
+            strict=True,
+        )
+    ]
+    return torch.cat([part.transpose(1, 2) for part in parts], dim=1)  # contiguous
+
+
+@cache
+def _varlen() -> tuple[Callable[..., torch.Tensor], dict[str, Any], bool] | None:
+    """torch's varlen_attn with its causal keyword (it changed in torch 2.11), or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    return varlen_attn, causal, "enable_gqa" in params
+
+
+@cache
+def _flash_attn() -> Callable[..., torch.Tensor] | None:
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+def _tokens_first(x: torch.Tensor) -> torch.Tensor:
+    """[1, heads, tokens, dim] -> [tokens, heads, dim], the variable-length layout."""
+    return x[0].transpose(0, 1).contiguous()
+
+
+def _varlen_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedRows, scale: Any):
+    found = _varlen()
+    if found is None:
+        raise RuntimeError("this torch has no torch.nn.attention.varlen")
+    varlen_attn, causal, has_gqa = found
+    extra = dict(causal)
+    if q.shape[1] != k.shape[1]:
+        if has_gqa:
+            extra["enable_gqa"] = True
+        else:
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    cu, n = rows.cu_seqlens, rows.max_length
+    out = varlen_attn(
+        _tokens_first(q), _tokens_first(k), _tokens_first(v), cu, cu, n, n, scale=scale, **extra
+    )
+    return out.unsqueeze(0)
+
+
+def _flash_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedRows, scale: Any):
+    flash = _flash_attn()
+    if flash is None:
+        raise RuntimeError("flash-attn is not installed")
+    cu, n = rows.cu_seqlens, rows.max_length
+    out = flash(
+        _tokens_first(q),
+        _tokens_first(k),
+        _tokens_first(v),
+        cu,
+        cu,
+        n,
+        n,
+        softmax_scale=scale,
+        causal=True,
+    )
+    return out.unsqueeze(0)
+
+
+_KERNEL_FUNCTIONS = {"flash_attn": _flash_rows, "varlen": _varlen_rows, "sdpa_rows": _sdpa_rows}
 
 
 def packed_attention(
@@ -44,46 +162,33 @@ def packed_attention(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """Causal attention within each packed row ([batch, heads, tokens, dim] in, [batch,
-    tokens, heads, dim] out, as transformers' attention functions). A batch that is not
-    packed (no row bounds) gets transformers' own SDPA attention with its mask."""
-    bounds = kwargs.get("cu_seq_lens_q")
-    if bounds is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    """Causal attention within each packed row ([1, heads, tokens, dim] in, [1, tokens,
+    heads, dim] out, as transformers' attention functions), by the batch's kernel.
 
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    # split (not slicing): its backward is one concatenation of the rows' gradients,
-    # where each slice's backward would zero-fill and copy a whole-sequence tensor.
-    lengths = [int(end - start) for start, end in itertools.pairwise(bounds.tolist())]
-    gqa = query.shape[1] != key.shape[1]
-    parts = [
-        F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=dropout, scale=scaling, enable_gqa=gqa
-        )
-        for q, k, v in zip(
-            query.split(lengths, dim=2),
-            key.split(lengths, dim=2),
-            value.split(lengths, dim=2),
-            strict=True,
-        )
-    ]
-    return torch.cat([part.transpose(1, 2) for part in parts], dim=1), None  # contiguous
+    Only packed batches come here (`make_batcher` restores the model's own attention for
+    anything else), so a call without rows is a bug, not a fallback to guess at.
+    """
+    rows = kwargs.get("packed_rows")
+    if not isinstance(rows, PackedRows):
+        raise RuntimeError(f"the {ATTENTION} attention needs packed rows (training.packing.pack)")
+    if dropout:
+        raise RuntimeError("packed attention has no attention dropout; train with it at 0")
+    return _KERNEL_FUNCTIONS[rows.kernel](query, key, value, rows, scaling), None
 
 
 def register() -> None:
-    """Make `ATTENTION` a transformers attention implementation (idempotent)."""
-    from transformers import AttentionInterface, AttentionMaskInterface
-    from transformers.masking_utils import sdpa_mask
+    """Make `ATTENTION` a transformers attention implementation (idempotent).
+
+    No mask function is registered: transformers then builds no mask (and reads nothing
+    back from the device to look for packed rows), since the row bounds say it all.
+    """
+    from transformers import AttentionInterface
 
     AttentionInterface.register(ATTENTION, packed_attention)
-    # SDPA's masks: packed rows ignore theirs (the bounds say it all), padded batches need it.
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
-def pack(indices: Sequence[int], data: TokenizedSet) -> dict[str, torch.Tensor]:
-    """One packed row: input ids, labels, position ids and the rows' bounds.
+def pack(indices: Sequence[int], data: TokenizedSet, kernel: str = "sdpa_rows") -> Batch:
+    """One packed row: input ids, labels, position ids and the rows' bounds (host tensors).
 
     Each row's first label is set to IGNORE_INDEX: it sits right after the previous row's
     last token, and in a padded batch the first label is never a target either.
@@ -91,19 +196,36 @@ def pack(indices: Sequence[int], data: TokenizedSet) -> dict[str, torch.Tensor]:
     ids: list[int] = []
     labels: list[int] = []
     positions: list[int] = []
-    bounds = [0]
+    lengths: list[int] = []
     for i in indices:
         row = data.input_ids[i]
         ids.extend(row)
         labels.extend([IGNORE_INDEX, *data.labels[i][1:]])
         positions.extend(range(len(row)))
-        bounds.append(bounds[-1] + len(row))
+        lengths.append(len(row))
+    bounds = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
     return {
         "input_ids": torch.tensor([ids], dtype=torch.long),
         "labels": torch.tensor([labels], dtype=torch.long),
         "position_ids": torch.tensor([positions], dtype=torch.long),
-        "cu_seq_lens_q": torch.tensor(bounds, dtype=torch.int32),
+        "packed_rows": PackedRows(tuple(lengths), bounds, kernel),
     }
+
+
+def row_lengths(batch: Batch) -> list[int]:
+    """The real length of each row of a packed or padded host batch."""
+    rows = batch.get("packed_rows")
+    if rows is not None:
+        return list(rows.lengths)
+    mask = batch.get("attention_mask")
+    if mask is None:
+        return [batch["input_ids"].shape[1]] * batch["input_ids"].shape[0]
+    return [int(n) for n in mask.sum(dim=1).tolist()]
+
+
+def logit_count(batch: Batch) -> int:
+    """Positions the LM head runs at in a host batch (every row's, for a padded one)."""
+    return batch["logit_positions"].numel() * batch["input_ids"].shape[0]
 
 
 def unsupported_reason(model: Any, max_length: int) -> str | None:
@@ -113,6 +235,8 @@ def unsupported_reason(model: Any, max_length: int) -> str | None:
         return "it is not a transformers model with switchable attention"
     if getattr(config, "attn_logit_softcapping", None):
         return "its attention soft-caps logits"
+    if getattr(config, "attention_dropout", 0.0):
+        return "its attention uses dropout"
     window = getattr(config, "sliding_window", None)
     if window and getattr(config, "use_sliding_window", True) and window < max_length:
         return f"its sliding window ({window}) is shorter than --max-length ({max_length})"
@@ -130,10 +254,28 @@ def enable(model: Any) -> str:
     return previous
 
 
-def agree(packed: float, padded: float, dtype: torch.dtype) -> bool:
-    """Whether two losses agree within the weights' precision."""
-    tolerance = TOLERANCE.get(dtype, LOW_PRECISION_TOLERANCE)
+def agree(packed: float, padded: float, low_precision: bool) -> bool:
+    """Whether two losses agree within the compute precision."""
+    tolerance = LOW_PRECISION_TOLERANCE if low_precision else TOLERANCE[torch.float32]
     return abs(packed - padded) <= tolerance * max(abs(padded), 1e-12)
+
+
+def kernel_candidates(device: torch.device, low_precision: bool) -> list[str]:
+    """The kernels worth trying on this device, fastest first."""
+    names = []
+    if device.type == "cuda" and low_precision:
+        names += ["flash_attn"] if _flash_attn() is not None else []
+        names += ["varlen"] if _varlen() is not None else []
+    return [*names, "sdpa_rows"]
+
+
+@dataclass
+class Batching:
+    """The batch builder `fit` uses, what it settled on, and how to undo it."""
+
+    build: Batcher
+    attention: str  # "packed/<kernel>" or "padded"
+    restore: Callable[[], None] = lambda: None
 
 
 def make_batcher(
@@ -143,37 +285,65 @@ def make_batcher(
     pad_id: int,
     enabled: bool,
     max_length: int,
-    to_device: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
-) -> Callable[[Sequence[int], TokenizedSet], dict[str, torch.Tensor]]:
-    """The batch builder `fit` uses: packed rows when the model allows it, else padding.
+    to_device: Callable[[Batch], Batch],
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    low_precision: bool = False,
+    device: torch.device = torch.device("cpu"),
+) -> Batching:
+    """Packed rows when the model allows it, else padding; batches carry their targets.
 
     `model` is the prepared (possibly wrapped) model, `unwrapped` the transformers model
-    whose attention is switched. With packing on, the packed and padded loss of the data's
-    first rows are compared once (every process runs the same forwards); a gap beyond the
-    weights' precision turns packing off with a warning.
+    whose attention is switched. With packing on, the padded loss of the data's first rows
+    is compared with the packed loss of each candidate kernel (every process runs the same
+    forwards, under the training's autocast); the first that agrees within the compute
+    precision is kept. None agreeing turns packing off with a warning.
     """
 
-    def padded(indices: Sequence[int], rows: TokenizedSet) -> dict[str, torch.Tensor]:
-        return collate(indices, rows, pad_id)
+    def padded(indices: Sequence[int], rows: TokenizedSet) -> Batch:
+        return with_targets(collate(indices, rows, pad_id))
 
     if not enabled:
-        return padded
+        return Batching(padded, "padded")
     reason = unsupported_reason(unwrapped, max_length)
-    if reason is None:
-        sample = list(range(min(2, len(data))))
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            reference, _ = loss_sum(model, to_device(collate(sample, data, pad_id)))
-            previous = enable(unwrapped)
-            packed, _ = loss_sum(model, to_device(pack(sample, data)))
-        model.train(was_training)
-        dtype = next(unwrapped.parameters()).dtype
-        if not agree(float(packed), float(reference), dtype):
-            unwrapped.set_attn_implementation(previous)
-            gap = f"{float(packed):.6g} against {float(reference):.6g}"
-            reason = f"its packed loss differs from the padded one ({gap})"
     if reason is not None:
         log.warning("training on padded batches: packing is off for this model because %s", reason)
-        return padded
-    return pack
+        return Batching(padded, "padded")
+    sample = list(range(min(2, len(data))))
+    was_training = model.training
+    model.eval()
+    tried = []
+    chosen = None
+    with torch.no_grad(), autocast():
+        reference = float(loss_sum(model, to_device(padded(sample, data)))[0])
+        previous = enable(unwrapped)
+        for kernel in kernel_candidates(device, low_precision):
+            try:
+                batch = to_device(with_targets(pack(sample, data, kernel)))
+                packed = float(loss_sum(model, batch)[0])
+            except Exception as exc:  # a kernel this device or dtype does not run
+                tried.append(f"{kernel}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+                continue
+            if agree(packed, reference, low_precision):
+                chosen = kernel
+                break
+            tried.append(f"{kernel}: packed loss {packed:.6g} against padded {reference:.6g}")
+    model.train(was_training)
+
+    def restore() -> None:
+        unwrapped.set_attn_implementation(previous)
+
+    if chosen is None:
+        restore()
+        log.warning(
+            "training on padded batches: packing is off for this model because its packed "
+            "loss differs from the padded one (%s)",
+            "; ".join(tried),
+        )
+        return Batching(padded, "padded")
+    if tried:
+        log.info("packed attention: %s; skipped %s", chosen, "; ".join(tried))
+
+    def packed_batch(indices: Sequence[int], rows: TokenizedSet) -> Batch:
+        return with_targets(pack(indices, rows, chosen))
+
+    return Batching(packed_batch, f"packed/{chosen}", restore)

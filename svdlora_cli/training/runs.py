@@ -50,21 +50,29 @@ def load_tokenizer(model_ref: str, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
-def load_model(model_ref: str, trust_remote_code: bool = False) -> Any:
-    """A causal LM in fp32 (training and dW both need full precision)."""
+def load_model(
+    model_ref: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32
+) -> Any:
+    """A causal LM, in fp32 unless told (training and dW both need full precision; a
+    bf16/fp16 student keeps its frozen base in that dtype and its LoRA weights in fp32)."""
     from transformers import AutoModelForCausalLM
 
     folder = resolve_model_path(model_ref)
     check_remote_code(folder, trust_remote_code)
     try:
         return AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch.float32, trust_remote_code=trust_remote_code
+            folder, dtype=dtype, trust_remote_code=trust_remote_code
         )
     except Exception as exc:
         raise CheckpointError(
             f"cannot load {folder} as a causal LM: {str(exc).splitlines()[0]}",
             "pass a Hugging Face causal-LM folder (config.json plus weights)",
         ) from exc
+
+
+def storage_dtype(precision: str) -> torch.dtype:
+    """The dtype a student's frozen base is stored in under a --bf16/--fp16 run."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 @dataclass

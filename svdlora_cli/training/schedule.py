@@ -7,6 +7,7 @@ batches in identical order, whatever their init, so their curves compare.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -41,3 +42,68 @@ def batch_schedule(
             if max_steps is not None and len(steps) >= max_steps:
                 return steps
     return steps
+
+
+def _split_by_tokens(rows: list[int], lengths: Sequence[int], parts: int) -> list[tuple[int, ...]]:
+    """Cut consecutive rows into at most `parts` micro-batches of about equal real tokens."""
+    total = sum(lengths[i] for i in rows)
+    micro: list[tuple[int, ...]] = []
+    current: list[int] = []
+    filled = 0
+    for i in rows:
+        current.append(i)
+        filled += lengths[i]
+        if len(micro) < parts - 1 and filled >= total * (len(micro) + 1) / parts:
+            micro.append(tuple(current))
+            current = []
+    if current:
+        micro.append(tuple(current))
+    return micro
+
+
+def token_schedule(
+    lengths: Sequence[int],
+    tokens_per_step: int,
+    grad_accum: int,
+    epochs: int,
+    seed: int,
+    max_steps: int | None = None,
+) -> list[Step]:
+    """Steps of about `tokens_per_step` real tokens each, in the seed's order.
+
+    The same shuffle as `batch_schedule` (seed + epoch); rows are taken in that order
+    until their real tokens reach the budget (a step holds at least one row), and each
+    step is cut into up to `grad_accum` micro-batches of about equal tokens. It depends
+    on the seed and the rows' lengths alone, so every arm sees identical batches.
+    """
+    steps: list[Step] = []
+    for epoch in range(epochs):
+        order = list(range(len(lengths)))
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+        rows: list[int] = []
+        filled = 0
+        for position, i in enumerate(order):
+            rows.append(i)
+            filled += lengths[i]
+            if filled >= tokens_per_step or position == len(order) - 1:
+                steps.append(Step(epoch, tuple(_split_by_tokens(rows, lengths, grad_accum))))
+                rows, filled = [], 0
+                if max_steps is not None and len(steps) >= max_steps:
+                    return steps
+    return steps
+
+
+def token_batches(lengths: Sequence[int], tokens: int) -> list[list[int]]:
+    """Consecutive rows (evaluation order) in micro-batches of about `tokens` real tokens."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    filled = 0
+    for i, n in enumerate(lengths):
+        if current and filled + n > tokens:
+            batches.append(current)
+            current, filled = [], 0
+        current.append(i)
+        filled += n
+    if current:
+        batches.append(current)
+    return batches

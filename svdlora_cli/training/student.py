@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapters import LowRankFactors, load_factors, require_finite
-from ..cache import ArtifactCache
+from ..cache import ArtifactCache, content_key
 from ..checkpoints import open_checkpoint
 from ..data import FieldNames
 from ..errors import InvalidOptionError
@@ -37,12 +37,13 @@ from .loop import StepProgress, TrainConfig, fit, gathered_state_dict, make_acce
 from .runs import (
     arm_summary,
     load_model,
-    load_tokenizer,
     prepare_data,
     reuse_or_key,
     save_hyperparameters,
+    storage_dtype,
     write_run_files,
 )
+from .shared import SharedSetup
 
 
 def svd_factors_for(
@@ -82,10 +83,12 @@ def train_student(
     progress: StepProgress | None = None,
     reuse: bool = False,
     memo: Any = None,
+    shared: SharedSetup | None = None,
 ) -> dict[str, Any]:
     """Train one LoRA arm; write final_model_{name}/ (a PEFT adapter) and its step log.
 
     With `reuse`, a finished arm in `output_dir` with the same inputs is returned as is.
+    `shared` lends the base model, tokenizer and step-0 rows of the other runs of a grid.
     """
     config.validate()
     name = name or init
@@ -93,8 +96,17 @@ def train_student(
         raise InvalidOptionError(
             f"--init {init} needs SVD factors", "pass --svd-factors or --teacher-model"
         )
-    tokenizer = load_tokenizer(base_model, config.trust_remote_code)
+    shared = shared or SharedSetup(base_model, config.trust_remote_code)
+    tokenizer = shared.tokenizer()
     data = prepare_data(tokenizer, data_path, eval_path, config.max_length, fields)
+    identity = {
+        "init": init,
+        "ranks": plan.ranks,
+        "alpha": plan.alpha,
+        "dropout": dropout,
+        "factors": factors_digest(factors) if init in FACTOR_INITS else None,
+        **({"init_batches": INIT_BATCHES} if init in DATA_INITS else {}),
+    }
     key, found = reuse_or_key(
         "student-run",
         base_model,
@@ -103,79 +115,95 @@ def train_student(
         Path(output_dir) / f"final_model_{name}",
         reuse,
         memo,
-        init=init,
-        ranks=plan.ranks,
-        alpha=plan.alpha,
-        dropout=dropout,
-        factors=factors_digest(factors) if init in FACTOR_INITS else None,
-        **({"init_batches": INIT_BATCHES} if init in DATA_INITS else {}),
+        **identity,
     )
     if found is not None:
         return found
     accelerator = make_accelerator(config.device, config.precision)
-    model = build_student(
-        load_model(base_model, config.trust_remote_code),
-        plan,
-        init,
-        config,
-        dropout,
-        data.train,
-        tokenizer.pad_token_id,
-        accelerator,
-        factors,
-    )
+    dtype = storage_dtype(config.precision)
+    lend = accelerator.num_processes == 1  # DDP/FSDP wrap the model in place: load a copy
+    if lend:
+        base = shared.take(dtype, plan.ranks if init in MUTATING_INITS else ())
+    else:
+        base = load_model(base_model, config.trust_remote_code, dtype)
     initial_dir = None
-    if init in MUTATING_INITS:
-        # These inits rewrite the base weights (W - s B0 A0); keep the starting adapter so
-        # the saved one can be converted into a plain LoRA on the untouched base (rank 2r).
-        initial_dir = Path(tempfile.mkdtemp(prefix=f"{init}_init_"))
-        model.peft_config["default"].init_lora_weights = True
-        model.save_pretrained(initial_dir)
-        model.peft_config["default"].init_lora_weights = PEFT_INIT[init]
-    result = fit(
-        model,
-        data.train,
-        data.evaluation,
-        config,
-        tokenizer.pad_token_id,
-        accelerator,
-        progress,
-        checkpoint_dir=Path(output_dir) / "checkpoints" / name,
-    )
-    result.extras["trainable_parameters"] = sum(
-        p.numel() for p in model.parameters() if p.requires_grad
-    )
-    extra = {"init": init, "seed": config.seed}
-    summary = arm_summary(name, result, {}) | extra
-    accelerator.wait_for_everyone()
-    state_dict = gathered_state_dict(accelerator, model, trainable_only=True)
-    if accelerator.is_main_process:
-        require_finite(
-            state_dict
-            if state_dict is not None
-            else {n: p for n, p in model.named_parameters() if p.requires_grad},
-            f"the trained weights of {name}",
-            "training diverged: lower --learning-rate (or use --warmup-steps)",
+    try:
+        model = build_student(
+            base,
+            plan,
+            init,
+            config,
+            dropout,
+            data.train,
+            tokenizer.pad_token_id,
+            accelerator,
+            factors,
         )
-        folder = ensure_writable_dir(output_dir)
-        final = folder / f"final_model_{name}"
-        paths = {"adapter": final, **write_run_files(folder, name, result, config.to_dict())}
-        summary = arm_summary(name, result, paths) | extra
-        record = _record(base_model, init, plan, data, config)
-        with atomic_dir(final) as tmp:
-            unwrapped = accelerator.unwrap_model(model)
-            if initial_dir is not None:
-                unwrapped.save_pretrained(
-                    tmp,
-                    state_dict=state_dict,
-                    path_initial_model_for_weight_conversion=str(initial_dir),
+        if init in MUTATING_INITS:
+            # These inits rewrite the base weights (W - s B0 A0); keep the starting adapter so
+            # the saved one can be converted into a plain LoRA on the untouched base (rank 2r).
+            initial_dir = Path(tempfile.mkdtemp(prefix=f"{init}_init_"))
+            model.peft_config["default"].init_lora_weights = True
+            model.save_pretrained(initial_dir)
+            model.peft_config["default"].init_lora_weights = PEFT_INIT[init]
+        # Runs whose start is identical (all but the learning rate) share the step-0 row.
+        start = content_key(
+            "student-start",
+            model=base_model,
+            data=[str(data.train_path), str(data.eval_path)],
+            settings={k: v for k, v in config.result_settings().items() if k != "learning_rate"},
+            **identity,
+        )
+        result = fit(
+            model,
+            data.train,
+            data.evaluation,
+            config,
+            tokenizer.pad_token_id,
+            accelerator,
+            progress,
+            checkpoint_dir=Path(output_dir) / "checkpoints" / name,
+            starts=shared.starts,
+            start_key=start,
+        )
+        result.extras["trainable_parameters"] = sum(
+            p.numel() for p in model.parameters() if p.requires_grad
+        )
+        extra = {"init": init, "seed": config.seed, "learning_rate": config.learning_rate}
+        summary = arm_summary(name, result, {}) | extra
+        accelerator.wait_for_everyone()
+        state_dict = gathered_state_dict(accelerator, model, trainable_only=True)
+        if accelerator.is_main_process:
+            require_finite(
+                state_dict
+                if state_dict is not None
+                else {n: p for n, p in model.named_parameters() if p.requires_grad},
+                f"the trained weights of {name}",
+                "training diverged: lower --learning-rate (or use --warmup-steps)",
+            )
+            folder = ensure_writable_dir(output_dir)
+            final = folder / f"final_model_{name}"
+            paths = {"adapter": final, **write_run_files(folder, name, result, config.to_dict())}
+            summary = arm_summary(name, result, paths) | extra
+            record = _record(base_model, init, plan, data, config)
+            with atomic_dir(final) as tmp:
+                unwrapped = accelerator.unwrap_model(model)
+                conversion = (
+                    {"path_initial_model_for_weight_conversion": str(initial_dir)}
+                    if initial_dir is not None
+                    else {}
                 )
-            else:
-                unwrapped.save_pretrained(tmp, state_dict=state_dict)
-            save_hyperparameters(tmp, {**record, "run_key": key, "summary": summary})
-        write_run_config(folder, "train", record, {"base_model": base_model})
-    if initial_dir is not None:
-        shutil.rmtree(initial_dir, ignore_errors=True)
+                unwrapped.save_pretrained(tmp, state_dict=state_dict, **conversion)
+                save_hyperparameters(tmp, {**record, "run_key": key, "summary": summary})
+            write_run_config(folder, "train", record, {"base_model": base_model})
+    except BaseException:
+        shared.forget()  # the base may be half-way through an init: load it afresh
+        raise
+    finally:
+        if initial_dir is not None:
+            shutil.rmtree(initial_dir, ignore_errors=True)
+    if lend:
+        shared.give_back(accelerator.unwrap_model(model))
     return summary
 
 

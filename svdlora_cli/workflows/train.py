@@ -100,6 +100,7 @@ def run(
     from ..data import FieldNames
     from ..files import check_writable_dir
     from ..training.inits import FACTOR_INITS
+    from ..training.shared import SharedSetup
     from ..training.student import base_plan, svd_factors_for, train_student
 
     hooks = hooks or Hooks()
@@ -124,6 +125,8 @@ def run(
         (seed, lr, init) for seed in options.seeds for lr in options.grid for init in options.inits
     ]
     arms = []
+    # One base model, tokenizer and step-0 row per identical start for the whole grid.
+    shared = SharedSetup(options.base_model, options.config.trust_remote_code)
     # Every run of one seed sees the same batches in the same order, whatever its init or lr.
     for seed, lr, init in runs:
         name = options.run_name(init, lr, seed)
@@ -145,6 +148,7 @@ def run(
                     update,
                     reuse=options.reuse,
                     memo=cache.memo if cache is not None else None,
+                    shared=shared,
                 )
             )
     return {
@@ -162,4 +166,5 @@ def run(
             "seeds": list(options.seeds),
         },
         "output_dir": str(folder),
+        "base_loads": shared.loads,
     }

@@ -88,6 +88,34 @@ def test_explicit_target_and_cli_outputs(run_dir):
     assert json.loads(Path(doc["artifacts"]["json"]).read_text())["target_loss"] == 1.2
 
 
+def _summary(folder: Path, name: str, **summary: object) -> None:
+    model_dir = folder / ("final_model" if name == "teacher" else f"final_model_{name}")
+    model_dir.mkdir()
+    (model_dir / "svdlora_run.json").write_text(json.dumps({"summary": summary}))
+
+
+def test_compare_carries_throughput_and_mfu_from_the_run_summaries(run_dir):
+    out = run_dir / "training_results"
+    speed = {"flops_per_token": 6.5e9, "peak_tflops": 989.5, "peak_source": "NVIDIA H200"}
+    _summary(run_dir / "teacher", "teacher", tokens_per_s=900.0, tflops=250.0, mfu=0.25)
+    _summary(out, "svd_seed0", tokens_per_s=1000.0, tflops=6.5, mfu=0.0066, **speed)
+    _summary(out, "svd_seed1", tokens_per_s=1200.0, tflops=7.8, mfu=0.0079, **speed)
+    _summary(out, "random_seed0", tokens_per_s=1290.0)  # a run from before MFU accounting
+    doc = invoke_json("compare", run_dir)
+    arms = {a["arm"]: a for a in doc["arms"]}
+    svd, random = arms["svd"], arms["random"]
+    assert svd["mfu"] == pytest.approx(0.00725) and svd["tflops"] == pytest.approx(7.15)
+    assert svd["tokens_per_s"] == pytest.approx(1100.0) and svd["spread"]["mfu"]["n"] == 2
+    assert svd["runs"][0]["peak_source"] == "NVIDIA H200"
+    assert svd["runs"][1]["flops_per_token"] == 6.5e9
+    assert random["tokens_per_s"] == 1290.0 and random["mfu"] is None and random["tflops"] is None
+    assert random["runs"][1]["tokens_per_s"] is None  # random_seed1 has no record at all
+    assert arms["teacher"]["mfu"] == 0.25
+    report = Path(doc["artifacts"]["report"]).read_text()
+    mfu = next(line for line in report.splitlines() if line.startswith("MFU"))
+    assert mfu.split() == ["MFU", "-", "0.7%", "-", "25.0%"]
+
+
 def test_svd_adapter_distance_is_eckart_young(llama_pair, tmp_path):
     cache = ArtifactCache(tmp_path / "cache")
     result = run_svd(str(llama_pair.base), str(llama_pair.tuned), cache, rank=2)

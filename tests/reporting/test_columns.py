@@ -14,7 +14,7 @@ from rich.console import Console
 
 from svdlora_cli.reporting import columns as C
 from svdlora_cli.reporting.compare_views import comparison_markdown, comparison_text
-from svdlora_cli.reporting.tables import compare_table, delta_table, svd_table
+from svdlora_cli.reporting.tables import compare_table, delta_table, svd_table, training_table
 from svdlora_cli.reporting.text import delta_report, fixed_width, svd_report
 
 REPORTING = Path(C.__file__).parent
@@ -312,3 +312,44 @@ def test_one_pct_and_rich_only_in_tables(path):
     if path.name != "tables.py":
         assert "rich" not in imports
     assert len(source.splitlines()) <= 400
+
+
+def test_compare_shows_throughput_and_mfu_when_the_summaries_have_them():
+    speed = {"tokens_per_s": 1290.4, "tflops": 8.123, "mfu": 0.0082}
+    doc = {
+        **COMPARE_DOC,
+        "arms": [
+            _arm("random", 1.4216, 1.2014, **speed),
+            _arm("svd", 0.6269, 0.4433, tokens_per_s=1099.0, tflops=6.9, mfu=0.007),
+            _arm("teacher", 1.4216, 0.3819, tokens_per_s=980.0, tflops=227.4, mfu=0.23),
+        ],
+    }
+    rows = {r[0]: r for r in _rich_grids(compare_table(doc))[0]}
+    assert rows["Tokens/s"][1:] == ["1290", "1099", "-14.8%", "980"]  # svd is 14.8% slower
+    assert rows["TFLOP/s"][1:] == ["8.12", "6.9", "-15.1%", "227"]
+    assert rows["MFU"][1:] == ["0.8%", "0.7%", "-0.1 pp", "23.0%"]
+    detail = _text_grid(comparison_text(doc), "Per arm (mean ± std over seeds)")
+    assert detail[0][-3:] == ["tokens/s", "TFLOP/s", "MFU"]
+    assert detail[1][-3:] == ["1290", "8.12", "0.8%"]
+    assert "| MFU | 0.8% | 0.7% |" in comparison_markdown(doc)
+
+
+def test_runs_from_before_mfu_accounting_show_blanks():
+    rows = {r[0]: r for r in _rich_grids(compare_table(COMPARE_DOC))[0]}
+    assert not {"Tokens/s", "TFLOP/s", "MFU"} & set(rows)  # no arm has them: no rows
+    detail = _text_grid(comparison_text(COMPARE_DOC), "Per arm (mean ± std over seeds)")
+    assert detail[1][-3:] == ["-", "-", "-"]
+    arms = [
+        {"name": "random", "tokens_per_s": 2475.0, "tflops": 16.1, "mfu": 0.0163, "artifacts": {}},
+        {"name": "svd", "tokens_per_s": 2400.0, "artifacts": {}},  # an old run's summary
+    ]
+    grid = _rich_grids(training_table({"arms": arms}))[0]
+    assert grid[0][-3:] == ["tokens/s", "TFLOP/s", "MFU"]
+    assert grid[1][-3:] == ["2475", "16.1", "1.6%"] and grid[2][-3:] == ["2400", "-", "-"]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(None, "-"), (0.000512, "0.000512"), (8.123, "8.12"), (1234.5, "1,234")]
+)
+def test_rate(value, text):
+    assert C.rate(value) == text

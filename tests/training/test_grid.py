@@ -65,3 +65,77 @@ def test_the_grid_runs_every_cell_on_the_same_batches_per_seed(tiny_llm, tiny_da
     assert all(len(entry["cells"]) == 2 and entry["chosen"] for entry in grid.values())
     assert comparison["protocol"]["budgets"]["equal"]
     assert Path(comparison["artifacts"]["lr_sensitivity"]).is_file()
+
+
+def _weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_a_grid_loads_its_base_once_and_starts_every_run_from_the_weights_on_disk(
+    tiny_llm, tiny_data, tmp_path, monkeypatch
+):
+    """pissa rewrites base weights (W - s B0 A0); the runs after it must still start from
+    the base on disk, bit for bit, and end exactly where a run of their own would."""
+    import torch
+    from safetensors.torch import load_file
+
+    from svdlora_cli.training import loop
+    from svdlora_cli.training.loop import TrainConfig
+    from svdlora_cli.training.runs import load_model
+    from svdlora_cli.training.shared import SharedSetup
+    from svdlora_cli.workflows import train
+
+    on_disk = _weights(load_model(str(tiny_llm)))
+    starts: list[dict] = []
+    take = SharedSetup.take
+
+    def recording_take(self, dtype, rewritten=()):
+        model = take(self, dtype, rewritten)
+        starts.append(_weights(model))
+        return model
+
+    losses = []
+    mean_loss = loop.mean_loss
+
+    def counting_mean_loss(*args, **kwargs):
+        losses.append(1)
+        return mean_loss(*args, **kwargs)
+
+    monkeypatch.setattr(SharedSetup, "take", recording_take)
+    monkeypatch.setattr(loop, "mean_loss", counting_mean_loss)
+    train_file, eval_file = (str(p) for p in tiny_data)
+    config = TrainConfig(max_steps=2, batch_size=4, max_length=64, device="cpu", eval_limit=4)
+
+    def options(inits, rates, out):
+        return train.TrainOptions(
+            base_model=str(tiny_llm),
+            config=config,
+            inits=inits,
+            learning_rates=rates,
+            train_data=train_file,
+            eval_data=eval_file,
+            output_dir=out,
+        )
+
+    doc = train.run(options(("pissa", "random"), (1e-3, 3e-3), tmp_path / "grid"))
+    assert doc["base_loads"] == 1
+    assert len(starts) == 4
+    for weights in starts:
+        assert weights.keys() == on_disk.keys()
+        assert all(torch.equal(weights[k], on_disk[k]) for k in on_disk)
+    # Row 0 (train loss on the first batch, eval loss) is computed once per identical start:
+    # two inits x (initial + eval), then only the final eval of each of the four runs.
+    assert len(losses) == 2 * 2 + 4
+    alone = train.run(options(("random",), (1e-3, 3e-3), tmp_path / "alone"))
+    assert alone["base_loads"] == 1
+    grid_arms = {a["name"]: a for a in doc["arms"]}
+    for arm in alone["arms"]:
+        name = arm["name"]
+        log_grid = (tmp_path / "grid" / f"training_log_{name}.csv").read_text().splitlines()
+        log_alone = (tmp_path / "alone" / f"training_log_{name}.csv").read_text().splitlines()
+        # Same losses, tokens and norms; elapsed seconds (last column) differ.
+        assert [r.rsplit(",", 1)[0] for r in log_grid] == [r.rsplit(",", 1)[0] for r in log_alone]
+        assert grid_arms[name]["final_eval_loss"] == arm["final_eval_loss"]
+        a = load_file(tmp_path / "grid" / f"final_model_{name}" / "adapter_model.safetensors")
+        b = load_file(tmp_path / "alone" / f"final_model_{name}" / "adapter_model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from svdlora_cli.data import IGNORE_INDEX, collate, load_examples, tokenize_examples
 from svdlora_cli.training import packing
-from svdlora_cli.training.loop import TrainConfig, make_optimizer, real_tokens
+from svdlora_cli.training.loop import TrainConfig, _to, make_optimizer, real_tokens
 from svdlora_cli.training.loss import loss_sum
 from svdlora_cli.training.steplog import read_step_log
 from svdlora_cli.training.student import base_plan, train_student
@@ -50,7 +52,10 @@ def test_pack_lays_rows_end_to_end_with_the_same_targets(setup):
     assert len(set(lengths)) > 1, "the rows must differ in length for this test to mean much"
     batch = packing.pack(ROWS, data)
     assert batch["input_ids"].shape == (1, sum(lengths))
-    assert batch["cu_seq_lens_q"].tolist() == [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    rows = batch["packed_rows"]
+    assert rows.lengths == tuple(lengths)
+    assert rows.cu_seqlens.dtype == torch.int32
+    assert rows.cu_seqlens.tolist() == [0, *torch.tensor(lengths).cumsum(0).tolist()]
     assert batch["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
     # The (context, target) pairs: per row, target token t+1 predicted at position t.
     padded = collate(ROWS, data, pad_id=0)
@@ -60,7 +65,7 @@ def test_pack_lays_rows_end_to_end_with_the_same_targets(setup):
         for t in range(lengths[row] - 1)
         if padded["labels"][row, t + 1] != IGNORE_INDEX
     ]
-    starts = batch["cu_seq_lens_q"].tolist()
+    starts = rows.cu_seqlens.tolist()
     got = []
     for position, target in enumerate(batch["labels"][0, 1:].tolist()):
         if target == IGNORE_INDEX:
@@ -96,13 +101,48 @@ def test_packed_loss_and_gradients_match_padded(setup, arch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
-def test_packed_attention_is_causal_attention_per_row():
-    """Against an explicit per-row softmax(QK^T / sqrt(d) + causal mask) V."""
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, **causal):
+    """A CPU stand-in for torch's varlen_attn ([tokens, heads, dim] layout, causal)."""
+    assert causal in (
+        {"window_size": (-1, 0)},
+        {"is_causal": True},
+        {"window_size": (-1, 0), "enable_gqa": True},
+    )
+    assert max_q == max_k == int((cu_q[1:] - cu_q[:-1]).max())
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    out = [
+        F.scaled_dot_product_attention(
+            q[a:b].transpose(0, 1),
+            k[a:b].transpose(0, 1),
+            v[a:b].transpose(0, 1),
+            is_causal=True,
+            scale=scale,
+        ).transpose(0, 1)
+        for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True)
+    ]
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "torch_varlen"),
+    [
+        ("sdpa_rows", None),
+        ("varlen", (reference_varlen, {"window_size": (-1, 0)}, True)),  # torch >= 2.11
+        ("varlen", (reference_varlen, {"is_causal": True}, False)),  # torch 2.10: no GQA
+    ],
+)
+def test_packed_attention_is_causal_attention_per_row(kernel, torch_varlen, monkeypatch):
+    """Against an explicit per-row softmax(QK^T / sqrt(d) + causal mask) V. The varlen
+    kernel runs on CUDA only; a CPU stand-in checks the layout and arguments we hand it."""
+    monkeypatch.setattr(packing, "_varlen", lambda: torch_varlen)
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(1, 4, 9, 8, generator=gen)
     k = torch.randn(1, 2, 9, 8, generator=gen)
     v = torch.randn(1, 2, 9, 8, generator=gen)
-    out, _ = packing.packed_attention(None, q, k, v, None, cu_seq_lens_q=torch.tensor([0, 4, 9]))
+    rows = packing.PackedRows((4, 5), torch.tensor([0, 4, 9], dtype=torch.int32), kernel)
+    out, _ = packing.packed_attention(None, q, k, v, None, packed_rows=rows)
+    assert out.shape == (1, 9, 4, 8)
     for start, end in [(0, 4), (4, 9)]:
         n = end - start
         kr = k[:, :, start:end].repeat_interleave(2, dim=1)
@@ -126,11 +166,12 @@ def test_a_model_whose_attention_crosses_rows_falls_back_to_padding(setup, monke
     monkeypatch.setattr(packing, "packed_attention", leaky)
     inner = case.model.base_model.model
     with caplog.at_level(logging.WARNING, logger="svdlora"):
-        batcher = packing.make_batcher(
+        batching = packing.make_batcher(
             case.model, inner, case.data, case.tok.pad_token_id, True, 64, lambda b: b
         )
     assert "packed loss differs from the padded one" in caplog.text
-    assert "attention_mask" in batcher(ROWS, case.data)
+    assert batching.attention == "padded"
+    assert "attention_mask" in batching.build(ROWS, case.data)
     assert inner.config._attn_implementation != packing.ATTENTION
     monkeypatch.undo()
     packing.register()
@@ -146,15 +187,126 @@ def test_the_batcher_packs_a_supported_model_and_pads_when_told(setup):
         reference, _ = loss_sum(case.model, padded_batch)
         try:
             packed = packing.make_batcher(case.model, inner, *args, True, 64, lambda b: b)
-            assert "cu_seq_lens_q" in packed(ROWS, case.data)
+            assert packed.attention == "packed/sdpa_rows"  # the CPU's only kernel
+            batch = packed.build(ROWS, case.data)
+            assert batch["packed_rows"].kernel == "sdpa_rows"
+            assert batch["answer_tokens"] == int((padded_batch["labels"][:, 1:] != -100).sum())
             assert inner.config._attn_implementation == packing.ATTENTION
-            # A padded batch through the packed implementation still gets its mask.
+            # Only packed rows reach the packed implementation; anything else is a bug.
+            with pytest.raises(RuntimeError, match="needs packed rows"):
+                loss_sum(case.model, padded_batch)
+            packed.restore()
+            assert inner.config._attn_implementation == "sdpa"
             again, _ = loss_sum(case.model, padded_batch)
             assert float(again) == pytest.approx(float(reference), rel=1e-6)
         finally:
             inner.set_attn_implementation("sdpa")
     padded = packing.make_batcher(case.model, inner, *args, False, 64, lambda b: b)
-    assert "attention_mask" in padded(ROWS, case.data)
+    assert padded.attention == "padded"
+    assert "attention_mask" in padded.build(ROWS, case.data)
+
+
+def test_a_kernel_that_fails_or_disagrees_is_skipped_for_the_next(setup, monkeypatch, caplog):
+    """On a GPU the variable-length kernels come first; one that raises (wrong dtype,
+    missing build) or gives another loss is passed over, never trusted."""
+    case = setup["llama"]
+    inner = case.model.base_model.model
+    monkeypatch.setattr(packing, "kernel_candidates", lambda device, low: ["varlen", "sdpa_rows"])
+
+    def broken(*args, **kwargs):
+        raise NotImplementedError("no kernel for this device")
+
+    monkeypatch.setitem(packing._KERNEL_FUNCTIONS, "varlen", broken)
+    with caplog.at_level(logging.INFO, logger="svdlora"):
+        batching = packing.make_batcher(
+            case.model, inner, case.data, case.tok.pad_token_id, True, 64, lambda b: b
+        )
+    try:
+        assert batching.attention == "packed/sdpa_rows"
+        assert "varlen: NotImplementedError" in caplog.text
+    finally:
+        batching.restore()
+    # A kernel that runs but attends across rows gives another loss: refused too.
+    monkeypatch.setitem(
+        packing._KERNEL_FUNCTIONS,
+        "varlen",
+        lambda q, k, v, rows, scale: F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scale, enable_gqa=True
+        ).transpose(1, 2),
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="svdlora"):
+        batching = packing.make_batcher(
+            case.model, inner, case.data, case.tok.pad_token_id, True, 64, lambda b: b
+        )
+    batching.restore()
+    assert batching.attention == "packed/sdpa_rows"
+    assert "varlen: packed loss" in caplog.text
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls that read a tensor's values back to the host: on a GPU each one
+    waits for every queued kernel (tolist, item, int/float/bool of a tensor, nonzero, and
+    boolean-mask indexing, whose output size depends on the values)."""
+
+    NAMES = frozenset(
+        {"tolist", "item", "__int__", "__float__", "__bool__", "__index__", "numpy"}
+        | {"nonzero", "argwhere", "masked_select", "unique", "nonzero_static"}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        index = args[1] if name == "__getitem__" and len(args) > 1 else None
+        parts = index if isinstance(index, tuple) else (index,)
+        if name in self.NAMES or any(
+            isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts
+        ):
+            self.calls[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_packed_step_reads_nothing_back_from_the_device(setup, arch):
+    """Forward, loss and backward of a packed micro-batch: at most one device-to-host read
+    (the issue's bound; today none). The batch is built on the host beforehand, as `fit`
+    does, and the profiler's `_local_scalar_dense` events are counted as well."""
+    from torch.profiler import profile
+
+    case = setup[arch]
+    inner = case.model.base_model.model
+    batching = packing.make_batcher(
+        case.model, inner, case.data, case.tok.pad_token_id, True, 64, lambda b: b
+    )
+    try:
+        batch = _to(batching.build(ROWS, case.data), torch.device("cpu"))
+        reads = HostReads()
+        with profile() as prof, reads:
+            loss, count = loss_sum(case.model, batch)
+            loss.backward()
+    finally:
+        batching.restore()
+        case.model.zero_grad(set_to_none=True)
+    scalar_reads = sum(e.name == "aten::_local_scalar_dense" for e in prof.events())
+    assert count == batch["answer_tokens"] > 0
+    assert sum(reads.calls.values()) + scalar_reads <= 1, (reads.calls, scalar_reads)
+
+
+def test_the_host_read_counter_sees_what_the_old_loss_did(setup):
+    """The counter must catch the reads the loss made before (nonzero, a boolean mask,
+    int() of a sum), or the test above proves nothing."""
+    batch = collate(ROWS, setup["llama"].data, pad_id=0)
+    reads = HostReads()
+    with reads:
+        targets = batch["labels"][:, 1:]
+        keep = targets != IGNORE_INDEX
+        torch.nonzero(keep.any(dim=0))
+        _ = targets[keep]
+        int(keep.sum())
+    assert reads.calls == Counter({"nonzero": 1, "__getitem__": 1, "__int__": 1})
 
 
 @pytest.mark.parametrize(

@@ -221,3 +221,38 @@ def test_finished_runs_are_reused_only_when_inputs_match(tiny_llm, tiny_data, tm
     assert "reused" not in train_student(
         str(tiny_llm), "svd", tmp_path, config, plan, scaled, **kwargs
     )
+
+
+def test_a_bf16_student_keeps_its_base_in_bf16_and_what_it_trains_in_fp32(
+    tiny_llm, tiny_data, tmp_path, monkeypatch
+):
+    """Mixed precision as GPU users expect it: the frozen base is stored in bf16 (nothing
+    casts it at every step), the LoRA weights and AdamW moments stay fp32."""
+    from svdlora_cli.training import loop
+    from svdlora_cli.training.shared import SharedSetup
+
+    optimizers = []
+    make_optimizer = loop.make_optimizer
+
+    def spy(params, config, device):
+        optimizers.append(make_optimizer(params, config, device))
+        return optimizers[-1]
+
+    monkeypatch.setattr(loop, "make_optimizer", spy)
+    shared = SharedSetup(str(tiny_llm))
+    config = TrainConfig(max_steps=2, batch_size=4, max_length=64, device="cpu", precision="bf16")
+    plan = base_plan(str(tiny_llm), 4, None)
+    summary = train_student(
+        str(tiny_llm), "random", tmp_path, config, plan, data_path=str(tiny_data[0]), shared=shared
+    )
+    base = shared.take(torch.bfloat16)
+    assert shared.loads == 1
+    assert {p.dtype for p in base.parameters()} == {torch.bfloat16}
+    (optimizer,) = optimizers
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    assert params and {p.dtype for p in params} == {torch.float32}
+    assert {s["exp_avg"].dtype for s in optimizer.state.values()} == {torch.float32}
+    adapter = load_file(tmp_path / "final_model_random" / "adapter_model.safetensors")
+    assert {t.dtype for t in adapter.values()} == {torch.float32}
+    assert summary["attention"] == "packed/sdpa_rows"
+    assert summary["flops_per_token"] > 0 and summary["mfu"] > 0
