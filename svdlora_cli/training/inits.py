@@ -49,6 +49,8 @@ PEFT_INIT = {
     "corda": "corda",
 }
 MUTATING_INITS = frozenset({"pissa", "olora", "lora-ga", "corda"})  # they rewrite W - s * B0 @ A0
+# B0 = 0: the student is exactly the base at step 0 (whatever its seed draws for A).
+BASE_START_INITS = frozenset({"random", "gaussian", "subspace"})
 
 
 @dataclass(frozen=True)

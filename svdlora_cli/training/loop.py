@@ -264,7 +264,7 @@ def fit(
     accelerator: Any,
     progress: StepProgress | None = None,
     checkpoint_dir: Path | None = None,
-    starts: dict[str, StepRow] | None = None,
+    starts: dict[str, Any] | None = None,
     start_key: str | None = None,
 ) -> FitResult:
     """Train `model`'s trainable parameters; row 0 is the loss before any update.
@@ -272,9 +272,10 @@ def fit(
     With `save_every`, a checkpoint goes to `checkpoint_dir` every N steps; with
     `resume`, training continues from it on the same batches, so the end state
     matches an uninterrupted run. The checkpoint is removed when training ends.
-    `starts` shares row 0 between runs of one process whose starting model, data and
-    batches are identical (the caller's `start_key` says so): the runs of a learning-rate
-    grid compute it once.
+    `starts` shares row 0's losses between runs of one process whose starting model is
+    identical (the caller's `start_key` says so: same weights, data and precision): the
+    train loss for runs with the same first batch, the eval loss for all of them. The
+    runs of a learning-rate grid, or B = 0 inits over seeds, compute each once.
     """
     from transformers import get_scheduler
 
@@ -333,13 +334,26 @@ def fit(
         done, rows, tokens, train_seconds = restored
         start -= rows[-1].elapsed_s
     else:
-        if starts is not None and start_key is not None and start_key in starts:
-            first = starts[start_key]
-        else:
-            initial = mean_loss(model, train, schedule[0].micro_batches, batch_of, accelerator)
-            first = StepRow(step=0, epoch=0.0, loss=initial, eval_loss=evaluate(), elapsed_s=0.0)
-            if starts is not None and start_key is not None:
-                starts[start_key] = first
+
+        def remembered(kind: str, batches: Any, compute: Callable[[], Any]) -> Any:
+            if starts is None or start_key is None:
+                return compute()
+            memo_key = content_key("fit-start", start=start_key, loss=kind, batches=batches)
+            if memo_key not in starts:
+                starts[memo_key] = compute()
+            return starts[memo_key]
+
+        first = StepRow(
+            step=0,
+            epoch=0.0,
+            loss=remembered(
+                "train",
+                schedule[0].micro_batches,
+                lambda: mean_loss(model, train, schedule[0].micro_batches, batch_of, accelerator),
+            ),
+            eval_loss=remembered("eval", eval_batches, evaluate),
+            elapsed_s=0.0,
+        )
         rows = [first]
         done, train_seconds, tokens = 0, 0.0, 0
     try:

@@ -17,8 +17,6 @@ from typing import Any
 
 import torch
 
-from .steplog import StepRow
-
 
 @dataclass
 class SharedSetup:
@@ -26,7 +24,7 @@ class SharedSetup:
 
     model_ref: str
     trust_remote_code: bool = False
-    starts: dict[str, StepRow] = field(default_factory=dict)
+    starts: dict[str, Any] = field(default_factory=dict)
     loads: int = 0
     _tokenizer: Any = None
     _model: Any = None

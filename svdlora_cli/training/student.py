@@ -24,6 +24,7 @@ from .data_inits import (
     lora_ga_model,
 )
 from .inits import (
+    BASE_START_INITS,
     FACTOR_INITS,
     MUTATING_INITS,
     PEFT_INIT,
@@ -66,6 +67,10 @@ def svd_factors_for(
         "the SVD inits need the teacher's decomposition",
         "pass --svd-factors FILE (from `svdlora svd`) or --teacher-model T",
     )
+
+
+# The settings that shape a run's step-0 losses besides its starting weights and batches.
+START_SETTINGS = ("max_length", "precision", "packing", "device", "trust_remote_code")
 
 
 def train_student(
@@ -146,13 +151,13 @@ def train_student(
             model.peft_config["default"].init_lora_weights = True
             model.save_pretrained(initial_dir)
             model.peft_config["default"].init_lora_weights = PEFT_INIT[init]
-        # Runs whose start is identical (all but the learning rate) share the step-0 row.
+        # Runs that start from the same model share their step-0 losses (see `fit`).
         start = content_key(
             "student-start",
             model=base_model,
             data=[str(data.train_path), str(data.eval_path)],
-            settings={k: v for k, v in config.result_settings().items() if k != "learning_rate"},
-            **identity,
+            settings={k: v for k, v in config.to_dict().items() if k in START_SETTINGS},
+            **({"init": "base"} if init in BASE_START_INITS else {**identity, "seed": config.seed}),
         )
         result = fit(
             model,

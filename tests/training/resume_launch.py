@@ -6,6 +6,12 @@ saved, restored into a fresh sharded copy and trained on matches the original. P
 one JSON line on rank 0.
 
     torchrun --nproc_per_node 2 resume_launch.py MODEL DATA OUT [MAX_LENGTH]
+
+benchmarks/gpu_check.py runs it on GPUs under `accelerate launch` with
+examples/distributed/fsdp_8gpu.yaml, where accelerate's FSDP engine wraps the teacher and
+the student. accelerate never picks that engine on CPUs (a CPU launch is MULTI_CPU);
+SVDLORA_TEST_FSDP_ON_CPU=1 (gpu_check.py --device cpu --fsdp-on-cpu) makes it do so, with
+gloo, so that the GPU path's FSDP2 wrapping and checkpoints run on a CPU too.
 """
 
 from __future__ import annotations
@@ -103,7 +109,31 @@ def fsdp_roundtrip(folder: Path) -> float:
     return gap
 
 
+def force_fsdp_on_cpu() -> None:
+    """Make accelerate choose its FSDP engine on CPU processes, as it does on GPUs.
+
+    accelerate maps a launch to an engine in PartialState._prepare_backend: MULTI_GPU (and
+    then FSDP, under an FSDP config) on GPUs, MULTI_CPU on CPUs. Here it is told MULTI_GPU
+    over gloo, with the device pinned to the CPU; the process group is made first, since
+    accelerate makes none for a CPU Accelerator that it does not see as MULTI_CPU.
+    """
+    import torch.distributed as dist
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    os.environ["ACCELERATE_TORCH_DEVICE"] = "cpu"
+
+    def prepare_backend(self, cpu=False, sagemaker_dp=False, backend=None):
+        return "gloo", DistributedType.MULTI_GPU
+
+    PartialState._prepare_backend = prepare_backend
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+
+
 def main() -> None:
+    if os.environ.get("SVDLORA_TEST_FSDP_ON_CPU") == "1":
+        force_fsdp_on_cpu()
     model, data, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     if len(sys.argv) > 4:
         global CONFIG, RESUMED

@@ -106,12 +106,13 @@ def test_a_grid_loads_its_base_once_and_starts_every_run_from_the_weights_on_dis
     train_file, eval_file = (str(p) for p in tiny_data)
     config = TrainConfig(max_steps=2, batch_size=4, max_length=64, device="cpu", eval_limit=4)
 
-    def options(inits, rates, out):
+    def options(inits, rates, out, seeds=(0,)):
         return train.TrainOptions(
             base_model=str(tiny_llm),
             config=config,
             inits=inits,
             learning_rates=rates,
+            seeds=seeds,
             train_data=train_file,
             eval_data=eval_file,
             output_dir=out,
@@ -126,6 +127,13 @@ def test_a_grid_loads_its_base_once_and_starts_every_run_from_the_weights_on_dis
     # Row 0 (train loss on the first batch, eval loss) is computed once per identical start:
     # two inits x (initial + eval), then only the final eval of each of the four runs.
     assert len(losses) == 2 * 2 + 4
+    # B = 0 inits start at the base whatever their seed: one eval loss for all four runs,
+    # one first-batch loss per seed (the seed picks the batch).
+    losses.clear()
+    zero = train.run(options(("random", "gaussian"), (1e-3,), tmp_path / "zero", seeds=(0, 1)))
+    assert len(losses) == 1 + 2 + 4
+    assert len({a["initial_eval_loss"] for a in zero["arms"]}) == 1
+    assert len({(a["seed"], a["initial_loss"]) for a in zero["arms"]}) == 2
     alone = train.run(options(("random",), (1e-3, 3e-3), tmp_path / "alone"))
     assert alone["base_loads"] == 1
     grid_arms = {a["name"]: a for a in doc["arms"]}
