@@ -51,6 +51,8 @@ PEFT_INIT = {
 MUTATING_INITS = frozenset({"pissa", "olora", "lora-ga", "corda"})  # they rewrite W - s * B0 @ A0
 # B0 = 0: the student is exactly the base at step 0 (whatever its seed draws for A).
 BASE_START_INITS = frozenset({"random", "gaussian", "subspace"})
+# Functions of the weights (and the teacher's factors) alone: the same start for every seed.
+SEEDLESS_INITS = frozenset({"svd", "svd-sqrt", "pissa", "olora"})
 
 
 @dataclass(frozen=True)

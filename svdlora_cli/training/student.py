@@ -23,11 +23,13 @@ from .data_inits import (
     init_batches,
     lora_ga_model,
 )
+from .fused_lora import fuse
 from .inits import (
     BASE_START_INITS,
     FACTOR_INITS,
     MUTATING_INITS,
     PEFT_INIT,
+    SEEDLESS_INITS,
     LoraPlan,
     apply_factor_init,
     check_plan,
@@ -157,7 +159,7 @@ def train_student(
             model=base_model,
             data=[str(data.train_path), str(data.eval_path)],
             settings={k: v for k, v in config.to_dict().items() if k in START_SETTINGS},
-            **({"init": "base"} if init in BASE_START_INITS else {**identity, "seed": config.seed}),
+            **start_identity(init, identity, config.seed),
         )
         result = fit(
             model,
@@ -212,6 +214,14 @@ def train_student(
     return summary
 
 
+def start_identity(init: str, identity: dict[str, Any], seed: int) -> dict[str, Any]:
+    """What decides an arm's starting model besides the base: nothing for B = 0 inits,
+    the init and its factors for the seedless ones, and the seed too for the rest."""
+    if init in BASE_START_INITS:
+        return {"init": "base"}
+    return identity if init in SEEDLESS_INITS else {**identity, "seed": seed}
+
+
 def build_student(
     base: Any,
     plan: LoraPlan,
@@ -249,6 +259,7 @@ def build_student(
     if init in FACTOR_INITS and factors is not None:
         apply_factor_init(model, plan, init, factors)
     check_plan(model, plan)
+    fuse(model)
     return model
 
 

@@ -147,3 +147,39 @@ def test_a_grid_loads_its_base_once_and_starts_every_run_from_the_weights_on_dis
         a = load_file(tmp_path / "grid" / f"final_model_{name}" / "adapter_model.safetensors")
         b = load_file(tmp_path / "alone" / f"final_model_{name}" / "adapter_model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_steps_sized_by_tokens_are_the_same_for_every_arm(tiny_llm, tiny_data, tmp_path):
+    """`--tokens-per-step`: each step holds rows in the seed's order up to about N real
+    tokens; two inits see the same steps, recorded in their batch orders."""
+    from svdlora_cli.data import load_examples, tokenize_examples
+    from svdlora_cli.training.runs import load_tokenizer
+    from svdlora_cli.training.schedule import token_schedule
+
+    train_file, eval_file = (str(p) for p in tiny_data)
+    out = tmp_path / "tokens"
+    doc = invoke_json(
+        "train",
+        "--base-model",
+        tiny_llm,
+        "--train-data",
+        train_file,
+        "--eval-data",
+        eval_file,
+        "--init",
+        "random,gaussian",
+        "--tokens-per-step",
+        "200",
+        "--grad-accum",
+        "2",
+        "-o",
+        out,
+        *[a for a in FAST if a not in ("--batch-size", "4")],
+    )
+    orders = [json.loads((out / f"batch_order_{a['name']}.json").read_text()) for a in doc["arms"]]
+    assert orders[0] == orders[1]
+    data = tokenize_examples(load_examples(tiny_data[0]), load_tokenizer(str(tiny_llm)), 64)
+    expected = token_schedule([len(r) for r in data.input_ids], 200, 2, 5, 0, max_steps=2)
+    assert orders[0]["steps"] == [[list(m) for m in s.micro_batches] for s in expected]
+    assert doc["config"]["tokens_per_step"] == 200
+    assert all(a["tokens"] >= 2 * 200 for a in doc["arms"])  # each step reached its budget
