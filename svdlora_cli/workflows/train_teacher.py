@@ -38,6 +38,7 @@ def run(
     """final_model/, training_log_teacher.csv and the run record; the summary document."""
     from ..data import FieldNames
     from ..files import check_writable_dir
+    from ..training.runs import throughput_line
     from ..training.teacher import train_teacher
     from ..workspace import update_workspace
 
@@ -56,6 +57,7 @@ def run(
             reuse=options.reuse,
             memo=cache.memo if cache is not None else None,
         )
+    hooks.announce(throughput_line(summary))
     doc: Document = {
         "arms": [summary],
         "config": options.config.to_dict(),
