@@ -24,10 +24,11 @@ import torch
 from ..cache import content_key
 from ..data import TokenizedSet
 from ..errors import InvalidOptionError
+from .accelerator import compute_dtype, engine
 from .loss import loss_sum
 from .packing import PackedRows, logit_count, make_batcher, row_lengths
 from .resume_state import load_checkpoint, save_checkpoint
-from .schedule import Step, batch_schedule, token_batches, token_schedule
+from .schedule import Step, evaluation_batches, training_schedule
 from .steplog import StepRow
 
 log = logging.getLogger("svdlora")
@@ -121,52 +122,6 @@ class FitResult:
         return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
-def make_accelerator(device: str, precision: str) -> Any:
-    """An Accelerator for the device; single-process state is reset between runs in one process."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-
-    from ..devices import check_device
-
-    if device not in ("auto",):
-        check_device(device)
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise InvalidOptionError(
-            "--fp16 needs a CUDA device", "use --bf16 or full precision on CPU"
-        )
-    gpu = torch.cuda.is_available() and device != "cpu"
-    if precision == "bf16" and gpu and not torch.cuda.is_bf16_supported():
-        raise InvalidOptionError("this GPU does not support bf16", "use --fp16 instead")
-    if not PartialState().use_distributed:
-        AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(cpu=device == "cpu", mixed_precision=precision)
-
-
-def engine(accelerator: Any) -> str:
-    """NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED, ... (accelerate's DistributedType name)."""
-    return str(accelerator.distributed_type).rsplit(".", 1)[-1]
-
-
-def gathered_state_dict(
-    accelerator: Any, model: Any, trainable_only: bool = False
-) -> dict[str, Any] | None:
-    """Under FSDP or ZeRO-3 the full weights (a collective: every rank calls it); None
-    elsewhere, where `save_pretrained` reads the model itself.
-
-    Under FSDP only rank 0 receives the tensors, in host memory, and `trainable_only`
-    leaves the frozen base out: a 7B LoRA student gathers its adapters, not 30 GB.
-    """
-    kind = engine(accelerator)
-    if kind == "FSDP":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        options = StateDictOptions(
-            full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only
-        )
-        return get_model_state_dict(model, options=options)
-    return accelerator.get_state_dict(model) if kind == "DEEPSPEED" else None
-
-
 def _shard(indices: Sequence[int], accelerator: Any) -> tuple[list[int], float]:
     """This process's rows of a micro-batch (all of them in a single process), and their
     weight: 1, or 0 for a stand-in row when the micro-batch has fewer rows than processes.
@@ -227,36 +182,6 @@ def mean_loss(
     return loss / count if count > 0 else float("nan")
 
 
-def training_schedule(
-    train: TokenizedSet, config: TrainConfig, epochs: int, max_steps: int | None
-) -> list[Step]:
-    """The seed's steps: `--batch-size` rows per micro-batch, or `--tokens-per-step`."""
-    if config.tokens_per_step:
-        lengths = [len(row) for row in train.input_ids]
-        return token_schedule(
-            lengths, config.tokens_per_step, config.grad_accum, epochs, config.seed, max_steps
-        )
-    return batch_schedule(
-        len(train), config.batch_size, config.grad_accum, epochs, config.seed, max_steps
-    )
-
-
-def evaluation_batches(evaluation: TokenizedSet | None, config: TrainConfig) -> list[list[int]]:
-    """The eval set's first `--eval-limit` rows in order, cut like training micro-batches."""
-    if evaluation is None:
-        return []
-    n_eval = len(evaluation)
-    if config.eval_limit is not None:
-        n_eval = min(config.eval_limit, n_eval)
-    if config.tokens_per_step:
-        lengths = [len(row) for row in evaluation.input_ids[:n_eval]]
-        return token_batches(lengths, max(1, config.tokens_per_step // config.grad_accum))
-    return [
-        list(range(i, min(i + config.batch_size, n_eval)))
-        for i in range(0, n_eval, config.batch_size)
-    ]
-
-
 def fit(
     model: Any,
     train: TokenizedSet,
@@ -281,7 +206,8 @@ def fit(
     """
     from transformers import get_scheduler
 
-    from .flops import ModelFlops, checked_peak, device_peak, utilisation
+    from .device_peak import checked_peak, device_peak
+    from .flops import ModelFlops, utilisation
 
     config.validate()
     if (config.save_every or config.resume) and engine(accelerator) == "DEEPSPEED":
@@ -469,10 +395,3 @@ def fit(
         **utilisation(per_token * tokens, train_seconds, peak),
     )
     return result
-
-
-def compute_dtype(precision: str, model: Any) -> torch.dtype:
-    """The dtype the matrix products run in: autocast's, else the weights'."""
-    if precision in ("bf16", "fp16"):
-        return torch.bfloat16 if precision == "bf16" else torch.float16
-    return next(model.parameters()).dtype

@@ -9,6 +9,11 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..data import TokenizedSet
+    from .loop import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -107,3 +112,33 @@ def token_batches(lengths: Sequence[int], tokens: int) -> list[list[int]]:
     if current:
         batches.append(current)
     return batches
+
+
+def training_schedule(
+    train: TokenizedSet, config: TrainConfig, epochs: int, max_steps: int | None
+) -> list[Step]:
+    """The seed's steps: `--batch-size` rows per micro-batch, or `--tokens-per-step`."""
+    if config.tokens_per_step:
+        lengths = [len(row) for row in train.input_ids]
+        return token_schedule(
+            lengths, config.tokens_per_step, config.grad_accum, epochs, config.seed, max_steps
+        )
+    return batch_schedule(
+        len(train), config.batch_size, config.grad_accum, epochs, config.seed, max_steps
+    )
+
+
+def evaluation_batches(evaluation: TokenizedSet | None, config: TrainConfig) -> list[list[int]]:
+    """The eval set's first `--eval-limit` rows in order, cut like training micro-batches."""
+    if evaluation is None:
+        return []
+    n_eval = len(evaluation)
+    if config.eval_limit is not None:
+        n_eval = min(config.eval_limit, n_eval)
+    if config.tokens_per_step:
+        lengths = [len(row) for row in evaluation.input_ids[:n_eval]]
+        return token_batches(lengths, max(1, config.tokens_per_step // config.grad_accum))
+    return [
+        list(range(i, min(i + config.batch_size, n_eval)))
+        for i in range(0, n_eval, config.batch_size)
+    ]

@@ -26,6 +26,9 @@ class SharedSetup:
     trust_remote_code: bool = False
     starts: dict[str, Any] = field(default_factory=dict)
     loads: int = 0
+    # The starting state of costly seedless inits (pissa's SVD of every target weight):
+    # LoRA weights and rewritten base weights, on the host, by the arm's start key.
+    inits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     _tokenizer: Any = None
     _model: Any = None
     _dtype: torch.dtype | None = None
@@ -69,6 +72,27 @@ class SharedSetup:
         for p in base.parameters():
             p.requires_grad_(True)  # as loaded: PEFT froze them; the next run freezes again
         self._model = base
+
+    def remember_init(self, key: str, model: Any) -> None:
+        """Keep a PEFT model's starting LoRA and base-layer weights under `key`."""
+        self.inits[key] = {
+            name: p.detach().to("cpu", copy=True)
+            for name, p in model.named_parameters()
+            if "lora_" in name or ".base_layer." in name
+        }
+
+    def restore_init(self, key: str, model: Any) -> bool:
+        """Give a freshly wrapped PEFT model the starting weights kept under `key`."""
+        state = self.inits.get(key)
+        if state is None:
+            return False
+        params = dict(model.named_parameters())
+        if state.keys() - params.keys():
+            return False
+        with torch.no_grad():
+            for name, saved in state.items():
+                params[name].copy_(saved)
+        return True
 
     def forget(self) -> None:
         """Drop the model (a run failed half-way: its weights can no longer be trusted)."""

@@ -15,6 +15,7 @@ from ..checkpoints import open_checkpoint
 from ..data import FieldNames
 from ..errors import InvalidOptionError
 from ..files import atomic_dir, ensure_writable_dir, write_run_config
+from .accelerator import gathered_state_dict, make_accelerator
 from .data_inits import (
     DATA_INITS,
     INIT_BATCHES,
@@ -35,7 +36,7 @@ from .inits import (
     lora_config,
     plan_lora,
 )
-from .loop import StepProgress, TrainConfig, fit, gathered_state_dict, make_accelerator
+from .loop import StepProgress, TrainConfig, fit
 from .runs import (
     arm_summary,
     load_model,
@@ -70,6 +71,8 @@ def svd_factors_for(
     )
 
 
+# Seedless inits whose start is costly to compute: computed once per process and start.
+COSTLY_SEEDLESS_INITS = frozenset({"pissa", "olora"})
 # The settings that shape a run's step-0 losses besides its starting weights and batches.
 START_SETTINGS = ("max_length", "precision", "packing", "device", "trust_remote_code")
 
@@ -132,6 +135,15 @@ def train_student(
         base = shared.take(dtype, plan.ranks if init in MUTATING_INITS else ())
     else:
         base = load_model(base_model, config.trust_remote_code, dtype)
+    # Runs that start from the same model share their step-0 losses (see `fit`) and,
+    # for a costly seedless init, the init itself.
+    start = content_key(
+        "student-start",
+        model=base_model,
+        data=[str(data.train_path), str(data.eval_path)],
+        settings={k: v for k, v in config.to_dict().items() if k in START_SETTINGS},
+        **start_identity(init, identity, config.seed),
+    )
     initial_dir = None
     try:
         model = build_student(
@@ -144,6 +156,7 @@ def train_student(
             tokenizer.pad_token_id,
             accelerator,
             factors,
+            cached=(shared, start) if lend else None,
         )
         if init in MUTATING_INITS:
             # These inits rewrite the base weights (W - s B0 A0); keep the starting adapter so
@@ -152,14 +165,6 @@ def train_student(
             model.peft_config["default"].init_lora_weights = True
             model.save_pretrained(initial_dir)
             model.peft_config["default"].init_lora_weights = PEFT_INIT[init]
-        # Runs that start from the same model share their step-0 losses (see `fit`).
-        start = content_key(
-            "student-start",
-            model=base_model,
-            data=[str(data.train_path), str(data.eval_path)],
-            settings={k: v for k, v in config.to_dict().items() if k in START_SETTINGS},
-            **start_identity(init, identity, config.seed),
-        )
         result = fit(
             model,
             data.train,
@@ -231,11 +236,14 @@ def build_student(
     pad_id: int,
     accelerator: Any,
     factors: Mapping[str, LowRankFactors] | None = None,
+    cached: tuple[SharedSetup, str] | None = None,
 ) -> Any:
     """The PEFT model of one arm at its starting point, checked against the shared plan.
 
     The data-driven inits read the first INIT_BATCHES micro-batches of this seed's
     schedule; `fit` recomputes the schedule from the seed, so training order is unchanged.
+    `cached` (a shared setup and the arm's start key) reuses the start of an earlier run
+    with the same costly seedless init instead of computing it again.
     """
     import torch
     from peft import get_peft_model
@@ -252,9 +260,19 @@ def build_student(
             model = corda_model(base, peft_config, train, batches, pad_id)
         else:
             model = eva_model(base, peft_config, train, batches, pad_id, plan.ranks)
+    elif cached is not None and cached[0].inits.get(cached[1]) is not None:
+        # The same seedless start as an earlier run of this process: skip the costly init
+        # (pissa: an SVD of every target weight) and copy its result, bit for bit.
+        peft_config.init_lora_weights = True
+        model = get_peft_model(base, peft_config)
+        if not cached[0].restore_init(cached[1], model):
+            raise RuntimeError("a cached LoRA start does not fit the model it was made for")
+        model.peft_config["default"].init_lora_weights = PEFT_INIT[init]
     else:
         torch.manual_seed(config.seed)  # kaiming/gaussian A draws depend on the seed only
         model = get_peft_model(base, peft_config)
+        if cached is not None and init in COSTLY_SEEDLESS_INITS:
+            cached[0].remember_init(cached[1], model)
     if init in FACTOR_INITS and factors is not None:
         apply_factor_init(model, plan, init, factors)
     check_plan(model, plan)

@@ -8,7 +8,8 @@ from typing import Any
 from ..adapters import require_finite
 from ..data import FieldNames
 from ..files import atomic_dir, ensure_writable_dir, write_run_config
-from .loop import StepProgress, TrainConfig, fit, gathered_state_dict, make_accelerator
+from .accelerator import gathered_state_dict, make_accelerator
+from .loop import StepProgress, TrainConfig, fit
 from .runs import (
     arm_summary,
     load_model,

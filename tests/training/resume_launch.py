@@ -58,7 +58,7 @@ def fsdp_roundtrip(folder: Path) -> float:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import fully_shard
 
-    from svdlora_cli.training.loop import gathered_state_dict
+    from svdlora_cli.training.accelerator import gathered_state_dict
     from svdlora_cli.training.resume_state import load_checkpoint, save_checkpoint
 
     device = torch.device("cuda", torch.cuda.current_device()) if DEVICE == "cuda" else "cpu"

@@ -101,6 +101,16 @@ def test_a_grid_loads_its_base_once_and_starts_every_run_from_the_weights_on_dis
         losses.append(1)
         return mean_loss(*args, **kwargs)
 
+    from peft.tuners.lora.layer import LoraLayer
+
+    svds = []
+    pissa_init = LoraLayer.pissa_init
+
+    def counting_pissa_init(self, *args, **kwargs):
+        svds.append(1)
+        return pissa_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoraLayer, "pissa_init", counting_pissa_init)
     monkeypatch.setattr(SharedSetup, "take", recording_take)
     monkeypatch.setattr(loop, "mean_loss", counting_mean_loss)
     train_file, eval_file = (str(p) for p in tiny_data)
@@ -120,6 +130,8 @@ def test_a_grid_loads_its_base_once_and_starts_every_run_from_the_weights_on_dis
 
     doc = train.run(options(("pissa", "random"), (1e-3, 3e-3), tmp_path / "grid"))
     assert doc["base_loads"] == 1
+    targets = len(doc["plan"]["ranks"])
+    assert len(svds) == targets  # pissa's SVDs ran for the first pissa run only
     assert len(starts) == 4
     for weights in starts:
         assert weights.keys() == on_disk.keys()
@@ -134,19 +146,21 @@ def test_a_grid_loads_its_base_once_and_starts_every_run_from_the_weights_on_dis
     assert len(losses) == 1 + 2 + 4
     assert len({a["initial_eval_loss"] for a in zero["arms"]}) == 1
     assert len({(a["seed"], a["initial_loss"]) for a in zero["arms"]}) == 2
-    alone = train.run(options(("random",), (1e-3, 3e-3), tmp_path / "alone"))
-    assert alone["base_loads"] == 1
+    # Each arm of the first grid against a run of its own (a fresh process's setup): the
+    # random run after pissa, and pissa from the init the first pissa run left behind.
     grid_arms = {a["name"]: a for a in doc["arms"]}
-    for arm in alone["arms"]:
-        name = arm["name"]
+    for init in ("pissa", "random"):
+        out = tmp_path / f"alone_{init}"
+        (arm,) = train.run(options((init,), (3e-3,), out))["arms"]
+        name = f"{init}_lr0.003"
         log_grid = (tmp_path / "grid" / f"training_log_{name}.csv").read_text().splitlines()
-        log_alone = (tmp_path / "alone" / f"training_log_{name}.csv").read_text().splitlines()
+        log_alone = (out / f"training_log_{init}.csv").read_text().splitlines()
         # Same losses, tokens and norms; elapsed seconds (last column) differ.
         assert [r.rsplit(",", 1)[0] for r in log_grid] == [r.rsplit(",", 1)[0] for r in log_alone]
         assert grid_arms[name]["final_eval_loss"] == arm["final_eval_loss"]
         a = load_file(tmp_path / "grid" / f"final_model_{name}" / "adapter_model.safetensors")
-        b = load_file(tmp_path / "alone" / f"final_model_{name}" / "adapter_model.safetensors")
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        b = load_file(out / f"final_model_{init}" / "adapter_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_steps_sized_by_tokens_are_the_same_for_every_arm(tiny_llm, tiny_data, tmp_path):
