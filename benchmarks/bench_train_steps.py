@@ -25,7 +25,7 @@ from profile_train import lora_student  # this folder: python puts it first on s
 from svdlora_cli.data import collate
 from svdlora_cli.training.loop import TrainConfig, make_optimizer, real_tokens
 from svdlora_cli.training.loss import loss_sum
-from svdlora_cli.training.packing import make_batcher
+from svdlora_cli.training.packing import ATTENTION, make_batcher
 from svdlora_cli.training.schedule import batch_schedule
 
 
@@ -39,10 +39,12 @@ def main() -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     plain = torch.optim.AdamW(params, lr=1e-5)
     fused = make_optimizer(params, TrainConfig(learning_rate=1e-5), torch.device("cpu"))
-    packed = make_batcher(model, model.base_model.model, data, 0, True, 512, lambda b: b)
+    inner = model.base_model.model
+    packed = make_batcher(model, inner, data, 0, True, 512, lambda b: b)
     pad = tokenizer.pad_token_id
 
     def minimal(rows: list[int]) -> int:
+        packed.restore()  # transformers' own attention for the padded batch
         batch = collate(rows, data, pad)
         model(**batch).loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -51,7 +53,8 @@ def main() -> None:
         return real_tokens(batch)
 
     def svdlora(rows: list[int]) -> int:
-        batch = packed(rows, data)
+        inner.set_attn_implementation(ATTENTION)
+        batch = packed.build(rows, data)
         summed, count = loss_sum(model, batch)
         (summed / count).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

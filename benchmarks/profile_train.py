@@ -66,14 +66,16 @@ def main() -> None:
     parser.add_argument("--minimal", action="store_true", help="profile the minimal loop's step")
     args = parser.parse_args()
     tokenizer, data, model = lora_student(args.model)
-    batch_of = make_batcher(model, model.base_model.model, data, 0, True, 512, lambda b: b)
+    batching = make_batcher(
+        model, model.base_model.model, data, 0, not args.minimal, 512, lambda b: b
+    )
     pad = tokenizer.pad_token_id
 
     def step_loss(rows: Sequence[int]) -> tuple[torch.Tensor, int]:
         if args.minimal:
             batch = collate(rows, data, pad)
             return model(**batch).loss, int(batch["attention_mask"].sum())
-        batch = batch_of(rows, data)
+        batch = batching.build(rows, data)
         return loss_sum(model, batch)[0], batch["input_ids"].numel()
 
     steps = batch_schedule(len(data), 4, 1, 1, 0, args.steps + 1)
