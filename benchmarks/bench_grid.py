@@ -4,9 +4,11 @@ python benchmarks/bench_grid.py --model smollm2-135m --steps 3 --repeats 2
 
 The grid is `svdlora train --learning-rates 2e-4,1e-3 --seeds 0,1` (four runs in one
 process: the base is loaded once, the step-0 row of identical starts computed once);
-the separate way is four `svdlora train --learning-rate LR --seed S` commands. Both
+the separate way is four `svdlora train --learning-rate LR --seeds S` commands. Both
 are timed as whole processes (start-up, loading, evaluation, saving included), in
-alternating order; the ratio of the medians is the figure. Each run's final loss must
+alternating order; the ratio of the medians is the figure. The eval set is the demo's
+first 16 rows by default (`--eval-limit 0`: all 240, where each run's final eval
+loss, which no grid can share, is most of a 3-step run). Each run's final loss must
 be the same both ways, or the script fails: a faster grid that trains something else
 would be no result.
 """
@@ -43,12 +45,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--eval-limit", type=int, default=16, help="eval rows (the demo's 16; 0: all 240)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     model = str(resolve_model_path(args.model))
     common = [
         *(sys.executable, "-m", "svdlora_cli", "train", "-b", model),
         *("--max-steps", str(args.steps), "--device", args.device, "--json"),
+        *(("--eval-limit", str(args.eval_limit)) if args.eval_limit else ()),
     ]
     times: dict[str, list[float]] = {"grid": [], "separate": []}
     for repeat in range(args.repeats):
@@ -64,7 +70,7 @@ def main() -> None:
                     for seed in SEEDS:
                         folder = str(out / f"lr{lr}_seed{seed}")
                         took, runs = timed(
-                            [*common, "--learning-rate", lr, "--seed", seed, "-o", folder]
+                            [*common, "--learning-rate", lr, "--seeds", seed, "-o", folder]
                         )
                         seconds += took
                         arms += runs
@@ -79,6 +85,7 @@ def main() -> None:
         "steps": args.steps,
         "repeats": args.repeats,
         "runs": len(RATES) * len(SEEDS),
+        "eval_limit": args.eval_limit or None,
         "grid_seconds": round(grid, 2),
         "separate_seconds": round(separate, 2),
         "ratio": round(grid / separate, 3),

@@ -191,7 +191,7 @@ def fit(
     accelerator: Any,
     progress: StepProgress | None = None,
     checkpoint_dir: Path | None = None,
-    starts: dict[str, Any] | None = None,
+    starts: dict[Any, Any] | None = None,
     start_key: str | None = None,
 ) -> FitResult:
     """Train `model`'s trainable parameters; row 0 is the loss before any update.
@@ -241,6 +241,7 @@ def fit(
         accelerator.autocast,
         low_precision,
         accelerator.device,
+        verdicts=starts,
     )
     batch_of = batching.build
     counter = ModelFlops.from_model(unwrapped)

@@ -289,6 +289,7 @@ def make_batcher(
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     low_precision: bool = False,
     device: torch.device = torch.device("cpu"),
+    verdicts: dict[Any, str | None] | None = None,
 ) -> Batching:
     """Packed rows when the model allows it, else padding; batches carry their targets.
 
@@ -296,7 +297,9 @@ def make_batcher(
     whose attention is switched. With packing on, the padded loss of the data's first rows
     is compared with the packed loss of each candidate kernel (every process runs the same
     forwards, under the training's autocast); the first that agrees within the compute
-    precision is kept. None agreeing turns packing off with a warning.
+    precision is kept. None agreeing turns packing off with a warning. `verdicts` keeps the
+    outcome for the other runs of a grid on the same base (the kernel does not depend on
+    the adapter's weights), so the check runs once per base, device and precision.
     """
 
     def padded(indices: Sequence[int], rows: TokenizedSet) -> Batch:
@@ -308,6 +311,41 @@ def make_batcher(
     if reason is not None:
         log.warning("training on padded batches: packing is off for this model because %s", reason)
         return Batching(padded, "padded")
+    memo_key = (str(device), low_precision, max_length)
+    if verdicts is not None and memo_key in verdicts:
+        chosen = verdicts[memo_key]
+        previous = enable(unwrapped) if chosen is not None else ""
+    else:
+        previous, chosen = _check_kernels(
+            model, unwrapped, data, padded, to_device, autocast, low_precision, device
+        )
+        if verdicts is not None:
+            verdicts[memo_key] = chosen
+
+    def restore() -> None:
+        unwrapped.set_attn_implementation(previous)
+
+    if chosen is None:
+        return Batching(padded, "padded")
+
+    def packed_batch(indices: Sequence[int], rows: TokenizedSet) -> Batch:
+        return with_targets(pack(indices, rows, chosen))
+
+    return Batching(packed_batch, f"packed/{chosen}", restore)
+
+
+def _check_kernels(
+    model: Any,
+    unwrapped: Any,
+    data: TokenizedSet,
+    padded: Batcher,
+    to_device: Callable[[Batch], Batch],
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    low_precision: bool,
+    device: torch.device,
+) -> tuple[str, str | None]:
+    """The implementation to restore, and the first kernel whose packed loss agrees with
+    the padded one (None: none does; the model's own attention is back, with a warning)."""
     sample = list(range(min(2, len(data))))
     was_training = model.training
     model.eval()
@@ -328,22 +366,13 @@ def make_batcher(
                 break
             tried.append(f"{kernel}: packed loss {packed:.6g} against padded {reference:.6g}")
     model.train(was_training)
-
-    def restore() -> None:
-        unwrapped.set_attn_implementation(previous)
-
     if chosen is None:
-        restore()
+        unwrapped.set_attn_implementation(previous)
         log.warning(
             "training on padded batches: packing is off for this model because its packed "
             "loss differs from the padded one (%s)",
             "; ".join(tried),
         )
-        return Batching(padded, "padded")
-    if tried:
+    elif tried:
         log.info("packed attention: %s; skipped %s", chosen, "; ".join(tried))
-
-    def packed_batch(indices: Sequence[int], rows: TokenizedSet) -> Batch:
-        return with_targets(pack(indices, rows, chosen))
-
-    return Batching(packed_batch, f"packed/{chosen}", restore)
+    return previous, chosen

@@ -24,7 +24,7 @@ class SharedSetup:
 
     model_ref: str
     trust_remote_code: bool = False
-    starts: dict[str, Any] = field(default_factory=dict)
+    starts: dict[Any, Any] = field(default_factory=dict)
     loads: int = 0
     # The starting state of costly seedless inits (pissa's SVD of every target weight):
     # LoRA weights and rewritten base weights, on the host, by the arm's start key.

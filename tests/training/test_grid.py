@@ -111,6 +111,16 @@ def test_a_grid_loads_its_base_once_and_starts_every_run_from_the_weights_on_dis
         return pissa_init(self, *args, **kwargs)
 
     monkeypatch.setattr(LoraLayer, "pissa_init", counting_pissa_init)
+    from svdlora_cli.training import packing
+
+    checks = []
+    check_kernels = packing._check_kernels
+
+    def counting_check(*args, **kwargs):
+        checks.append(1)
+        return check_kernels(*args, **kwargs)
+
+    monkeypatch.setattr(packing, "_check_kernels", counting_check)
     monkeypatch.setattr(SharedSetup, "take", recording_take)
     monkeypatch.setattr(loop, "mean_loss", counting_mean_loss)
     train_file, eval_file = (str(p) for p in tiny_data)
@@ -132,6 +142,8 @@ def test_a_grid_loads_its_base_once_and_starts_every_run_from_the_weights_on_dis
     assert doc["base_loads"] == 1
     targets = len(doc["plan"]["ranks"])
     assert len(svds) == targets  # pissa's SVDs ran for the first pissa run only
+    assert len(checks) == 1  # the packed-against-padded check, once per base
+    assert {a["attention"] for a in doc["arms"]} == {"packed/sdpa_rows"}
     assert len(starts) == 4
     for weights in starts:
         assert weights.keys() == on_disk.keys()
