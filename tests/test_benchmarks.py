@@ -459,3 +459,16 @@ def test_end_to_end_training_benchmark_runs_on_the_tiny_model(tmp_path):
     assert_ratio(
         e2e["ratio_no_packing"], e2e["svdlora_no_packing_tokens_per_s"], e2e["minimal_tokens_per_s"]
     )
+
+
+@pytest.mark.slow  # eight training subprocesses; run with -m slow
+def test_grid_benchmark_runs_on_the_tiny_model(tmp_path):
+    """bench_grid: the grid and the four separate runs, same final losses, ratio of medians."""
+    out = tmp_path / "g.json"
+    start = time.perf_counter()
+    _run_tiny("bench_grid.py", "--steps", "2", "--repeats", "1", "--json", str(out))
+    wall = time.perf_counter() - start
+    figures = json.loads(out.read_text())
+    assert_seconds(figures, ("grid_seconds", "separate_seconds"), wall)
+    assert_ratio(figures["ratio"], figures["grid_seconds"], figures["separate_seconds"])
+    assert figures["runs"] == 4 and figures["eval_limit"] == 16

@@ -256,3 +256,19 @@ def test_a_bf16_student_keeps_its_base_in_bf16_and_what_it_trains_in_fp32(
     assert {t.dtype for t in adapter.values()} == {torch.float32}
     assert summary["attention"] == "packed/sdpa_rows"
     assert summary["flops_per_token"] > 0 and summary["mfu"] > 0
+
+
+def test_a_bf16_teacher_keeps_fp32_master_weights(tiny_llm, tiny_data, tmp_path):
+    """Mixed precision for the full SFT: products under bf16 autocast, weights and the
+    saved teacher in fp32 (rounding W + dW to bf16 would bury a small dW)."""
+    from svdlora_cli.training.runs import throughput_line
+
+    config = TrainConfig(max_steps=2, batch_size=4, max_length=64, device="cpu", precision="bf16")
+    summary = train_teacher(str(tiny_llm), tmp_path, config, str(tiny_data[0]), str(tiny_data[1]))
+    saved = load_file(tmp_path / "final_model" / "model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    assert summary["attention"] == "packed/sdpa_rows"
+    assert summary["flops_per_token"] > 0 and summary["mfu"] > 0
+    line = throughput_line(summary)
+    assert line.startswith("teacher: ") and "MFU" in line and summary["peak_source"] in line
+    assert throughput_line({**summary, "reused": True}).endswith("same inputs)")
