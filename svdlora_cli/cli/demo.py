@@ -29,7 +29,7 @@ def demo(
         typer.Option(
             "--protocol",
             help="small: random/svd/pissa x 2 learning rates x 2 seeds, 12 steps each (about "
-            "30 min on 2 CPU cores); full: every baseline x 3 learning rates x 3 seeds.",
+            "17 min on 2 CPU cores); full: every baseline x 3 learning rates x 3 seeds.",
         ),
     ] = "small",
     inits: Annotated[

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..cache import ArtifactCache
 
 
-# The student grids. small: about 30 minutes on 2 CPU cores with SmolLM2-135M (12 short
+# The student grids. small: about 17 minutes on 2 CPU cores with SmolLM2-135M (12 short
 # runs: the question's two arms plus PiSSA, the strongest teacher-free SVD init, each at
 # two learning rates a factor 5 apart, over two seeds). full: every teacher-free baseline,
 # three learning rates, three seeds, whole epochs.
@@ -46,7 +46,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class DemoSettings:
-    """Defaults sized for about 30 minutes on a 2-core CPU with SmolLM2-135M."""
+    """Defaults sized for about 17 minutes on a 2-core CPU with SmolLM2-135M."""
 
     model: str = SMOLLM2
     name: str = "demo"
