@@ -52,8 +52,8 @@ class SharedSetup:
             self._dtype = dtype
             self.loads += 1
         model = self._model
-        self._saved = {
-            f"{module}.{name}": tensor.detach().clone()
+        self._saved = {  # on the host: a GPU need not hold two copies of the targets
+            f"{module}.{name}": tensor.detach().to("cpu", copy=True)
             for module in rewritten
             for name, tensor in model.get_submodule(module).named_parameters(recurse=False)
         }
