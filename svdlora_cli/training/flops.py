@@ -25,15 +25,19 @@ model needs. MFU is these FLOPs per second over the device's dense matrix-produc
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
-from .device_peak import Peak
+from .device_peak import Peak, checked_peak, device_peak
 
-__all__ = ["ModelFlops", "utilisation"]
+__all__ = ["ModelFlops", "run_utilisation", "utilisation"]
+log = logging.getLogger("svdlora")
 
 
 @dataclass(frozen=True)
@@ -170,3 +174,26 @@ def utilisation(flops: float, seconds: float, peak: Peak) -> dict[str, Any]:
         "peak_tflops": peak.tflops,
         "peak_source": peak.source,
     }
+
+
+def run_utilisation(
+    flops: float, seconds: float, device: torch.device, dtype: torch.dtype, processes: int = 1
+) -> dict[str, Any]:
+    """`utilisation` of a training run over `processes` devices like `device`.
+
+    A measured peak the run beat is measured again (`checked_peak`); what is still above
+    100% is logged, since no device runs faster than its peak.
+    """
+    achieved = flops / processes / seconds / 1e12 if seconds > 0 else 0.0
+    peak = checked_peak(device, dtype, device_peak(device, dtype), achieved)
+    if achieved > peak.tflops:
+        log.warning(
+            "MFU above 100%%: %.3g TFLOP/s achieved against a peak of %.3g (%s); set "
+            "SVDLORA_PEAK_TFLOPS to the device's dense peak",
+            achieved,
+            peak.tflops,
+            peak.source,
+        )
+    if processes > 1:  # every process's device counts towards the peak
+        peak = dataclasses.replace(peak, tflops=peak.tflops * processes)
+    return utilisation(flops, seconds, peak)

@@ -9,8 +9,6 @@ tokens of the whole optimizer step, so gradient accumulation is exact.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import math
 import shutil
 import time
@@ -31,7 +29,6 @@ from .resume_state import load_checkpoint, save_checkpoint
 from .schedule import Step, evaluation_batches, training_schedule
 from .steplog import StepRow
 
-log = logging.getLogger("svdlora")
 PRECISIONS = ("no", "bf16", "fp16")
 SCHEDULERS = ("linear", "cosine", "constant")
 StepProgress = Callable[[int, int, float], None]
@@ -206,8 +203,7 @@ def fit(
     """
     from transformers import get_scheduler
 
-    from .device_peak import checked_peak, device_peak
-    from .flops import ModelFlops, utilisation
+    from .flops import ModelFlops, run_utilisation
 
     config.validate()
     if (config.save_every or config.resume) and engine(accelerator) == "DEEPSPEED":
@@ -314,9 +310,8 @@ def fit(
                 # (times world size, which DDP's gradient averaging divides back out).
                 accelerator.backward(summed * accelerator.num_processes / total_answer)
                 step_loss += summed.detach().double()
-                step_tokens += int(weight * real_tokens(host_batch))
                 if weight:
-                    counted_tokens += real_tokens(host_batch)
+                    step_tokens += real_tokens(host_batch)
                     flops += counter.micro_batch(row_lengths(host_batch), logit_count(host_batch))
             grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
@@ -332,13 +327,17 @@ def fit(
                 if grad_norm is not None
                 else torch.full((1,), float("nan"), dtype=torch.float64, device=step_loss.device)
             )
-            # One read back to the host per step: loss, tokens and gradient norm together.
-            loss_total, step_total, norm_value = torch.cat([summed_stats, norm]).tolist()
+            # One read back to the host per step: loss, tokens, answer tokens and norm together.
+            answers = total_answer.reshape(1).double()
+            loss_total, step_total, answer_total, norm_value = torch.cat(
+                [summed_stats, answers, norm]
+            ).tolist()
+            counted_tokens += step_tokens
             tokens += int(step_total)
             train_seconds += time.perf_counter() - tic
             last = number == len(schedule)
             due = config.eval_every > 0 and number % config.eval_every == 0
-            loss_value = loss_total / float(total_answer)
+            loss_value = loss_total / answer_total
             rows.append(
                 StepRow(
                     step=number,
@@ -377,22 +376,11 @@ def fit(
     result = FitResult(rows, schedule, tokens, train_seconds)
     per_token = flops / counted_tokens if counted_tokens else 0.0
     dtype = compute_dtype(config.precision, unwrapped)
-    per_device = per_token * tokens / accelerator.num_processes
-    achieved = per_device / train_seconds / 1e12 if train_seconds > 0 else 0.0
-    peak = checked_peak(accelerator.device, dtype, device_peak(accelerator.device, dtype), achieved)
-    if achieved > peak.tflops:
-        log.warning(
-            "MFU above 100%%: %.3g TFLOP/s achieved against a peak of %.3g (%s); set "
-            "SVDLORA_PEAK_TFLOPS to the device's dense peak",
-            achieved,
-            peak.tflops,
-            peak.source,
-        )
-    if accelerator.num_processes > 1:  # every process's device counts towards the peak
-        peak = dataclasses.replace(peak, tflops=peak.tflops * accelerator.num_processes)
     result.extras.update(
         attention=batching.attention,
         flops_per_token=round(per_token),
-        **utilisation(per_token * tokens, train_seconds, peak),
+        **run_utilisation(
+            per_token * tokens, train_seconds, accelerator.device, dtype, accelerator.num_processes
+        ),
     )
     return result

@@ -81,18 +81,15 @@ class SharedSetup:
             if "lora_" in name or ".base_layer." in name
         }
 
-    def restore_init(self, key: str, model: Any) -> bool:
+    def restore_init(self, key: str, model: Any) -> None:
         """Give a freshly wrapped PEFT model the starting weights kept under `key`."""
-        state = self.inits.get(key)
-        if state is None:
-            return False
         params = dict(model.named_parameters())
+        state = self.inits[key]
         if state.keys() - params.keys():
-            return False
+            raise RuntimeError("a cached LoRA start does not fit the model it was made for")
         with torch.no_grad():
             for name, saved in state.items():
                 params[name].copy_(saved)
-        return True
 
     def forget(self) -> None:
         """Drop the model (a run failed half-way: its weights can no longer be trusted)."""

@@ -260,13 +260,12 @@ def build_student(
             model = corda_model(base, peft_config, train, batches, pad_id)
         else:
             model = eva_model(base, peft_config, train, batches, pad_id, plan.ranks)
-    elif cached is not None and cached[0].inits.get(cached[1]) is not None:
+    elif cached is not None and cached[1] in cached[0].inits:
         # The same seedless start as an earlier run of this process: skip the costly init
         # (pissa: an SVD of every target weight) and copy its result, bit for bit.
         peft_config.init_lora_weights = True
         model = get_peft_model(base, peft_config)
-        if not cached[0].restore_init(cached[1], model):
-            raise RuntimeError("a cached LoRA start does not fit the model it was made for")
+        cached[0].restore_init(cached[1], model)
         model.peft_config["default"].init_lora_weights = PEFT_INIT[init]
     else:
         torch.manual_seed(config.seed)  # kaiming/gaussian A draws depend on the seed only

@@ -241,3 +241,19 @@ def test_utilisation():
     doc = utilisation(3e13, 2.0, peak)
     assert doc == {"tflops": 15.0, "mfu": 0.15, "peak_tflops": 100.0, "peak_source": "test"}
     assert utilisation(3e13, 0.0, peak)["tflops"] == 0 and utilisation(1, -1, peak)["mfu"] == 0
+
+
+def test_run_utilisation_counts_every_process_and_warns_above_the_peak(monkeypatch, caplog):
+    import logging
+
+    from svdlora_cli.training import flops as flops_module
+
+    monkeypatch.setattr(flops_module, "device_peak", lambda device, dtype: Peak(10.0, "test"))
+    monkeypatch.setattr(flops_module, "checked_peak", lambda device, dtype, peak, done: peak)
+    doc = flops_module.run_utilisation(8e13, 2.0, torch.device("cpu"), torch.float32, 2)
+    assert doc == {"tflops": 40.0, "mfu": 2.0, "peak_tflops": 20.0, "peak_source": "test"}
+    assert "MFU above 100%" in caplog.text  # 20 TFLOP/s per device against a peak of 10
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="svdlora"):
+        doc = flops_module.run_utilisation(8e13, 2.0, torch.device("cpu"), torch.float32, 4)
+    assert doc["mfu"] == 1.0 and "MFU above" not in caplog.text
