@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -204,37 +205,162 @@ class AdapterWeights:
 def _pattern_value(patterns: Mapping[str, float], module: str, default: float) -> float:
     """PEFT's rank_pattern / alpha_pattern lookup: the key matches a suffix of the module name."""
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
+        try:
+            hit = re.match(rf"(.*\.)?({key})$", module) is not None
+        except re.error:  # not a regex: a name or a suffix of one
+            hit = module == key or module.endswith(f".{key}")
+        if hit:
             return value
     return default
 
 
+def name_examples(names: Sequence[str], limit: int = 3) -> str:
+    """The first few names, and how many more there are."""
+    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_REGENERATE = "regenerate the adapter with `svdlora svd` (or save it again with PEFT)"
+
+
+@dataclass(frozen=True)
+class AdapterLayout:
+    """What a PEFT LoRA adapter folder claims (its config) and holds (tensor shapes, read
+    from the file header): no weights are read."""
+
+    folder: Path
+    config: dict[str, Any]
+    keys: dict[str, tuple[str, str]]  # module -> (lora_A key, lora_B key)
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]  # module -> (A, B) shapes
+
+    @property
+    def base_model(self) -> str | None:
+        """The base the adapter records (base_model_name_or_path), if any."""
+        return self.config.get("base_model_name_or_path") or None
+
+    def rank(self, module: str) -> int:
+        """The rank the config gives `module` (r, or its rank_pattern entry)."""
+        patterns = self.config.get("rank_pattern") or {}
+        return int(_pattern_value(patterns, module, self.config["r"]))
+
+    def scale(self, module: str) -> float:
+        """PEFT's scale of `module`: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+        rank = self.rank(module)
+        alphas = self.config.get("alpha_pattern") or {}
+        alpha = float(_pattern_value(alphas, module, self.config["lora_alpha"]))
+        return alpha / (rank**0.5 if self.config.get("use_rslora") else rank)
+
+
+def _number(value: Any, integer: bool) -> bool:
+    kinds = (int,) if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and value > 0
+
+
+def _read_adapter_config(folder: Path) -> dict[str, Any]:
+    """adapter_config.json, checked for the fields a LoRA reader needs."""
+    path = folder / ADAPTER_CONFIG
+    hint = f"fix {path} or {_REGENERATE}"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise CheckpointError(
+            f"{folder} has no {ADAPTER_CONFIG}", "pass a PEFT LoRA adapter folder"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path} as JSON: {exc}", hint) from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a JSON object", hint)
+    kind = config.get("peft_type", "LORA")
+    if str(kind).upper() != "LORA":
+        raise CheckpointError(f"{path} describes a {kind} adapter, not LoRA", "pass a LoRA adapter")
+    config.setdefault("r", 8)  # PEFT's LoraConfig defaults
+    config.setdefault("lora_alpha", 8)
+    for field, integer in (("r", True), ("lora_alpha", False)):
+        if not _number(config[field], integer):
+            kind = "a positive integer" if integer else "a positive number"
+            raise CheckpointError(f"{path}: {field} must be {kind}, got {config[field]!r}", hint)
+    for field in ("rank_pattern", "alpha_pattern"):
+        patterns = config.get(field) or {}
+        if not isinstance(patterns, dict) or not all(
+            _number(v, field == "rank_pattern") for v in patterns.values()
+        ):
+            raise CheckpointError(f"{path}: {field} must map names to positive numbers", hint)
+    targets = config.get("target_modules")
+    if not (targets is None or isinstance(targets, (str, list))):
+        raise CheckpointError(f"{path}: target_modules must be a list or a string", hint)
+    return config
+
+
+def read_adapter_layout(folder: str | Path) -> AdapterLayout:
+    """The checked reader of a PEFT LoRA adapter folder: its config, and the shapes of its
+    lora_A (r, in) / lora_B (out, r) pairs from the safetensors header. A truncated or
+    corrupt file, half a pair or factors that disagree on r are errors naming the file."""
+    from .checkpoints import _read_safetensors_header
+
+    folder = Path(folder)
+    config = _read_adapter_config(folder)
+    file = folder / ADAPTER_WEIGHTS
+    if not file.is_file():
+        raise CheckpointError(
+            f"{folder} has no {ADAPTER_WEIGHTS}",
+            "pass a folder with adapter_config.json and adapter_model.safetensors",
+        )
+    try:
+        infos = _read_safetensors_header(file)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            exc.message, f"the adapter file is truncated or corrupt: copy it again or {_REGENERATE}"
+        ) from exc
+    parts: dict[str, dict[str, str]] = {}
+    for key in infos:
+        for part in ("A", "B"):
+            if key.endswith(f".lora_{part}.weight"):
+                module = key.removesuffix(f".lora_{part}.weight").removeprefix("base_model.model.")
+                parts.setdefault(module, {})[part] = key
+    if not parts:
+        raise CheckpointError(
+            f"{file} holds no LoRA weights (no *.lora_A.weight / *.lora_B.weight tensors)",
+            "pass a LoRA adapter folder",
+        )
+    half = sorted(m for m, p in parts.items() if len(p) < 2)
+    if half:
+        raise CheckpointError(
+            f"{file} holds only one of lora_A / lora_B for {len(half)} module(s): "
+            f"{name_examples(half)}",
+            f"the file is incomplete: {_REGENERATE}",
+        )
+    keys = {m: (p["A"], p["B"]) for m, p in sorted(parts.items())}
+    shapes = {m: (infos[a].shape, infos[b].shape) for m, (a, b) in keys.items()}
+    odd = [
+        f"{m} A{list(a)} B{list(b)}"
+        for m, (a, b) in shapes.items()
+        if len(a) != 2 or len(b) != 2 or a[0] != b[1]
+    ]
+    if odd:
+        raise CheckpointError(
+            f"{file}: lora_A (r, in) and lora_B (out, r) disagree in {len(odd)} module(s): "
+            f"{name_examples(odd)}",
+            f"the file is not a LoRA adapter this tool can read: {_REGENERATE}",
+        )
+    return AdapterLayout(folder, config, keys, shapes)
+
+
 def read_peft_adapter(folder: str | Path) -> dict[str, AdapterWeights]:
     """The LoRA factors and scale of every module in a PEFT adapter folder (default adapter)."""
-    folder = Path(folder)
+    layout = read_adapter_layout(folder)
+    file = layout.folder / ADAPTER_WEIGHTS
     try:
-        config = json.loads((folder / "adapter_config.json").read_text())
-        weights_file = folder / "adapter_model.safetensors"
-        with safe_open(str(weights_file), framework="pt") as handle:
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-    except (OSError, ValueError) as exc:
+        with safe_open(str(file), framework="pt") as handle:
+            return {
+                module: AdapterWeights(
+                    B=handle.get_tensor(b), A=handle.get_tensor(a), scale=layout.scale(module)
+                )
+                for module, (a, b) in layout.keys.items()
+            }
+    except Exception as exc:  # safetensors raises its own error type
         raise CheckpointError(
-            f"cannot read the PEFT adapter in {folder}: {exc}",
-            "pass a folder with adapter_config.json and adapter_model.safetensors",
+            f"cannot read the weights in {file}: {str(exc).splitlines()[0]}",
+            f"the adapter file is truncated or corrupt: copy it again or {_REGENERATE}",
         ) from exc
-    r, alpha = float(config["r"]), float(config["lora_alpha"])
-    ranks, alphas = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
-    out = {}
-    for key in tensors:
-        if not key.endswith(".lora_A.weight"):
-            continue
-        module = key.removesuffix(".lora_A.weight").removeprefix("base_model.model.")
-        rank = _pattern_value(ranks, module, r)
-        module_alpha = _pattern_value(alphas, module, alpha)
-        scale = module_alpha / (rank**0.5 if config.get("use_rslora") else rank)
-        out[module] = AdapterWeights(
-            B=tensors[key.replace("lora_A", "lora_B")], A=tensors[key], scale=float(scale)
-        )
-    if not out:
-        raise CheckpointError(f"{folder} holds no LoRA weights", "pass a LoRA adapter folder")
-    return out

@@ -27,8 +27,11 @@ from .adapter_check import (
     AdapterCheckError,
     _examples,
     file_deltas,
+    made_for_hint,
+    peft_warnings,
     structural_check,
 )
+from .errors import SvdloraError
 
 PROBE_TOKENS = 8
 # `svd`'s logits probe is on by default below this size: it loads the base in fp32 (4 bytes
@@ -68,21 +71,29 @@ def _module_mismatches(
     return bad
 
 
-def load_adapted(base_ref: str, adapter: str | Path) -> tuple[Any, Any]:
-    """(PEFT model of base + adapter in fp32 on the CPU, the adapter's LoraConfig)."""
+def load_adapted(
+    base_ref: str, adapter: str | Path, hint: str = "pass the base model the adapter was made for"
+) -> tuple[Any, list[str]]:
+    """(PEFT model of base + adapter in fp32 on the CPU, PEFT's warnings while loading it).
+
+    A warning about missing or unexpected keys is an error with `hint`, never a pass.
+    """
     from peft import PeftModel
 
     from .training.runs import load_model
 
     model = load_model(base_ref).eval()
     try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
+        with peft_warnings(hint) as notes:
+            peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    except SvdloraError:
+        raise
     except Exception as exc:
         raise AdapterCheckError(
             f"PEFT cannot load the adapter {adapter} onto {base_ref}: {str(exc).splitlines()[0]}",
-            "pass the base model the adapter was made for",
+            hint,
         ) from exc
-    return peft_model, peft_model.peft_config["default"]
+    return peft_model, notes
 
 
 def probe_check(
@@ -219,7 +230,7 @@ def adapter_base(adapter: str | Path) -> str | None:
         config = json.loads((Path(adapter) / "adapter_config.json").read_text())
     except (OSError, ValueError):
         return None
-    return config.get("base_model_name_or_path") or None
+    return (config.get("base_model_name_or_path") or None) if isinstance(config, dict) else None
 
 
 def verify_adapter(
@@ -232,18 +243,24 @@ def verify_adapter(
     tolerance: float = TOLERANCE,
     expected: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Structural check, then (optionally) the gap to a teacher and the logits probe."""
+    """Checked read and structural check, then (optionally) the gap to a teacher and the
+    logits probe. `warnings` holds what PEFT warned about that is not an error."""
+    from .adapters import read_adapter_layout
     from .model_refs import resolve_model_path
 
+    layout = read_adapter_layout(adapter)  # config and header, checked, before any model
     base_folder = resolve_model_path(base_ref)
     if expected is None:  # read the file once for both checks
         expected = file_deltas(adapter)
     structural = structural_check(adapter, base_folder, expected, tolerance)
-    out: dict[str, Any] = {"structural": structural}
+    notes = structural.pop("warnings", [])
+    out: dict[str, Any] = {"structural": structural, "warnings": notes}
     if not probe and teacher_ref is None:
         out["probe"] = None
         return out
-    peft_model, _ = load_adapted(str(base_folder), adapter)
+    hint = made_for_hint(layout, base_folder)
+    peft_model, loading = load_adapted(str(base_folder), adapter, hint)
+    notes += [n for n in loading if n not in notes]
     if teacher_ref is not None:
         out["gap"] = gap_check(peft_model, teacher_ref, str(base_folder), eval_data, max_rows)
     out["probe"] = probe_check(peft_model, adapter, tolerance, expected) if probe else None

@@ -156,3 +156,29 @@ def test_target_module_names_use_full_names_for_partial_selection():
     candidates = ["m.layers.0.q_proj", "m.layers.1.q_proj", "m.layers.0.v_proj"]
     assert target_module_names(candidates[:2], candidates) == ["q_proj"]
     assert target_module_names(candidates[:1], candidates) == ["m.layers.0.q_proj"]
+
+
+def test_layout_reader_checks_per_module_ranks_against_rank_pattern(tmp_path):
+    """Mixed ranks go to rank_pattern; the checked reader finds each module's rank there,
+    and a rank_pattern that disagrees with one module's tensors is refused by name."""
+    from svdlora_cli.adapter_check import AdapterCheckError, config_check
+    from svdlora_cli.adapters import LowRankFactors, read_adapter_layout, write_peft_adapter
+
+    gen = torch.Generator().manual_seed(0)
+    modules = {"m.layers.0.q_proj": 2, "m.layers.1.q_proj": 2, "m.layers.0.v_proj": 3}
+    factors = {
+        m: LowRankFactors(
+            B=torch.randn(8, r, generator=gen), A=torch.randn(r, 6, generator=gen), S=torch.ones(r)
+        )
+        for m, r in modules.items()
+    }
+    folder = write_peft_adapter(tmp_path / "a", factors, list(modules), "some/base")
+    layout = read_adapter_layout(folder)
+    assert {m: layout.rank(m) for m in layout.shapes} == modules
+    assert layout.base_model == "some/base" and layout.scale("m.layers.0.v_proj") == 1.0
+    config_check(layout)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["rank_pattern"] = {k: 4 for k in config["rank_pattern"]}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterCheckError, match=r"m\.layers\.0\.v_proj \(config 4, tensors 3\)"):
+        config_check(read_adapter_layout(folder))

@@ -29,7 +29,8 @@ def verify(
 ) -> None:
     """Structural check, logits probe and, with --teacher-model, KL to the teacher.
 
-    Every adapter module must be wrapped by PEFT in the model transformers builds; base +
+    The adapter's config must agree with its tensors (rank, target_modules), and the
+    modules PEFT wraps in the base must be exactly the adapter's, with their shapes; base +
     adapter must match the base with scale * B @ A merged directly; with a teacher, the
     share of KL(teacher || base) that the adapter closes is reported on eval rows.
     """

@@ -37,9 +37,14 @@ class VerifyOptions:
 
 
 def run(options: VerifyOptions) -> Document:
-    """The verification document: adapter, base, teacher and every check's figures."""
+    """The verification document: adapter, base, teacher and every check's figures.
+
+    The adapter's config and weight header are read through the checked reader first, so
+    a corrupt or inconsistent adapter is refused before any model is loaded.
+    """
+    from ..adapters import read_adapter_layout
     from ..errors import InvalidOptionError
-    from ..verify import adapter_base, verify_adapter
+    from ..verify import verify_adapter
 
     options.validate()
     if not (options.adapter / "adapter_config.json").is_file():
@@ -47,7 +52,8 @@ def run(options: VerifyOptions) -> Document:
             f"{options.adapter} is not a PEFT adapter folder (no adapter_config.json)",
             "pass a folder written by `svdlora svd` (adapter_rank*) or by PEFT's save_pretrained",
         )
-    base = options.base_model or adapter_base(options.adapter)
+    layout = read_adapter_layout(options.adapter)
+    base = options.base_model or layout.base_model
     check(
         bool(base),
         "no --base-model given and the adapter names no base model",
@@ -62,10 +68,11 @@ def run(options: VerifyOptions) -> Document:
         max_rows=options.max_rows,
         tolerance=options.tolerance,
     )
+    warnings = checks.pop("warnings", [])
     return {
         "adapter": str(options.adapter),
         "base_model": str(base),
         "teacher_model": options.teacher_model,
         **checks,
-        "warnings": [],
+        "warnings": warnings,
     }
