@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import SvdloraError
+from .errors import SvdloraError, TokenizerMismatchError
 
 IGNORE_INDEX = -100
 PLAIN_PROMPT = "Question: {question}\nAnswer: "
@@ -236,6 +236,29 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Any, max_length: i
             dropped,
         )
     return TokenizedSet(ids_out, labels_out, truncated, dropped)
+
+
+def check_token_ids(model: Any, tokenizer: Any, *sets: TokenizedSet | None) -> None:
+    """Every id a batch feeds `model` (the data's tokens, padding) must have a row in its
+    input embedding; else TokenizerMismatchError, not `IndexError: index out of range in
+    self` mid-step (on a GPU, a device-side assert)."""
+    rows = model.get_input_embeddings().num_embeddings
+    ids = {"the pad token": tokenizer.pad_token_id, "the EOS token": tokenizer.eos_token_id}
+    for data in sets:
+        if data is not None and data.input_ids:
+            top = max(max(row) for row in data.input_ids if row)
+            ids["a token of the data"] = max(top, ids.get("a token of the data") or 0)
+    over = {what: i for what, i in ids.items() if i is not None and i >= rows}
+    if not over:
+        return
+    what, top = max(over.items(), key=lambda item: item[1])
+    raise TokenizerMismatchError(
+        f"the tokenizer ({len(tokenizer)} tokens) gives id {top} for {what}, but the "
+        f"model's input embedding has {rows} rows",
+        "use the tokenizer that belongs to the model (the same folder), or resize the "
+        "model's embeddings to the tokenizer (model.resize_token_embeddings(len(tokenizer))) "
+        "and save it",
+    )
 
 
 def collate(indices: Sequence[int], data: TokenizedSet, pad_id: int) -> dict[str, Any]:

@@ -59,6 +59,10 @@ class OutputWriteError(OutputError):
         self.needed = needed
 
 
+class TokenizerMismatchError(SvdloraError):
+    """The tokenizer yields token ids past the model's embedding table (another model's)."""
+
+
 class StepLogError(SvdloraError):
     """A training log (CSV) or run record (JSON) is malformed before its last line."""
 
@@ -74,4 +78,5 @@ __all__ = [
     "OutputWriteError",
     "StepLogError",
     "SvdloraError",
+    "TokenizerMismatchError",
 ]

@@ -132,9 +132,31 @@ def atomic_path(path: str | os.PathLike[str], size: int | None = None) -> Iterat
             os.close(dir_fd)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def is_utf8(text: str) -> bool:
+    """False for a str that cannot be written as UTF-8: a path from non-UTF-8 bytes
+    (os.fsdecode turns each such byte into a lone surrogate)."""
+    return _SURROGATE.search(text) is None
+
+
+def printable(text: str) -> str:
+    """`text` with each byte of a non-UTF-8 path shown as `\\xNN` (as a shell's $'...'
+    writes it), so it can be printed, put in a report or a message."""
+    if is_utf8(text):
+        return text
+
+    def escape(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+    return _SURROGATE.sub(escape, text)
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Atomically write UTF-8 text."""
-    data = text.encode("utf-8")
+    """Atomically write UTF-8 text (a non-UTF-8 path in it is written as `printable` shows it)."""
+    data = printable(text).encode("utf-8")
     with atomic_path(path, size=len(data)) as tmp:
         tmp.write_bytes(data)
     return Path(path)

@@ -7,15 +7,15 @@ the command line always win. Relative paths resolve against the file's folder.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ConfigError
-from .files import write_text
+from .files import is_utf8, printable, write_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -128,6 +128,25 @@ def default_map(path: Path, commands: Mapping[str, Iterable[str]]) -> dict[str, 
     return result
 
 
+def _toml_string(text: str) -> str:
+    """A TOML basic string; refuses text that is not valid UTF-8 (a surrogate-escaped path)."""
+    if not is_utf8(text):
+        raise ConfigError(
+            f"{printable(text)} is not valid UTF-8, so a TOML file cannot hold it",
+            "rename the file or folder to a UTF-8 name (or link to it from one)",
+        )
+    escapes = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    out = []
+    for char in text:
+        if char in escapes:
+            out.append(escapes[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -135,7 +154,7 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))
+    return _toml_string(str(value))
 
 
 def _render(flat: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]]) -> str:
@@ -159,20 +178,206 @@ def write_workspace(path: Path, values: Mapping[str, Any], overwrite: bool = Fal
     return write_text(path, _render(values, {}))
 
 
+class _Statement(NamedTuple):
+    """A header or key/value of a TOML file: its table, its lines (first..last), its key."""
+
+    table: str | None  # None: top level; "": a table svdlora never writes ([a.b], [[x]])
+    first: int
+    last: int
+    key: str | None  # None for a header or a dotted key
+    header: bool
+
+
+_KEY_LINE = re.compile(r"""^\s*([A-Za-z0-9_-]+|"[^"\\]*"|'[^']*')\s*=\s*""")
+
+
+def _name(raw: str) -> str:
+    """A key or table name as the option vocabulary spells it."""
+    key = raw.strip("\"'").replace("-", "_")
+    return KEY_ALIASES.get(key, key)
+
+
+def _parses(text: str) -> dict[str, Any] | None:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
+
+
+def _statements(lines: list[str]) -> list[_Statement]:
+    """Every header and key/value, each spanning the fewest lines that parse on their own
+    (a multi-line array or string is one statement)."""
+    out: list[_Statement] = []
+    table: str | None = None
+    i = 0
+    while i < len(lines):
+        text = lines[i].strip()
+        if not text or text.startswith("#"):
+            i += 1
+            continue
+        last = next((j for j in range(i, len(lines)) if _parses("".join(lines[i : j + 1]))), -1)
+        if last < 0:
+            raise ConfigError(f"line {i + 1} cannot be edited on its own", "edit it by hand")
+        if text.startswith("["):
+            parsed = _parses("".join(lines[i : last + 1])) or {}
+            name, value = next(iter(parsed.items()), ("", None))
+            table = name if value == {} and not text.startswith("[[") else ""
+            out.append(_Statement(table, i, last, None, True))
+        else:
+            match = _KEY_LINE.match(lines[i])
+            out.append(_Statement(table, i, last, match.group(1) if match else None, False))
+        i = last + 1
+    return out
+
+
+def _replace_value(lines: list[str], at: _Statement, value: str) -> str:
+    """The key/value `at` with `value`: its key, spacing, trailing comment and line end kept."""
+    prefix = _KEY_LINE.match(lines[at.first])
+    assert prefix is not None
+    body = lines[at.last].rstrip("\r\n")
+    head = "".join(lines[at.first : at.last])
+    whole = _parses(head + body)
+    start = prefix.end() if at.first == at.last else 0
+    tail = ""
+    for cut in (i for i, c in enumerate(body) if c == "#" and i >= start):
+        if _parses(head + body[:cut]) == whole:  # the first "#" outside a string
+            tail = body[len(body[:cut].rstrip()) :]
+            break
+    return f"{prefix.group(0)}{value}{tail}{lines[at.last][len(body) :]}"
+
+
+def _plain(value: Any) -> Any:
+    """A value as tomllib reads back what `_toml_value` wrote (NaN made comparable)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, float) and value != value:
+        return "nan"
+    return value if isinstance(value, (bool, int, float)) else str(value)
+
+
+def edit_toml(text: str, updates: Mapping[str | None, Mapping[str, Any]]) -> str:
+    """`text` with each {table: {key: value}} set (None: the top level; None values skipped).
+
+    A present key keeps its line, with the value replaced in place; a new key goes after
+    the last key of its table, a new table at the end. Every other line (comments, blank
+    lines, order, formatting) stays byte for byte. The result must read back as the old
+    document plus the updates, else ConfigError: a wrong file is never returned.
+    """
+    old = tomllib.loads(text)
+    lines = re.split(r"(?<=\n)", text)
+    if lines[-1] == "":
+        lines.pop()
+    eol = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += eol
+    statements = _statements(lines)
+    expected = _plain(old)
+    replace: dict[int, tuple[int, str]] = {}  # first line -> (last line, new text)
+    insert: dict[int, list[str]] = {}  # before this line index -> new lines
+    for table, values in updates.items():
+        norm = None if table is None else table.replace("-", "_")
+        mine = [
+            s
+            for s in statements
+            if s.table == table or (s.table and s.table.replace("-", "_") == norm)
+        ]
+        name = next((s.table for s in mine), table)
+        target = expected if name is None else expected.setdefault(name, {})
+        new: list[str] = []
+        for key, value in values.items():
+            if value is None:
+                continue
+            found = next((s for s in mine if s.key and _name(s.key) == _name(key)), None)
+            if found is None:
+                new.append(f"{key} = {_toml_value(value)}{eol}")
+                target[key] = _plain(value)
+            else:
+                replace[found.first] = (
+                    found.last,
+                    _replace_value(lines, found, _toml_value(value)),
+                )
+                target[found.key.strip("\"'")] = _plain(value)
+        if not new:
+            continue
+        keys = [s for s in mine if not s.header]
+        if keys or mine:  # after the table's last key, or right under its header
+            at = max(s.last for s in (keys or mine)) + 1
+        elif table is None:  # no top-level key yet: after the file's opening comments
+            at = next(
+                (i for i, line in enumerate(lines) if not line.lstrip().startswith("#")), len(lines)
+            )
+            if at < len(lines) and lines[at].strip():
+                new.append(eol)
+        else:
+            at = len(lines)
+            blank = not lines[-1].strip() if lines else not insert
+            new = [*([] if blank else [eol]), f"[{table}]{eol}", *new]
+        insert.setdefault(at, []).extend(new)
+    out: list[str] = []
+    i = 0
+    while i <= len(lines):
+        out += insert.get(i, [])
+        if i == len(lines):
+            break
+        if i in replace:
+            last, line = replace[i]
+            out.append(line)
+            i = last + 1
+        else:
+            out.append(lines[i])
+            i += 1
+    result = "".join(out)
+    if not text.endswith("\n") and len(lines) not in insert:
+        result = result[: -len(eol)]  # the last line had no line end: it still has none
+    if _plain(_parses(result)) != expected:
+        raise ConfigError(
+            "the updated workspace file would not read back as intended",
+            "edit it by hand: set "
+            + "; ".join(
+                f"{f'[{t}] ' if t else ''}{k} = {_toml_value(v)}"
+                for t, vals in updates.items()
+                for k, v in vals.items()
+                if v is not None
+            ),
+        )
+    return result
+
+
 def update_workspace(
     path: Path, values: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]] | None = None
 ) -> Path:
-    """Merge top-level keys and per-command tables into a workspace file, keeping the rest."""
-    flat: dict[str, Any] = {}
-    merged: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot update {path}: {exc}", "fix or delete the file") from exc
-        flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
-        merged = {k: dict(v) for k, v in data.items() if isinstance(v, dict)}
-    flat.update({k: v for k, v in values.items() if v is not None})
-    for name, table in (tables or {}).items():
-        merged.setdefault(name, {}).update({k: v for k, v in table.items() if v is not None})
-    return write_text(path, _render(flat, merged))
+    """Set top-level keys and per-command tables in a workspace file, keeping the user's
+    comments, order and formatting (see `edit_toml`); written atomically."""
+    if not path.exists():
+        return write_text(path, _render(values, tables or {}))
+    target = path.resolve()  # through a symlink: replace the file, not the link
+    try:
+        text = target.read_bytes().decode("utf-8")
+        updated = edit_toml(text, {None: values, **(tables or {})})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot update {target}: {exc}", "fix or delete the file") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"cannot update {target}: {exc.message}", exc.hint) from exc
+    if updated != text:
+        mode = target.stat().st_mode
+        write_text(target, updated)
+        os.chmod(target, mode & 0o7777)
+    return path
+
+
+def key_in_file(path: Path, command: str, name: str) -> str:
+    """How a workspace file spells the key that set option `name` of `command`: "rank",
+    "[svd] rank" (the command's table wins, as in `default_map`) or a seed alias."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return name
+    section = command.split(".")[0].replace("-", "_")
+    for table, values in data.items():
+        if isinstance(values, dict) and table.replace("-", "_") == section:
+            key = next((k for k in values if _name(k) == name), None)
+            if key is not None:
+                return f"[{table}] {key}"
+    return next((k for k, v in data.items() if not isinstance(v, dict) and _name(k) == name), name)

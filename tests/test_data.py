@@ -149,3 +149,30 @@ def test_a_file_is_tokenized_once_per_process_until_it_changes(tmp_path, monkeyp
     _write(path, [{"question": "q1", "answer": "a longer answer"}])
     changed = runs.prepare_data(tok, str(path), None, 64)
     assert len(calls) == 3 and changed.train.input_ids != first.train.input_ids
+
+
+def test_token_ids_past_the_embedding_are_refused_before_training():
+    import torch
+
+    from svdlora_cli.data import check_token_ids
+    from svdlora_cli.errors import TokenizerMismatchError
+
+    tok = char_tokenizer()  # about 100 tokens: "z" has an id near the top
+    data = tokenize_examples([Example("What is z?", "zz")], tok, 64)
+    top = max(max(row) for row in data.input_ids)
+
+    class Model(torch.nn.Module):
+        def __init__(self, rows: int) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(rows, 4)
+
+        def get_input_embeddings(self) -> torch.nn.Embedding:
+            return self.embed
+
+    check_token_ids(Model(top + 1), tok, data, None)  # every id has its row: fine
+    with pytest.raises(TokenizerMismatchError) as info:
+        check_token_ids(Model(top), tok, data)
+    assert f"gives id {top}" in info.value.message and f"{top} rows" in info.value.message
+    assert "tokenizer that belongs to the model" in info.value.hint
+    with pytest.raises(IndexError, match="index out of range in self"):  # what it prevents
+        Model(top).embed(torch.tensor(data.input_ids))

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import SvdloraError
+from ..files import printable
 from ..workflows.common import is_primary_process
 
 stderr = Console(stderr=True)
@@ -36,7 +37,8 @@ def setup_logging() -> None:
 def warn(message: str) -> None:
     rank = int(os.environ.get("RANK", "0"))
     where = f"[rank {rank}] " if rank else ""
-    stderr.print(f"[yellow]Warning:[/] {escape(where + message)}", highlight=False, soft_wrap=True)
+    text = escape(printable(where + message))
+    stderr.print(f"[yellow]Warning:[/] {text}", highlight=False, soft_wrap=True)
 
 
 def emit(
@@ -51,6 +53,7 @@ def emit(
 
     if doc is None or not is_primary_process():
         return
+    doc = _printable(doc)  # a path from non-UTF-8 bytes: shown as \xNN, never a crash
     for message in doc.get("warnings", []):
         warn(message)
     if as_json:
@@ -60,6 +63,21 @@ def emit(
         if not console.is_terminal:
             console = Console(width=max(console.width, 140))
         console.print(render(doc))
+
+
+def _printable(value: Any) -> Any:
+    """`value` with every string made `printable` (JSON and tables need valid UTF-8)."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_printable(v) for v in value)
+    if isinstance(value, Path):
+        return Path(printable(str(value)))
+    return value
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapters import require_finite
-from ..data import FieldNames
+from ..data import FieldNames, check_token_ids
 from ..files import atomic_dir, ensure_writable_dir, write_run_config
 from .accelerator import gathered_state_dict, make_accelerator
 from .loop import StepProgress, TrainConfig, fit
@@ -48,6 +48,7 @@ def train_teacher(
     accelerator = make_accelerator(config.device, config.precision)
     torch.manual_seed(config.seed)
     model = load_model(model_name, config.trust_remote_code)
+    check_token_ids(model, tokenizer, data.train, data.evaluation)
     result = fit(
         model,
         data.train,

@@ -37,6 +37,7 @@ def run(
 ) -> Document:
     """final_model/, training_log_teacher.csv and the run record; the summary document."""
     from ..data import FieldNames
+    from ..errors import ConfigError
     from ..files import check_writable_dir
     from ..training.runs import throughput_line
     from ..training.teacher import train_teacher
@@ -64,14 +65,17 @@ def run(
         "output_dir": str(folder),
     }
     if options.workspace is not None and summary["artifacts"] and is_primary_process():
-        update_workspace(
-            options.workspace,
-            {
-                "base_model": options.base_model,
-                "teacher_model": summary["artifacts"]["final_model"],
-                "train_data": options.train_data,
-                "eval_data": options.eval_data,
-            },
-        )
-        doc["workspace"] = str(options.workspace.resolve())
+        try:
+            update_workspace(
+                options.workspace,
+                {
+                    "base_model": options.base_model,
+                    "teacher_model": summary["artifacts"]["final_model"],
+                    "train_data": options.train_data,
+                    "eval_data": options.eval_data,
+                },
+            )
+            doc["workspace"] = str(options.workspace.resolve())
+        except ConfigError as exc:  # the teacher is trained and saved: say so, don't fail
+            doc["warnings"] = [f"{exc.message}; {exc.hint}"]
     return doc
