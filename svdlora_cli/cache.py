@@ -40,7 +40,7 @@ from .files import atomic_path
 if TYPE_CHECKING:
     from .decompose import Decomposition
 
-FORMAT_VERSION = 2  # 2: sha256 file digests, oversample default k/2
+FORMAT_VERSION = 3  # 2: sha256 file digests, oversample default k/2; 3: float64 sums of squares
 DEFAULT_CACHE_RANK = 64
 log = logging.getLogger("svdlora")
 
@@ -175,6 +175,8 @@ class ArtifactCache:
             fro_sq=float(entry["fro_sq"]),
             method=str(entry["method"]),
             complete=bool(entry["complete"]),
+            iterations=int(entry.get("iterations", 0)),
+            gap_bound=float(entry.get("gap_bound", 0.0)),
         )
 
     def _drop(self, key: str) -> bool:
@@ -233,6 +235,8 @@ class ArtifactCache:
             "k": dec.k,
             "method": dec.method,
             "complete": dec.complete,
+            "iterations": dec.iterations,
+            "gap_bound": dec.gap_bound,
             "fro_sq": dec.fro_sq,
             "created": time.time(),
             **meta,

@@ -11,6 +11,7 @@ import torch
 
 from .cache import ArtifactCache, content_key
 from .checkpoints import ModelPair, open_pair
+from .decompose import sum_squares
 from .distributed import missing_warning, work_group
 from .errors import NonFiniteDeltaError, SvdloraError
 from .precision import (
@@ -94,16 +95,16 @@ def chunk_stats(
 ) -> dict[str, float]:
     """||W||_F, ||dW||_F, ||dW||/||W|| and max|dW| over (base, tuned) blocks of one tensor.
 
-    Each block is promoted to fp32 for the difference; its sum of squares is an fp32
-    dot product (pairwise-summed, relative error about 1e-7) added up in float64, so
-    an embedding-sized tensor never has to exist in fp32 as a whole.
+    Each block is promoted to fp32 for the difference; its sums of squares are
+    accumulated in float64 (`sum_squares`), so an embedding-sized tensor never has to
+    exist in fp32 as a whole and the norms are exact to about 1e-12.
     """
     base_sq = delta_sq = max_abs = rounding_sq = raw_sq = 0.0
     for base, tuned in chunks:
         b = base.reshape(-1).to(torch.float32)
         d = delta_matrix(name, _aligned(base, b, tuned, policy), tuned, policy="raw").reshape(-1)
-        base_sq += float(torch.dot(b, b))
-        delta_sq += float(torch.dot(d, d))
+        base_sq += sum_squares(b)
+        delta_sq += sum_squares(d)
         max_abs = max(max_abs, float(d.abs().max()) if d.numel() else 0.0)
         rounding, raw = rounding_sums(base, tuned)
         rounding_sq, raw_sq = rounding_sq + rounding, raw_sq + raw
@@ -145,7 +146,7 @@ def target_delta(
     b = base.to(torch.float32)
     dw = delta_matrix(name, _aligned(base, b, tuned, policy), tuned, policy="raw")
     flat_b, flat_d = b.reshape(-1), dw.reshape(-1)
-    base_sq, delta_sq = float(torch.dot(flat_b, flat_b)), float(torch.dot(flat_d, flat_d))
+    base_sq, delta_sq = sum_squares(flat_b), sum_squares(flat_d)
     max_abs = float(flat_d.abs().max()) if flat_d.numel() else 0.0
     stats = _stats(base_sq, delta_sq, max_abs, *rounding_sums(base, tuned))
     return (dw.T if transposed else dw), stats

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .decompose import sum_squares
 from .errors import InvalidOptionError
 from .quantized import loaded_dtype
 
@@ -54,7 +55,7 @@ def rounding_sums(base: torch.Tensor, tuned: torch.Tensor) -> tuple[float, float
     b = base.reshape(-1).to(torch.float32)
     r = base.reshape(-1).to(tuned.dtype).to(torch.float32) - b
     d = tuned.reshape(-1).to(torch.float32) - b
-    return float(torch.dot(r, r)), float(torch.dot(d, d))
+    return sum_squares(r), sum_squares(d)
 
 
 def dtype_summary(pair: ModelPair, names: Sequence[str], stats: Any, policy: str) -> dict:

@@ -11,7 +11,7 @@ import torch
 
 from .cache import ArtifactCache, content_key
 from .checkpoints import ModelPair, TensorReader
-from .decompose import Decomposition, decompose
+from .decompose import GAP_TOLERANCE, Decomposition, decompose
 from .delta import Progress, stats_key, target_delta
 from .distributed import Launch
 from .precision import DEFAULT_DTYPE_POLICY
@@ -29,8 +29,10 @@ def svd_key(
 ) -> str:
     """Content key of one target's decomposition under the given method parameters."""
     params: dict = {"method": method, "dtype_policy": dtype_policy}
-    if method == "randomized":
-        params.update(oversample=oversample, power_iters=power_iters, seed=seed)
+    if method == "randomized":  # certified to GAP_TOLERANCE (older entries were not)
+        params.update(
+            oversample=oversample, power_iters=power_iters, seed=seed, tolerance=GAP_TOLERANCE
+        )
     return content_key(
         "svd",
         base=pair.base_fingerprint,
@@ -76,6 +78,7 @@ class SvdItem:
     method: str
     k: int
     key: str
+    fallback: bool = False  # `auto`: an uncertified randomized result becomes exact
 
     def cost(self, oversample: int | None, power_iters: int) -> float:
         """Estimated flops of reading and decomposing, to balance ranks (not a timing)."""
@@ -126,7 +129,7 @@ class SvdJob:
                 dw,
                 item.k,
                 fro_sq=self.stats[target.tensor]["delta_sq"],
-                method=item.method,
+                method="auto" if item.fallback else item.method,
                 oversample=self.oversample,
                 power_iters=self.power_iters,
                 seed=self.seed,

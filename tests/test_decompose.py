@@ -10,12 +10,17 @@ import scipy.linalg
 import torch
 
 from svdlora_cli.decompose import (
+    GAP_TOLERANCE,
+    POWER_ITERS,
     decompose,
+    frobenius_sq,
     rank_for_energy,
     resolve_method,
     spectrum_stats,
+    sum_squares,
     svd_exact,
     svd_randomized,
+    top_energy,
 )
 
 
@@ -100,3 +105,98 @@ def test_sliced_factors_reconstruct_best_rank_r():
     assert np.abs((U * S) @ Vh - torch.tensor(best, dtype=torch.float32)).max() < 1e-5
     with pytest.raises(ValueError):
         dec.sliced(11)
+
+
+def _planted(m: int, n: int, s: np.ndarray, seed: int = 0) -> torch.Tensor:
+    """U diag(s) V^T with random orthonormal U, V: a spectrum chosen exactly."""
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.standard_normal((m, len(s))))
+    v, _ = np.linalg.qr(rng.standard_normal((n, len(s))))
+    return torch.tensor((u * s) @ v.T, dtype=torch.float32)
+
+
+def _true_gap(dw: torch.Tensor, dec, k: int) -> float:
+    """Missed top-k energy share, from scipy's float64 singular values (independent)."""
+    s = scipy.linalg.svdvals(dw.double().numpy())
+    fro_sq = float((s**2).sum())
+    return (float((s[:k] ** 2).sum()) - float((dec.S[:k].double() ** 2).sum())) / fro_sq
+
+
+FLAT = 1.0 / np.arange(1, 301) ** 0.3  # slow decay: the range finder converges slowly
+
+
+def test_certificate_catches_two_power_iterations_on_a_flat_spectrum():
+    dw = _planted(600, 300, FLAT)
+    two = svd_randomized(dw, 16, power_iters=2, tolerance=None)
+    missed = _true_gap(dw, two, 16)
+    assert missed > 1e-4  # the planted failure: two iterations lose a measurable share
+    assert two.iterations == 2
+    # The bound is sound and tight: the exact Gram eigenvalues give the gap itself.
+    assert two.gap_bound >= missed - 1e-9
+    assert two.gap_bound == pytest.approx(missed, abs=2e-6)
+
+
+def test_certified_randomized_and_auto_lose_no_measurable_energy_on_a_flat_spectrum():
+    dw = _planted(600, 300, FLAT)
+    certified = svd_randomized(dw, 16, power_iters=2, max_iters=40)
+    assert certified.gap_bound <= GAP_TOLERANCE
+    assert certified.iterations > 2
+    assert 0.0 <= _true_gap(dw, certified, 16) <= certified.gap_bound + 1e-9
+    auto = decompose(dw, 16, "auto", power_iters=2)
+    assert auto.gap_bound <= GAP_TOLERANCE
+    assert _true_gap(dw, auto, 16) <= GAP_TOLERANCE + 1e-9
+    # Every rank up to k is certified by the bound at k (interlacing).
+    exact = svd_exact(dw, 16)
+    for r in (1, 4, 8, 16):
+        assert spectrum_stats(auto, r).energy == pytest.approx(
+            spectrum_stats(exact, r).energy, abs=1e-4
+        )
+
+
+def test_auto_falls_back_to_exact_when_the_certificate_cannot_be_met():
+    dw = _planted(600, 300, FLAT)
+    auto = decompose(dw, 16, "auto", power_iters=1, max_iters=1)
+    assert auto.method == "exact" and auto.complete and auto.gap_bound == 0.0
+    kept = decompose(dw, 16, "randomized", power_iters=1, max_iters=1)
+    assert kept.method == "randomized" and kept.gap_bound > GAP_TOLERANCE
+
+
+def test_low_rank_delta_is_certified_without_the_gram_matrix(monkeypatch):
+    # A rank-20 delta: the k + 8 sketch holds all of it, so the free bound suffices.
+    s = np.concatenate([np.linspace(3.0, 1.0, 20), np.zeros(280)])
+    dw = _planted(600, 300, s, seed=3)
+
+    def no_gram(*_args):
+        raise AssertionError("the free bound should have certified this")
+
+    monkeypatch.setattr("svdlora_cli.decompose.top_energy", no_gram)
+    dec = svd_randomized(dw, 16)
+    assert dec.gap_bound <= GAP_TOLERANCE and dec.iterations == POWER_ITERS
+    assert _true_gap(dw, dec, 16) <= 1e-6
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gap_bound_is_never_below_the_true_gap(seed):
+    rng = np.random.default_rng(seed)
+    s = np.sort(rng.pareto(1.5, 200))[::-1] + 0.05
+    dw = _planted(400, 200, s, seed=seed)
+    for iters in (0, 1, 3):
+        dec = svd_randomized(dw, 12, power_iters=iters, tolerance=None, seed=seed)
+        assert dec.gap_bound >= _true_gap(dw, dec, 12) - 1e-9
+
+
+def test_top_energy_matches_scipy():
+    dw = _matrix(80, 50, seed=5, decay=0.95)
+    s = scipy.linalg.svdvals(dw.double().numpy())
+    assert top_energy(dw, 7) == pytest.approx(float((s[:7] ** 2).sum()), rel=1e-10)
+    assert top_energy(dw.T.contiguous(), 7) == pytest.approx(float((s[:7] ** 2).sum()), rel=1e-10)
+
+
+def test_sum_squares_is_exact_where_an_fp32_dot_is_not():
+    # One MLP-sized matrix: the fp32 dot's error reaches the 4th decimal of energy shares.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4864 * 896, generator=gen) * 1e-3
+    exact = float(np.dot(x.double().numpy(), x.double().numpy()))
+    assert abs(sum_squares(x) - exact) / exact < 1e-12
+    assert abs(float(torch.dot(x, x)) - exact) / exact > 1e-6  # what it replaced
+    assert frobenius_sq(x.view(4864, 896)) == sum_squares(x)

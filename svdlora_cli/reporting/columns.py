@@ -168,6 +168,9 @@ SVD_SUMMARY_REPORT = (
     Column("mean stable rank", "mean_stable_rank", STABLE.format),
     Column("mean rank for 90% energy", "mean_rank_90", MEAN_R90.format),
     Column("unchanged targets (dW = 0)", "zero_modules", count),
+    Column("randomized (certified) modules", "randomized_modules", count),
+    Column("worst certified energy gap", "worst_energy_gap", lambda v: pct(v, 4)),
+    Column("most power iterations", "max_power_iterations", count),
 )
 SVD_MODULES_TABLE = (MODULE, SHAPE, RANK, ENERGY, REL_ERR, EFF_RANK, R90, SPECTRUM)
 SVD_MODULES_REPORT = (MODULE, SHAPE, RANK, ENERGY, REL_ERR, EFF_RANK, STABLE, R50, R90, R95, R99)
