@@ -1,7 +1,8 @@
 """Step 5 of the seed plan: compare the arms' training logs with each other and the teacher.
 
 Every figure is computed once here, per run and then per arm over seeds; the
-table, JSON, text/markdown reports and the plot all render this document.
+table, JSON, text/markdown reports and the plot all render this document. Only one
+comparable group of runs is compared, each run once (`protocol.select_comparable`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .curves import (
     steps_to_target,
     value_at_step,
 )
-from .protocol import protocol
+from .protocol import Selection, protocol, select_comparable
 
 LOG_NAME = re.compile(r"^training_log_(?P<name>.+)\.csv$")
 SEEDED = re.compile(r"^(?P<arm>.+)_seed(?P<seed>\d+)$")
@@ -146,19 +147,22 @@ def find_logs(
     for p in paths:
         if not p.is_file():
             raise SvdloraError(f"training log {p} not found", "check the path given to --log")
-    runs = {p.resolve(): _load(p) for p in paths}
-    if teacher_model and not any(r.is_teacher for r in runs.values()):
+    loaded: dict[Path, RunLog] = {}
+    runs = []  # a file given twice stays twice: `select_comparable` reports it
+    for p in paths:
+        if p.resolve() not in loaded:
+            loaded[p.resolve()] = _load(p)
+        runs.append(loaded[p.resolve()])
+    if teacher_model and not any(r.is_teacher for r in runs):
         candidate = Path(teacher_model).parent / "training_log_teacher.csv"
         if candidate.is_file():
-            runs[candidate.resolve()] = _load(candidate)
+            runs.append(_load(candidate))
     if not runs:
         raise SvdloraError(
             f"no training_log_*.csv found{' in ' + str(run_dir) if run_dir else ''}",
             "run `svdlora train` first, or pass logs with --log",
         )
-    return sorted(
-        runs.values(), key=lambda r: (not r.is_teacher, r.arm != "random", r.arm, r.seed or 0)
-    )
+    return sorted(runs, key=lambda r: (not r.is_teacher, r.arm != "random", r.arm, r.seed or 0))
 
 
 def _series(rows: Sequence[StepRow]) -> tuple[list[int], list[float]]:
@@ -211,7 +215,13 @@ def run_figures(
 
 
 def compare_runs(runs: Sequence[RunLog], target_loss: float | None = None) -> dict[str, Any]:
-    """Per-run figures, then mean / std / 95% CI per arm over seeds."""
+    """Per-run figures, then mean / std / 95% CI per arm over seeds, of comparable runs only."""
+    return compare_selection(select_comparable(runs), target_loss)
+
+
+def compare_selection(selection: Selection, target_loss: float | None = None) -> dict[str, Any]:
+    """`compare_runs` over a selection; what it set apart is in `set_apart` and `warnings`."""
+    runs = selection.runs
     teacher = next((r for r in runs if r.is_teacher), None)
     if target_loss is not None:
         target, source = target_loss, "--target-loss"
@@ -264,14 +274,44 @@ def compare_runs(runs: Sequence[RunLog], target_loss: float | None = None) -> di
             for r, f in items
         ]
         arm_docs.append(doc)
+    fair = protocol(arm_docs)
+    notes = eval_loss_warnings(runs)
+    if fair["no_verdict"] and len(fair["grid"]) > 1 and not notes:
+        notes.append(f"no verdict: {fair['no_verdict']}")
     return {
         "target_loss": target,
         "target_source": source,
         "recovered_basis": "eval loss: (L_base - L_arm) / (L_base - L_teacher); "
         "L_base is the random arm's step-0 eval loss, L_teacher the teacher's final one",
         "arms": arm_docs,
-        "protocol": protocol(arm_docs),
+        "protocol": fair,
+        "set_apart": selection.set_apart,
+        "warnings": [*selection.warnings, *notes],
     }
+
+
+def eval_loss_warnings(runs: Sequence[Any]) -> list[str]:
+    """Student runs without any eval loss: no learning rate is chosen and no verdict given."""
+    students = [r for r in runs if not r.is_teacher]
+    missing = [r for r in students if all(row.eval_loss is None for row in r.rows)]
+    if not missing:
+        return []
+    unset = all("eval_data" in r.record and r.record["eval_data"] is None for r in missing)
+    cause = " (trained without an eval set: --train-data without --eval-data)" if unset else ""
+    fix = (
+        "rerun `svdlora train` with --eval-data FILE (held-out rows; the eval loss is taken "
+        "at the first and last step, and every N steps with --eval-every N)"
+    )
+    if len(missing) == len(students):
+        return [
+            f"no run has an eval loss{cause}: no learning rate is chosen, no verdict is given "
+            f"and no gap recovered is computed; {fix}"
+        ]
+    return [
+        f"{len(missing)} of {len(students)} runs have no eval loss{cause}: "
+        f"{', '.join(r.name for r in missing)}; they are left out of the learning-rate "
+        f"choice and the verdicts; {fix}"
+    ]
 
 
 def curves_for_plot(runs: Sequence[RunLog]) -> dict[str, list[dict[str, list[float]]]]:

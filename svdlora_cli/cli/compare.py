@@ -51,7 +51,10 @@ def compare(
     no_cache: NoCacheOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Per arm: start/end loss, steps to target, AUC, gap recovered, distance to the teacher."""
+    """Per arm: start/end loss, steps to target, AUC, gap recovered, distance to the teacher.
+
+    Only comparable runs pool, each once; the rest is set apart with a warning.
+    """
     from ..reporting.tables import compare_table
     from ..workflows import compare as workflow
 

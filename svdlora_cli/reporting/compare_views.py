@@ -43,12 +43,13 @@ def _improvement(arm: Mapping[str, Any], random: Mapping[str, Any], metric: Colu
 
 def table_arms(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The arms the seed's table shows: with a learning-rate grid, each init once, at the
-    learning rate the protocol chose for it (named by its init); otherwise every arm."""
+    learning rate the protocol chose for it (named by its init); otherwise (or when no
+    learning rate could be chosen: no eval loss) every arm."""
     arms = [a for a in doc["arms"] if a["arm"] != "teacher"]
     grid = (doc.get("protocol") or {}).get("grid") or {}
-    if not any(len(entry["cells"]) > 1 for entry in grid.values()):
-        return arms
     chosen = {e["chosen_arm"]: init for init, e in grid.items() if e["chosen_arm"] is not None}
+    if not chosen or not any(len(entry["cells"]) > 1 for entry in grid.values()):
+        return arms
     return [{**a, "arm": chosen[a["arm"]]} for a in arms if a["arm"] in chosen]
 
 
@@ -142,6 +143,9 @@ def comparison_markdown(doc: Mapping[str, Any]) -> str:
     if doc.get("protocol"):
         lines += protocol_lines(doc["protocol"], markdown=True)
     lines += ["", f"Gap recovered: {doc['recovered_basis']}.", ""]
+    if doc.get("warnings"):
+        lines += ["## Warnings (runs set apart, missing figures)", ""]
+        lines += [f"- {note}" for note in doc["warnings"]] + [""]
     return "\n".join(lines)
 
 
@@ -185,6 +189,7 @@ def comparison_png(
         ax.set(title=title, xlabel="step", ylabel="loss")
         if log_y:
             ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no eval loss at all: an empty panel
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi)

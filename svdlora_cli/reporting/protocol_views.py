@@ -92,11 +92,17 @@ def protocol_lines(protocol: Mapping[str, Any], markdown: bool = False) -> list[
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines += ["", "## Verdict (paired by seed)", "", budget_line, ""]
         lines += [f"- {verdict_sentence(v, protocol['focus'])}" for v in protocol["verdicts"]]
+        lines += [f"- {none}" for none in _no_verdict(protocol)]
         return [*lines, ""]
     lines = ["", title, "-" * 50, *fixed_width([header, *rows])]
     lines += ["", "Verdict (paired by seed)", "-" * 50, budget_line]
     lines += [verdict_sentence(v, protocol["focus"]) for v in protocol["verdicts"]]
-    return lines
+    return lines + _no_verdict(protocol)
+
+
+def _no_verdict(protocol: Mapping[str, Any]) -> list[str]:
+    reason = protocol.get("no_verdict")
+    return [f"No verdict: {reason}."] if reason and not protocol["verdicts"] else []
 
 
 def lr_sensitivity_png(protocol: Mapping[str, Any], path: Path, dpi: int = 110) -> Path:
@@ -127,6 +133,7 @@ def lr_sensitivity_png(protocol: Mapping[str, Any], path: Path, dpi: int = 110) 
         xlabel="learning rate",
         ylabel="final eval loss",
     )
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no eval loss at all: an empty plot
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi)

@@ -72,22 +72,28 @@ def run(
 ) -> Document | None:
     """comparison_random_vs_svd.png, comparison_report.txt/.md and comparison.json.
 
+    Only the main comparable group of runs is compared, each run once (see
+    `analysis.protocol.select_comparable`); `set_apart` and `warnings` say what was left out.
+
     Generated answers are cached by content, so a second `--generate` decodes nothing.
     """
     from ..analysis.accuracy import attach_accuracy
     from ..analysis.compare import (
         attach_model_figures,
-        compare_runs,
+        compare_selection,
         curves_for_plot,
         find_logs,
     )
+    from ..analysis.protocol import select_comparable
     from ..artifacts import write_compare_outputs
     from .common import record
 
     hooks = hooks or Hooks()
     options.validate()
-    runs = find_logs(options.run_dir, options.logs, options.teacher_model)
-    doc = compare_runs(runs, options.target_loss)
+    # Only one comparable group of runs, each once; what is set apart is a warning.
+    selection = select_comparable(find_logs(options.run_dir, options.logs, options.teacher_model))
+    runs = selection.runs
+    doc = compare_selection(selection, options.target_loss)
     teacher_dir = options.teacher_model or next(
         (str(r.model_dir) for r in runs if r.is_teacher and r.model_dir), None
     )
@@ -100,7 +106,7 @@ def run(
         "pass --base-model",
     )
     with extraction(options.folder, options.cache, cache) as c:
-        doc["warnings"] = attach_model_figures(doc, runs, base, teacher_dir, c)
+        doc["warnings"] += attach_model_figures(doc, runs, base, teacher_dir, c)
         if options.generate:
             with hooks.items("generate") as update:
                 attach_accuracy(

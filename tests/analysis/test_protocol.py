@@ -9,14 +9,23 @@ import pytest
 from scipy import stats
 
 from svdlora_cli.analysis.compare import compare_runs, find_logs
-from svdlora_cli.analysis.protocol import protocol
+from svdlora_cli.analysis.protocol import protocol, select_comparable
 from svdlora_cli.training.steplog import StepRow, write_step_log
 from tests.conftest import assert_user_error, invoke, invoke_json
 
 
-def _run(folder: Path, init: str, lr: float, seed: int, final_eval: float, steps: int = 4) -> None:
+def _run(
+    folder: Path,
+    init: str,
+    lr: float,
+    seed: int,
+    final_eval: float,
+    steps: int = 4,
+    name: str | None = None,
+    **recorded: object,
+) -> None:
     """A log whose eval loss falls linearly to `final_eval`, and the run record beside it."""
-    name = f"{init}_lr{lr:g}_seed{seed}"
+    name = name or f"{init}_lr{lr:g}_seed{seed}"
     rows = [
         StepRow(
             step=i,
@@ -28,9 +37,10 @@ def _run(folder: Path, init: str, lr: float, seed: int, final_eval: float, steps
         for i in range(steps + 1)
     ]
     write_step_log(folder / f"training_log_{name}.csv", rows)
-    (folder / f"final_model_{name}").mkdir()
-    record = {"init": init, "learning_rate": lr, "seed": seed, "eval_limit": 4}
-    (folder / f"final_model_{name}" / "svdlora_run.json").write_text(json.dumps(record))
+    model_dir = folder / ("final_model" if name == "teacher" else f"final_model_{name}")
+    model_dir.mkdir()
+    record = {"init": init, "learning_rate": lr, "seed": seed, "eval_limit": 4, **recorded}
+    (model_dir / "svdlora_run.json").write_text(json.dumps(record))
 
 
 # Final eval loss per (init, lr) over seeds 0, 1, 2.
@@ -105,13 +115,28 @@ def test_one_seed_gives_no_interval_and_no_claim(tmp_path):
     assert verdict["verdict"] == "no difference detected" and verdict["seeds"] == 1
 
 
-def test_budgets_that_differ_are_not_ranked(tmp_path):
+def test_budgets_that_differ_are_never_pooled_nor_ranked(tmp_path):
     for seed in (0, 1):
         _run(tmp_path, "svd", 1e-4, seed, 0.5, steps=4)
         _run(tmp_path, "random", 1e-4, seed, 1.5, steps=8)
-    doc = compare_runs(find_logs(tmp_path))
-    assert not doc["protocol"]["budgets"]["equal"]
-    assert doc["protocol"]["verdicts"][0]["verdict"] == "not ranked: the arms' budgets differ"
+    # Two equally large groups with other budgets: an error, not a guess.
+    assert_user_error(invoke("compare", tmp_path), "equally large groups", "budget")
+    _run(tmp_path, "svd", 1e-4, 2, 0.5, steps=4)
+    doc = compare_runs(find_logs(tmp_path))  # the larger group is compared, alone
+    assert [a["arm"] for a in doc["arms"]] == ["svd_lr0.0001"]
+    assert doc["set_apart"][0]["kind"] == "not comparable"
+    assert "budget (optimizer steps) 8 (the compared runs: 4)" in doc["set_apart"][0]["reason"]
+    # And the protocol itself never ranks arms whose budgets differ.
+    arms = [
+        {"arm": init, "init": init, "learning_rate": 1e-4, "runs": [run]}
+        for init, run in (
+            ("svd", {"name": "s", "seed": 0, "steps": 4, "tokens": 9, "final_eval_loss": 0.5}),
+            ("random", {"name": "r", "seed": 0, "steps": 8, "tokens": 9, "final_eval_loss": 1}),
+        )
+    ]
+    fair = protocol(arms)
+    assert not fair["budgets"]["equal"]
+    assert fair["verdicts"][0]["verdict"] == "not ranked: the arms' budgets differ"
 
 
 def test_compare_writes_the_grid_the_verdict_and_the_lr_plot(grid_dir):
@@ -174,3 +199,34 @@ def test_accuracy_rows_start_after_the_eval_loss_rows(grid_dir):
     for run in runs:
         run.record["eval_limit"] = None
     assert accuracy_offset(runs) == 0
+
+
+def test_a_tie_goes_to_the_teachers_group_and_unrecorded_runs_are_set_apart(tmp_path):
+    for seed in (0, 1):
+        _run(tmp_path, "svd", 1e-4, seed, 0.5, base_model="A")
+        _run(tmp_path, "random", 1e-4, seed, 1.5, base_model="B")
+    _run(tmp_path, "subspace", 1e-4, 0, 1.0)  # an older run: no base model recorded
+    _run(tmp_path, "teacher", 1e-3, 0, 0.4, name="teacher", base_model="B")
+    selection = select_comparable(find_logs(tmp_path))
+    assert [r.name for r in selection.runs] == [
+        "teacher",
+        "random_lr0.0001_seed0",
+        "random_lr0.0001_seed1",
+    ]
+    why = {e["kind"]: e for e in selection.set_apart}
+    assert set(why) == {"no record", "not comparable"}
+    assert [r["name"] for r in why["no record"]["runs"]] == ["subspace_lr0.0001_seed0"]
+    assert why["not comparable"]["reason"].endswith("base_model A (the compared runs: B)")
+    assert len(selection.warnings) == 2
+
+
+def test_one_name_with_two_learning_rates_is_two_arms(tmp_path):
+    """Two single-lr `train` calls both name their runs svd_seed<k>: never one arm."""
+    for seed, lr in ((0, 1e-4), (1, 1e-4), (2, 1e-3), (3, 1e-3)):
+        _run(tmp_path, "svd", lr, seed, 0.5 + lr * 100, name=f"svd_seed{seed}")
+    doc = compare_runs(find_logs(tmp_path))
+    arms = {a["arm"]: a for a in doc["arms"]}
+    assert set(arms) == {"svd_lr0.0001", "svd_lr0.001"}
+    assert arms["svd_lr0.0001"]["seeds"] == [0, 1] and arms["svd_lr0.001"]["seeds"] == [2, 3]
+    assert arms["svd_lr0.001"]["final_eval_loss"] == pytest.approx(0.6)
+    assert any("runs named svd have 2 inits/learning rates" in w for w in doc["warnings"])
