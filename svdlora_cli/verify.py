@@ -180,7 +180,13 @@ def gap_check(
     batch_size: int = 8,
 ) -> dict[str, Any]:
     """KL(teacher || base) and KL(teacher || base + adapter) on answer tokens of eval rows."""
-    from .data import collate, load_examples, resolve_data_path, tokenize_examples
+    from .data import (
+        check_token_ids,
+        collate,
+        load_examples,
+        resolve_data_path,
+        tokenize_examples,
+    )
     from .training.runs import load_model, load_tokenizer
 
     path = resolve_data_path(eval_data, "eval")
@@ -188,6 +194,7 @@ def gap_check(
     tokenizer = load_tokenizer(base_ref)
     data = tokenize_examples(examples, tokenizer, max_length)
     teacher = load_model(teacher_ref).eval()
+    check_token_ids(teacher, tokenizer, data)
     kl_base = kl_adapted = 0.0
     count = 0
     for start in range(0, len(data), batch_size):

@@ -100,22 +100,7 @@ def plan_lora(
         )
     shapes = {n: t.shape for n, t in base.tensors.items()}
     if factors is not None:
-        modules = {}
-        for module, f in factors.items():
-            name = f"{module}.weight"
-            if name not in shapes or len(shapes[name]) != 2:
-                raise ModelMismatchError(
-                    f"SVD factors name module {module}, which the base model does not have",
-                    "compute the factors from this base model (svdlora svd --base-model ...)",
-                )
-            target = describe(name, shapes[name], base.model_type)
-            if (f.B.shape[0], f.A.shape[1]) != target.shape:
-                raise ModelMismatchError(
-                    f"SVD factors for {module} are {f.B.shape[0]}x{f.A.shape[1]}, "
-                    f"the base weight is {target.shape[0]}x{target.shape[1]}",
-                    "compute the factors from this base model",
-                )
-            modules[module] = target.shape
+        modules = check_factors_fit(base, factors)
     else:
         targets, _ = select_targets(shapes, base.model_type, include=target_modules)
         modules = {t.module: t.shape for t in targets}
@@ -127,6 +112,74 @@ def plan_lora(
         candidates=candidates,
         fan_in_fan_out=base.model_type in CONV1D_MODEL_TYPES,
     )
+
+
+def _listed(names: Sequence[str]) -> str:
+    """`a, b, c` or `a, b, c and 4 more`: the first few of a list of module names."""
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return ", ".join(names[:3]) + more
+
+
+def _kind(module: str) -> str:
+    """A module's name with its layer (and expert) indices blanked: `model.layers.#.mlp.up_proj`."""
+    return re.sub(r"(?<=\.)\d+(?=\.)", "#", module)
+
+
+def check_factors_fit(
+    base: Checkpoint,
+    factors: Mapping[str, LowRankFactors],
+    source: str = "",
+    complete: bool = False,
+) -> dict[str, tuple[int, int]]:
+    """The (out, in) shape of each factored module; a ModelMismatchError when the factors
+    name modules the base lacks, have other shapes, or (with `complete`) lack modules of
+    the base of a kind they cover (a base of other depth). Only weights may differ."""
+    shapes = {n: t.shape for n, t in base.tensors.items()}
+    of = f" in {source}" if source else ""
+    remedy = f"compute the factors from this base model (svdlora svd --base-model {base.ref} ...)"
+    unknown = [m for m in factors if len(shapes.get(f"{m}.weight", ())) != 2]
+    if unknown:
+        raise ModelMismatchError(
+            f"the SVD factors{of} name {len(unknown)} module(s) the base model {base.ref} "
+            f"does not have: {_listed(unknown)}",
+            remedy,
+        )
+    modules: dict[str, tuple[int, int]] = {}
+    misfits = []
+    for module, f in factors.items():
+        target = describe(f"{module}.weight", shapes[f"{module}.weight"], base.model_type)
+        modules[module] = target.shape
+        if (f.B.shape[0], f.A.shape[1]) != target.shape:
+            misfits.append(
+                f"SVD factors for {module} are {f.B.shape[0]}x{f.A.shape[1]}, "
+                f"the base weight is {target.shape[0]}x{target.shape[1]}"
+            )
+    if misfits:
+        more = f" ({len(misfits) - 1} more module(s) differ)" if len(misfits) > 1 else ""
+        raise ModelMismatchError(f"{misfits[0]}{more}", f"{remedy}; shapes must match")
+    if complete:
+        kinds = {_kind(m) for m in factors}
+        weights = [n.removesuffix(".weight") for n in shapes if n.endswith(".weight")]
+        missing = [
+            m
+            for m in weights
+            if len(shapes[f"{m}.weight"]) == 2 and m not in factors and _kind(m) in kinds
+        ]
+        if missing:
+            raise ModelMismatchError(
+                f"the SVD factors{of} lack {len(missing)} module(s) that the base model "
+                f"{base.ref} has (another depth?): {_listed(sorted(missing))}",
+                f"{remedy}; the factors must cover every layer of the base",
+            )
+    return modules
+
+
+def clamp_warnings(plan: LoraPlan) -> list[str]:
+    """`svd`'s warning when --rank exceeds min(out, in) of some modules (their rank is cut)."""
+    from ..extraction import clamp_warning
+
+    clamped = [m for m, r in plan.ranks.items() if r < plan.rank]
+    return [clamp_warning(plan.rank, clamped)] if clamped else []
 
 
 def lora_config(plan: LoraPlan, init: str, dropout: float = 0.0) -> Any:

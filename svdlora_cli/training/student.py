@@ -11,9 +11,9 @@ from typing import Any
 
 from ..adapters import LowRankFactors, load_factors, require_finite
 from ..cache import ArtifactCache, content_key
-from ..checkpoints import open_checkpoint
-from ..data import FieldNames
-from ..errors import InvalidOptionError
+from ..checkpoints import Checkpoint, fingerprint, open_checkpoint
+from ..data import FieldNames, check_token_ids
+from ..errors import InvalidOptionError, ModelMismatchError
 from ..files import atomic_dir, ensure_writable_dir, write_run_config
 from .accelerator import gathered_state_dict, make_accelerator
 from .data_inits import (
@@ -32,6 +32,7 @@ from .inits import (
     SEEDLESS_INITS,
     LoraPlan,
     apply_factor_init,
+    check_factors_fit,
     check_plan,
     lora_config,
     plan_lora,
@@ -56,19 +57,71 @@ def svd_factors_for(
     svd_factors: str | None = None,
     teacher_model: str | None = None,
     target_modules: Sequence[str] = (),
+    allow_other_base: bool = False,
+    warnings: list[str] | None = None,
 ) -> dict[str, LowRankFactors]:
-    """Factors from a `svd` file, or from the teacher's dW through the cache."""
+    """Factors from a `svd` file, or from the teacher's dW through the cache.
+
+    A file must fit this base (every module, every shape) and come from it (its recorded
+    base fingerprint), unless `allow_other_base`, which lets only the weights differ.
+    What `svd` would warn about (dW = 0, ranks clamped, ...) is appended to `warnings`.
+    """
+    from ..extraction import zero_delta_warning
+
+    notes = warnings if warnings is not None else []
     if svd_factors:
-        return load_factors(svd_factors)
+        factors = load_factors(svd_factors)
+        base = open_checkpoint(base_model)
+        check_factors_fit(base, factors, svd_factors, complete=True)
+        notes.extend(check_factor_base(svd_factors, base_model, base, cache, allow_other_base))
+        zero = [m for m, f in factors.items() if not bool(f.S.any())]
+        if zero:
+            notes.append(zero_delta_warning(zero))
+        return factors
     if teacher_model:
         from ..extraction import run_svd
 
         result = run_svd(base_model, teacher_model, cache, rank=rank, include=target_modules)
+        notes.extend(result.warnings)
         return result.factors("b")
     raise InvalidOptionError(
         "the SVD inits need the teacher's decomposition",
         "pass --svd-factors FILE (from `svdlora svd`) or --teacher-model T",
     )
+
+
+def check_factor_base(
+    path: str, base_model: str, base: Checkpoint, cache: ArtifactCache, allow_other_base: bool
+) -> list[str]:
+    """Compare the base fingerprint a factors file records with this base's: a
+    ModelMismatchError when they differ (a warning with `allow_other_base`), and a
+    warning when the file records none (an older file, or `svd --no-cache`)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    recorded = meta.get("base_fingerprint", "")
+    if not recorded:
+        return [
+            f"{path} records no base fingerprint (an older file, or written by "
+            f"`svd --no-cache`): cannot check that it was made from {base_model}"
+        ]
+    current = fingerprint(base, cache.memo)
+    if recorded == current:
+        return []
+    made_from = meta.get("base_model") or "an unrecorded base"
+    message = (
+        f"the SVD factors {path} were made from base {made_from} (fingerprint "
+        f"{recorded[:12]}), not from {base_model} (fingerprint {current[:12]})"
+    )
+    if allow_other_base:
+        return [f"{message}; --allow-other-base uses them anyway"]
+    remedy = (
+        "recompute them with `svdlora svd --base-model " + base_model + "`"
+        if made_from == base_model
+        else f"pass --base-model {made_from} (the base the factors were made from)"
+    )
+    raise ModelMismatchError(message, f"{remedy}, or --allow-other-base to use them anyway")
 
 
 # Seedless inits whose start is costly to compute: computed once per process and start.
@@ -135,6 +188,7 @@ def train_student(
         base = shared.take(dtype, plan.ranks if init in MUTATING_INITS else ())
     else:
         base = load_model(base_model, config.trust_remote_code, dtype)
+    check_token_ids(base, tokenizer, data.train, data.evaluation)
     # Runs that start from the same model share their step-0 losses (see `fit`) and,
     # for a costly seedless init, the init itself.
     start = content_key(
