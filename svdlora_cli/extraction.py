@@ -60,6 +60,8 @@ class ModuleSpectrum:
     delta_norm: float
     zero_delta: bool
     spectrum_complete: bool
+    power_iterations: int  # randomized: the power iterations run until certified
+    energy_gap_bound: float  # certified bound on the top-k energy missed (share of ||dW||^2)
     singular_values: list[float]
 
     def to_dict(self) -> dict:
@@ -168,6 +170,9 @@ def _spectrum_summary(modules: Sequence[ModuleSpectrum]) -> dict:
         "mean_effective_rank": _mean(effective),
         "mean_stable_rank": _mean([m.stable_rank for m in modules]),
         "mean_rank_90": _mean([m.rank_90 for m in modules if m.rank_90 is not None]),
+        "randomized_modules": sum(m.method == "randomized" for m in modules),
+        "worst_energy_gap": max((m.energy_gap_bound for m in modules), default=0.0),
+        "max_power_iterations": max((m.power_iterations for m in modules), default=0),
     }
 
 
@@ -220,7 +225,7 @@ def run_svd(
         )
         cache.count(hit=dec is not None)
         if dec is None:
-            todo.append(SvdItem(target, resolved, k, keys[0]))
+            todo.append(SvdItem(target, resolved, k, keys[0], fallback=method == "auto"))
         else:
             decs[target.tensor] = dec
     with work_group(cache.enabled) as group:
@@ -248,10 +253,7 @@ def run_svd(
     dtypes, dtype_notes = pair_dtypes(pair, delta_records, dtype_policy)
     warnings += dtype_notes
     if clamped:
-        warnings.append(
-            f"rank {wanted} exceeds min(out, in) of {len(clamped)} module(s) "
-            f"(e.g. {clamped[0]}); clamped to their full rank"
-        )
+        warnings.append(clamp_warning(wanted, clamped))
     by_tensor = {r.name: r for r in delta_records}
     modules: list[ModuleSpectrum] = []
     truncated = {}
@@ -280,12 +282,14 @@ def run_svd(
                 delta_norm=by_tensor[target.tensor].delta_norm,
                 zero_delta=dec.fro_sq == 0.0,
                 spectrum_complete=dec.complete,
+                power_iterations=dec.iterations,
+                energy_gap_bound=dec.gap_bound,
                 singular_values=_round(dec.S),
             )
         )
     zero = [m.name for m in modules if m.zero_delta]
     if zero:
-        warnings.append(f"{len(zero)} target(s) did not change at all (dW = 0), e.g. {zero[0]}")
+        warnings.append(zero_delta_warning(zero))
     delta_summary = summarize_deltas(delta_records, untargeted)
     summary = {
         **_spectrum_summary(modules),
@@ -323,6 +327,19 @@ def run_svd(
         coverage=coverage.to_dict(),
         dtypes=dtypes,
     )
+
+
+def clamp_warning(rank: int, clamped: Sequence[str]) -> str:
+    """The warning for a rank beyond min(out, in) of some modules (`svd` and `train`)."""
+    return (
+        f"rank {rank} exceeds min(out, in) of {len(clamped)} module(s) "
+        f"(e.g. {clamped[0]}); clamped to their full rank"
+    )
+
+
+def zero_delta_warning(zero: Sequence[str]) -> str:
+    """The warning for targets whose dW is exactly zero (`svd` and `train --init svd`)."""
+    return f"{len(zero)} target(s) did not change at all (dW = 0), e.g. {zero[0]}"
 
 
 def _grouped(modules: Sequence[ModuleSpectrum], key: str) -> dict[str, dict]:
