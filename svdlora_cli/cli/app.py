@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -28,14 +30,17 @@ from ._output import setup_logging, stderr
 
 
 def show_error(error: SvdloraError) -> None:
-    """One `Error:` line and one `Hint:` line on stderr (naming the rank, beyond rank 0)."""
+    """One `Error:` line and one `Hint:` line on stderr (naming the rank, beyond rank 0);
+    a non-UTF-8 path in them shows its odd bytes as `\\xNN`."""
+    from ..files import printable
+
     rank = int(os.environ.get("RANK", "0"))
     where = f"[rank {rank}] " if rank else ""
-    stderr.print(
-        f"[bold red]Error:[/] {escape(where + error.message)}", highlight=False, soft_wrap=True
-    )
+    message = printable(where + error.message).replace("\n", " ")
+    stderr.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if error.hint:
-        stderr.print(f"[bold]Hint:[/] {escape(error.hint)}", highlight=False, soft_wrap=True)
+        hint = printable(error.hint).replace("\n", " ")
+        stderr.print(f"[bold]Hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
 
 
 def os_failure(exc: BaseException) -> SvdloraError | None:
@@ -65,31 +70,153 @@ def os_failure(exc: BaseException) -> SvdloraError | None:
     )
 
 
+def _texts(value: Any) -> list[str]:
+    """The strings (paths included) in an option's value."""
+    if isinstance(value, (str, Path)):
+        return [str(value)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _texts(v)]
+    return []
+
+
+def _flag(param: Any) -> str:
+    return next((o for o in param.opts if o.startswith("--")), (param.name or "").upper())
+
+
+def _source(ctx: Any, name: str) -> str:
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else ""
+
+
+def refuse_non_utf8(ctx: Any) -> None:
+    """A path (or other text) from non-UTF-8 bytes is refused before the command runs:
+    svdlora records paths in safetensors, JSON and TOML files, which hold UTF-8 only."""
+    from ..errors import InvalidOptionError
+    from ..files import is_utf8, printable
+
+    for param in ctx.command.params:
+        bad = next((t for t in _texts(ctx.params.get(param.name)) if not is_utf8(t)), None)
+        if bad is None:
+            continue
+        env = param.envvar if _source(ctx, param.name) == "ENVIRONMENT" else None
+        raise InvalidOptionError(
+            f"{_flag(param)} {printable(bad)}{f' (from ${env})' if env else ''} is not valid UTF-8",
+            "rename it to a UTF-8 name, or link to it from one (ln -s OLD NEW) and pass that: "
+            "svdlora writes paths into safetensors, JSON and TOML files, which hold UTF-8 only",
+        )
+
+
+def _mentioned(text: str, value: Any, param: Any) -> bool:
+    """Whether an error's text names the option (its --flag) or its value (a path...)."""
+    forms = {f for f in param.opts if f.startswith("--")}
+    for item in _texts(value):
+        if len(item) >= 2:
+            forms |= {item, str(Path(item).expanduser())}
+            with contextlib.suppress(OSError, RuntimeError, ValueError):
+                forms.add(str(Path(item).expanduser().resolve()))
+    return any(re.search(rf"(?<![\w.-]){re.escape(f)}(?![\w-])", text) for f in forms)
+
+
+def note_workspace_origin(error: SvdloraError, ctx: Any) -> SvdloraError:
+    """Name the svdlora.toml keys behind an error: the command took an option from the
+    workspace file and the error names that option or its value."""
+    path = ctx.obj.get("workspace") if isinstance(ctx.obj, dict) else None
+    command = ctx.meta.get("svdlora.command")
+    if path is None or command is None or command is ctx:
+        return error
+    text = f"{error.message}\n{error.hint}"
+    names = [
+        p.name
+        for p in command.command.params
+        if p.name
+        and _source(command, p.name) == "DEFAULT_MAP"
+        and _mentioned(text, command.params.get(p.name), p)
+    ]
+    if not names:
+        return error
+    from ..workspace import key_in_file
+
+    parts, node = [], command
+    while node is not None and node is not ctx:
+        parts.insert(0, node.info_name or "")
+        node = node.parent
+    keys = ", ".join(key_in_file(Path(path), ".".join(parts), n) for n in names)
+    file = Path(path).resolve()
+    error.message = f"{error.message} ({keys}, set in {file})"
+    fix = f"fix {keys} in {file}"
+    error.hint = f"{error.hint}; or {fix}" if error.hint else fix
+    return error
+
+
+def index_failure(exc: BaseException) -> SvdloraError | None:
+    """torch's `IndexError: index out of range in self`: an id past an embedding table."""
+    if not (isinstance(exc, IndexError) and "index out of range in self" in str(exc)):
+        return None
+    return SvdloraError(
+        "a token or position id is past the end of the model's embedding table "
+        "(IndexError: index out of range in self)",
+        "use the tokenizer that belongs to the model (a larger vocabulary than the model's "
+        "embedding rows fails here), or resize the embeddings; or lower --max-length",
+    )
+
+
+class CommandContext(typer.Context):
+    """Every command's context: the running one is kept in `meta` (an error can then name
+    the svdlora.toml keys it took values from), and its values are checked before it runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.meta["svdlora.command"] = self
+
+    def invoke(self, callback: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if callback is self.command.callback:
+            refuse_non_utf8(self)
+        return super().invoke(callback, *args, **kwargs)
+
+
+def _use_context(command: Any) -> None:
+    command.context_class = CommandContext
+    for sub in getattr(command, "commands", {}).values():
+        _use_context(sub)
+
+
 class SvdloraGroup(TyperGroup):
     """Maps typed core errors and Ctrl-C to clean messages (SVDLORA_DEBUG=1 keeps tracebacks)."""
+
+    context_class = CommandContext
 
     def invoke(self, ctx: Any) -> Any:
         from ..distributed import split_across_processes
 
+        _use_context(self)
+
+        # The command line after the root options (click >= 8.2 keeps the command's name
+        # apart), for the Ctrl-C advice.
+        named = ctx._protected_args if hasattr(ctx, "_protected_args") else ctx.protected_args
+        args = [*named, *ctx.args]
         try:
             with split_across_processes():  # under torchrun, every rank runs the command
                 return super().invoke(ctx)
         except SvdloraError as exc:
             if os.environ.get("SVDLORA_DEBUG"):
                 raise
-            show_error(exc)
+            show_error(note_workspace_origin(exc, ctx))
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
+            advice = train_cmd.resume_advice(args, ctx.params.get("config"), stop)
             stderr.print(
-                "[bold]Interrupted.[/] Finished per-tensor results are kept in the cache; "
-                "rerun the same command to resume."
+                f"[bold]Interrupted.[/] {escape(advice)}"
+                if advice
+                else "[bold]Interrupted.[/] Finished per-tensor results are kept in the cache; "
+                "rerun the same command to resume.",
+                soft_wrap=True,  # the command stays on one line, to copy
             )
             raise typer.Exit(130) from None
-        except Exception as exc:  # only OS write refusals are mapped; the rest re-raise
-            failure = os_failure(exc)
+        except Exception as exc:  # only OS write refusals and id overflows; the rest re-raise
+            failure = os_failure(exc) or index_failure(exc)
             if failure is None or os.environ.get("SVDLORA_DEBUG"):
                 raise
-            show_error(failure)
+            show_error(note_workspace_origin(failure, ctx))
             raise typer.Exit(1) from None
 
 

@@ -60,6 +60,14 @@ def train(
         str | None,
         typer.Option("--svd-factors", help="svd_factors_rank*.safetensors from `svdlora svd`."),
     ] = None,
+    allow_other_base: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-base",
+            help="Use --svd-factors made from another base of the same shapes (a warning, "
+            "not an error).",
+        ),
+    ] = False,
     teacher_model: TeacherModelOpt = None,
     rank: RankOpt = 16,
     lora_alpha: Annotated[
@@ -114,6 +122,7 @@ def train(
         lora_dropout=lora_dropout,
         target_modules=tuple(target_modules or ()),
         svd_factors=svd_factors,
+        allow_other_base=allow_other_base,
         teacher_model=teacher_model,
         train_data=train_data,
         eval_data=eval_data,
@@ -122,3 +131,34 @@ def train(
         cache=cache_options(cache_dir, no_cache, cache_size),
     )
     emit(workflow.run(options, hooks()), json_output, training_table)
+
+
+RESUMABLE = ("train", "train-teacher")
+
+
+def resume_advice(args: list[str], config: Path | None, stop: BaseException) -> str | None:
+    """What to run after a Ctrl-C in `train` or `train-teacher`: the same command with
+    --resume (a plain rerun starts at step 0), whether a checkpoint was kept, and a
+    --save-every note when none was. None for the other commands."""
+    import os
+    import shlex
+
+    if not args or args[0] not in RESUMABLE:
+        return None
+    words = ["svdlora", *(["--config", str(config)] if config else []), *args]
+    if "--resume" not in args:
+        words.append("--resume")
+    step = getattr(stop, "checkpoint_step", ...)  # set by the training loop; ... outside it
+    if step is ...:
+        kept = "To resume, run:"
+    elif step is None:
+        finished = "; runs that finished are kept" if args[0] == "train" else ""
+        kept = (
+            "No checkpoint of the interrupted run was saved (add --save-every N to save one "
+            f"every N steps), so it starts again at step 0{finished}. To continue, run:"
+        )
+    else:
+        kept = f"The checkpoint at step {step} is kept. To resume from it, run:"
+    launch = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    where = " (under the same torchrun / accelerate launch)" if launch else ""
+    return f"{kept}\n  {shlex.join(words)}{where}"

@@ -25,7 +25,7 @@ from ..errors import InvalidOptionError
 from .accelerator import compute_dtype, engine
 from .loss import loss_sum
 from .packing import PackedRows, logit_count, make_batcher, row_lengths
-from .resume_state import load_checkpoint, save_checkpoint
+from .resume_state import load_checkpoint, run_identity, save_checkpoint, warn_unused
 from .schedule import Step, evaluation_batches, training_schedule
 from .steplog import StepRow
 
@@ -195,7 +195,9 @@ def fit(
 
     With `save_every`, a checkpoint goes to `checkpoint_dir` every N steps; with
     `resume`, training continues from it on the same batches, so the end state
-    matches an uninterrupted run. The checkpoint is removed when training ends.
+    matches an uninterrupted run (a run with other settings is refused, naming them). The
+    checkpoint is removed when training ends; a Ctrl-C carries the step of the one kept
+    (`KeyboardInterrupt.checkpoint_step`, None when there is none).
     `starts` shares row 0's losses between runs of one process whose starting model is
     identical (the caller's `start_key` says so: same weights, data and precision): the
     train loss for runs with the same first batch, the eval loss for all of them. The
@@ -219,6 +221,8 @@ def fit(
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     params = [p for p in model.parameters() if p.requires_grad]
+    wanted = checkpoint_dir is not None and (config.save_every or config.resume)
+    identity = run_identity(model, train, evaluation, config, schedule) if wanted else {}
     optimizer = make_optimizer(params, config, accelerator.device)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, config.warmup_steps, len(schedule))
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -250,17 +254,16 @@ def fit(
 
     model.train()
     start = time.perf_counter()
-    key = content_key(
-        "fit", settings=config.result_settings(), steps=[s.micro_batches for s in schedule]
-    )
     restored = None
+    if checkpoint_dir is not None and not config.resume and accelerator.is_main_process:
+        warn_unused(checkpoint_dir)
     if config.resume and checkpoint_dir is not None:
         # A no-grad forward (the packing check) leaves FSDP2's root modules unsharded, so
         # the optimizer's parameters would not be the model's when the state loads.
         for module in model.modules():
             if hasattr(module, "reshard") and hasattr(module, "_get_fsdp_state"):
                 module.reshard()
-        restored = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, key)
+        restored = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, identity)
     flops, counted_tokens = 0.0, 0
     if restored is not None:
         done, rows, tokens, train_seconds = restored
@@ -288,6 +291,7 @@ def fit(
         )
         rows = [first]
         done, train_seconds, tokens = 0, 0.0, 0
+    saved = done if restored is not None else None  # the step of the checkpoint on disk
     try:
         for number, step in enumerate(schedule, start=1):
             if number <= done:
@@ -365,10 +369,14 @@ def fit(
                     rows,
                     tokens,
                     train_seconds,
-                    key,
+                    identity,
                 )
+                saved = number
             if progress:
                 progress(number, len(schedule), loss_value)
+    except KeyboardInterrupt as stop:
+        stop.checkpoint_step = saved  # type: ignore[attr-defined]  # for the Ctrl-C message
+        raise
     finally:
         batching.restore()
     if checkpoint_dir is not None and accelerator.is_main_process:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,7 @@ class Datasets:
     evaluation: TokenizedSet | None
     train_path: Path
     eval_path: Path | None
+    fields: FieldNames = field(default_factory=FieldNames)  # the keys read from each row
 
 
 def prepare_data(
@@ -100,7 +101,7 @@ def prepare_data(
     eval_file = resolve_data_path(eval_path, "eval") if (eval_path or builtin) else None
     train = _tokenized(train_file, tokenizer, max_length, fields)
     evaluation = _tokenized(eval_file, tokenizer, max_length, fields) if eval_file else None
-    return Datasets(train, evaluation, train_file, eval_file)
+    return Datasets(train, evaluation, train_file, eval_file, fields)
 
 
 _TOKENIZED: dict[tuple, TokenizedSet] = {}
@@ -177,7 +178,10 @@ def write_run_files(
     return paths
 
 
-TOKENIZER_FILES = (
+# The model folder's small files that shape a run besides its weights: the architecture
+# (config.json) and the tokenizer with its chat template.
+SMALL_MODEL_FILES = (
+    "config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -193,7 +197,9 @@ def _small_file_digest(path: Path) -> str:
 def run_key(
     kind: str, model_ref: str, data: Datasets, config: TrainConfig, memo: Any = None, **extra: Any
 ) -> str:
-    """Content key of a training run: weights, tokenizer, data files, hyperparameters, extras.
+    """Content key of a training run: weights, config and tokenizer, data files and the
+    fields read from them, hyperparameters, extras (the student's init, ranks, alpha,
+    dropout and factors).
 
     A finished run whose record holds the same key can be reused instead of retrained.
     """
@@ -202,7 +208,7 @@ def run_key(
 
     folder = resolve_model_path(model_ref)
     tokenizer = {
-        f: _small_file_digest(folder / f) for f in TOKENIZER_FILES if (folder / f).is_file()
+        f: _small_file_digest(folder / f) for f in SMALL_MODEL_FILES if (folder / f).is_file()
     }
     files = {"train": _small_file_digest(data.train_path)}
     if data.eval_path is not None:
@@ -212,6 +218,7 @@ def run_key(
         weights=fingerprint(open_checkpoint(folder), memo),
         tokenizer=tokenizer,
         data=files,
+        fields=[data.fields.prompt, data.fields.answer],
         config=config.result_settings(),
         **extra,
     )

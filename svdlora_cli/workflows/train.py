@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import CacheOptions, Document, Hooks, cache_session, check
+from .common import CacheOptions, Document, Hooks, cache_session, check, is_primary_process
 
 if TYPE_CHECKING:
     from ..cache import ArtifactCache
@@ -36,6 +38,7 @@ class TrainOptions:
     fields: FieldNames | None = None
     output_dir: Path = Path("svdlora-runs") / "training_results"
     reuse: bool = False
+    allow_other_base: bool = False  # --svd-factors made from another base's weights
     cache: CacheOptions = field(default_factory=CacheOptions)
 
     def validate(self) -> None:
@@ -59,6 +62,7 @@ class TrainOptions:
                 "use e.g. --learning-rates 1e-4,3e-4,1e-3",
             )
         self.config.validate()
+        self.check_run_names()
 
     @property
     def grid(self) -> tuple[float, ...]:
@@ -67,8 +71,36 @@ class TrainOptions:
 
     def run_name(self, init: str, learning_rate: float, seed: int) -> str:
         """`svd`, `svd_seed1`, `svd_lr0.0003` or `svd_lr0.0003_seed1`: unique per run."""
-        name = f"{init}_lr{learning_rate:g}" if len(self.grid) > 1 else init
+        name = f"{init}_lr{learning_rate_text(learning_rate)}" if len(self.grid) > 1 else init
         return f"{name}_seed{seed}" if len(self.seeds) > 1 else name
+
+    def check_run_names(self) -> None:
+        """Refuse a grid in which two runs would share a name (and so one folder and log)."""
+        seen: dict[str, tuple[str, float, int]] = {}
+        for seed in self.seeds:
+            for lr in self.grid:
+                for init in self.inits:
+                    name = self.run_name(init, lr, seed)
+                    if name in seen:
+                        check(
+                            False,
+                            f"two runs of the grid would both be named {name!r}: "
+                            f"{_setting(*seen[name])} and {_setting(init, lr, seed)}",
+                            "list each --init, --learning-rates and --seeds value once",
+                        )
+                    seen[name] = (init, lr, seed)
+
+
+def learning_rate_text(learning_rate: float) -> str:
+    """The learning rate as run names spell it: `%g` where that is exact (1e-4 -> 0.0001,
+    3e-5 -> 3e-05), else the shortest text that reads back as the same float, so two
+    distinct rates never share a name (1.0000001e-4 -> 0.00010000001)."""
+    short = f"{learning_rate:g}"
+    return short if float(short) == learning_rate else repr(float(learning_rate))
+
+
+def _setting(init: str, learning_rate: float, seed: int) -> str:
+    return f"--init {init} --learning-rate {learning_rate_text(learning_rate)} --seed {seed}"
 
 
 def parse_learning_rates(text: str) -> tuple[float, ...]:
@@ -96,18 +128,79 @@ def parse_learning_rates(text: str) -> tuple[float, ...]:
 def run(
     options: TrainOptions, hooks: Hooks | None = None, cache: ArtifactCache | None = None
 ) -> Document:
-    """final_model_{arm}/ and training_log_{arm}.csv per arm; the summary document."""
-    from ..data import FieldNames
+    """final_model_{arm}/ and training_log_{arm}.csv per arm; the summary document.
+
+    The output folder is locked while the grid trains, so a second `train` into it is
+    refused instead of overwriting this one's runs. With --resume, finished runs with the
+    same inputs are kept and the interrupted one continues from its checkpoint.
+    """
     from ..files import check_writable_dir
-    from ..training.inits import FACTOR_INITS
+
+    options.validate()
+    folder = check_writable_dir(options.output_dir)
+    with locked_runs(folder), cache_session(options.cache, cache) as shared:
+        return _train_grid(options, hooks or Hooks(), shared, folder)
+
+
+@contextlib.contextmanager
+def locked_runs(folder: Path) -> Iterator[Path]:
+    """`svd`'s output lock on `folder` (held by the process that writes), with the process
+    that holds it named when it is busy."""
+    from ..errors import OutputError
+    from ..output_sets import locked_output
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(locked_output(folder, is_primary_process()))
+        except OutputError as busy:
+            if "is busy" not in busy.message:
+                raise
+            holder = lock_holder(folder)
+            who = f"process {holder}" if holder is not None else "another svdlora process"
+            raise OutputError(
+                f"output folder {folder} is busy: {who} is training or writing into it",
+                "wait for that run to finish, or pass another --output-dir "
+                "(two trainings into one folder would overwrite each other's runs)",
+            ) from None
+        yield folder
+
+
+def lock_holder(folder: Path) -> int | None:
+    """The id of the process holding a flock on `folder`, from /proc/locks (Linux); None
+    where that cannot be read or the process is not visible from here."""
+    import os
+
+    try:
+        stat = os.stat(folder)
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    for line in table.splitlines():
+        fields = line.split()
+        if "FLOCK" not in fields or "->" in fields:  # "->": a waiter, not the holder
+            continue
+        at = fields.index("FLOCK")
+        try:
+            pid, (major, minor, inode) = int(fields[at + 3]), fields[at + 4].split(":")
+            device = os.makedev(int(major, 16), int(minor, 16))
+        except (IndexError, ValueError):
+            continue
+        if int(inode) == stat.st_ino and device == stat.st_dev and pid > 0:
+            return pid
+    return None
+
+
+def _train_grid(
+    options: TrainOptions, hooks: Hooks, cache: ArtifactCache, folder: Path
+) -> Document:
+    from ..data import FieldNames
+    from ..training.inits import FACTOR_INITS, clamp_warnings
     from ..training.runs import throughput_line
     from ..training.shared import SharedSetup
     from ..training.student import base_plan, svd_factors_for, train_student
 
-    hooks = hooks or Hooks()
-    options.validate()
-    folder = check_writable_dir(options.output_dir)
     factors = None
+    warnings: list[str] = []
     if FACTOR_INITS & set(options.inits) or options.svd_factors:
         with cache_session(options.cache, cache) as c:
             factors = svd_factors_for(
@@ -117,21 +210,28 @@ def run(
                 options.svd_factors,
                 options.teacher_model,
                 options.target_modules,
+                allow_other_base=options.allow_other_base,
+                warnings=warnings,
             )
     # Every arm shares one plan (modules and ranks), so only the init differs.
     plan = base_plan(
         options.base_model, options.rank, options.lora_alpha, options.target_modules, factors
     )
+    warnings = list(dict.fromkeys([*warnings, *clamp_warnings(plan)]))  # svd's, once each
     runs = [
         (seed, lr, init) for seed in options.seeds for lr in options.grid for init in options.inits
     ]
     arms = []
     # One base model, tokenizer and step-0 row per identical start for the whole grid.
     shared = SharedSetup(options.base_model, options.config.trust_remote_code)
+    # Every run records its content key, so that --resume keeps the runs that finished
+    # before an interruption; the file digests it needs are memoised (in the cache index,
+    # or for this process when the cache is off).
+    memo = cache.memo if cache.memo is not None else {}
     # Every run of one seed sees the same batches in the same order, whatever its init or lr.
     for seed, lr, init in runs:
         name = options.run_name(init, lr, seed)
-        hooks.announce(f"train --init {init} --learning-rate {lr:g} --seed {seed}")
+        hooks.announce(f"train {_setting(init, lr, seed)}")
         with hooks.steps(f"{name} ({len(arms) + 1}/{len(runs)})") as update:
             arms.append(
                 train_student(
@@ -147,8 +247,8 @@ def run(
                     options.fields or FieldNames(),
                     options.lora_dropout,
                     update,
-                    reuse=options.reuse,
-                    memo=cache.memo if cache is not None else None,
+                    reuse=options.reuse or options.config.resume,
+                    memo=memo,
                     shared=shared,
                 )
             )
@@ -169,4 +269,5 @@ def run(
         },
         "output_dir": str(folder),
         "base_loads": shared.loads,
+        "warnings": warnings,
     }
