@@ -39,7 +39,7 @@ def run(cmd: list[str], threads: int, label: str) -> dict:
 
 def rank_seconds(cache_dir: Path) -> dict[int, float]:
     """Seconds each rank spent forming and decomposing its share (from the cache index)."""
-    from svdlora_cli.cache import ArtifactCache
+    from svdlora_cli.store.cache import ArtifactCache
 
     cache = ArtifactCache(cache_dir)
     totals: dict[int, float] = {}

@@ -220,8 +220,8 @@ def accuracy(ours: dict, exact: dict, rank: int) -> dict:
 def fingerprint_repeat(pair: Path, cache: Path) -> float:
     """Seconds for a second look at an already fingerprinted pair (memo hit)."""
     code = (
-        "import time,sys; from svdlora_cli.cache import ArtifactCache; "
-        "from svdlora_cli.checkpoints import open_pair; c=ArtifactCache(sys.argv[3]); "
+        "import time,sys; from svdlora_cli.store.cache import ArtifactCache; "
+        "from svdlora_cli.models.checkpoints import open_pair; c=ArtifactCache(sys.argv[3]); "
         "t=time.perf_counter(); open_pair(sys.argv[1], sys.argv[2], c.memo); "
         "print(time.perf_counter()-t)"
     )

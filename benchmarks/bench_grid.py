@@ -38,7 +38,7 @@ def timed(cmd: list[str]) -> tuple[float, list[dict]]:
 
 
 def main() -> None:
-    from svdlora_cli.model_refs import resolve_model_path
+    from svdlora_cli.models.refs import resolve_model_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")

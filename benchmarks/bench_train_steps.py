@@ -23,7 +23,8 @@ import torch
 from profile_train import lora_student  # this folder: python puts it first on sys.path
 
 from svdlora_cli.data import collate
-from svdlora_cli.training.loop import TrainConfig, make_optimizer, real_tokens
+from svdlora_cli.training.config import TrainConfig
+from svdlora_cli.training.loop import make_optimizer, real_tokens
 from svdlora_cli.training.loss import loss_sum
 from svdlora_cli.training.packing import ATTENTION, make_batcher
 from svdlora_cli.training.schedule import batch_schedule

@@ -348,7 +348,7 @@ def environment(runner: Runner) -> dict[str, Any]:
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     imports = runner.run(
         "environment-imports",
-        [sys.executable, "-c", "import diskcache, svdlora_cli.cache_index, svdlora_cli.cli.app"],
+        [sys.executable, "-c", "import diskcache, svdlora_cli.store.index, svdlora_cli.cli.app"],
     )
     return {
         "torch": torch.__version__,

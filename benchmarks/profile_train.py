@@ -27,10 +27,10 @@ from svdlora_cli.data import (
     resolve_data_path,
     tokenize_examples,
 )
-from svdlora_cli.model_refs import resolve_model_path
+from svdlora_cli.models.loading import load_model, load_tokenizer
+from svdlora_cli.models.refs import resolve_model_path
 from svdlora_cli.training.loss import loss_sum
 from svdlora_cli.training.packing import make_batcher
-from svdlora_cli.training.runs import load_model, load_tokenizer
 from svdlora_cli.training.schedule import batch_schedule
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -9,13 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .adapters import save_factors, write_peft_adapter
-from .delta import DeltaResult
-from .extraction import SvdResult
+from .adapters.factors import save_factors, write_peft_adapter
 from .files import ensure_writable_dir, write_json, write_run_config, write_text
 from .output_sets import staged
 from .reporting.plots import svd_analysis_png
 from .reporting.text import delta_report, svd_report
+from .spectra.delta import DeltaResult
+from .spectra.svd_step import SvdResult
 
 
 def _announce(doc: dict[str, Any], paths: dict[str, Path]) -> None:

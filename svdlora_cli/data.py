@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +275,56 @@ def collate(indices: Sequence[int], data: TokenizedSet, pad_id: int) -> dict[str
         labels[row, :n] = torch.tensor(data.labels[i])
         mask[row, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+@dataclass
+class Datasets:
+    train: TokenizedSet
+    evaluation: TokenizedSet | None
+    train_path: Path
+    eval_path: Path | None
+    fields: FieldNames = field(default_factory=FieldNames)  # the keys read from each row
+
+
+def prepare_data(
+    tokenizer: Any,
+    train_path: str | None,
+    eval_path: str | None,
+    max_length: int,
+    fields: FieldNames = FieldNames(),
+) -> Datasets:
+    """Tokenized train and eval sets; the built-in eval set goes with the built-in train set.
+
+    Each file is tokenized once per process for a given tokenizer and max length: the
+    arms of a grid (and the teacher before them) share the result.
+    """
+    train_file = resolve_data_path(train_path, "train")
+    builtin = train_path is None or str(train_path) == "builtin"
+    eval_file = resolve_data_path(eval_path, "eval") if (eval_path or builtin) else None
+    train = _tokenized(train_file, tokenizer, max_length, fields)
+    evaluation = _tokenized(eval_file, tokenizer, max_length, fields) if eval_file else None
+    return Datasets(train, evaluation, train_file, eval_file, fields)
+
+
+_TOKENIZED: dict[tuple, TokenizedSet] = {}
+
+
+def _tokenized(file: Path, tokenizer: Any, max_length: int, fields: FieldNames) -> TokenizedSet:
+    """`tokenize_examples` of a file, remembered by the file's identity and content stamp,
+    the tokenizer (name, vocabulary size, chat template) and the max length."""
+    stat = file.stat()
+    key = (
+        str(file.resolve()),
+        stat.st_size,
+        stat.st_mtime_ns,
+        getattr(tokenizer, "name_or_path", None),
+        len(tokenizer),
+        getattr(tokenizer, "chat_template", None),
+        max_length,
+        fields,
+    )
+    if key not in _TOKENIZED:
+        if len(_TOKENIZED) >= 8:
+            _TOKENIZED.pop(next(iter(_TOKENIZED)))
+        _TOKENIZED[key] = tokenize_examples(load_examples(file, fields), tokenizer, max_length)
+    return _TOKENIZED[key]

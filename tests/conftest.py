@@ -58,7 +58,7 @@ def build_pair(
     seed: int = 0,
 ) -> Pair:
     """Save base and tuned folders; every default target gets a planted delta."""
-    from svdlora_cli.targets import is_default_target
+    from svdlora_cli.models.targets import is_default_target
 
     base = tiny_model(arch, seed)
     base_dir, tuned_dir = root / f"{arch}-base", root / f"{arch}-tuned"

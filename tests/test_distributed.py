@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from svdlora_cli import devices, extraction
-from svdlora_cli.cache import ArtifactCache
+from svdlora_cli import devices
 from svdlora_cli.distributed import (
     Launch,
     WorkGroup,
@@ -23,7 +22,9 @@ from svdlora_cli.distributed import (
     work_group,
 )
 from svdlora_cli.errors import InvalidOptionError
-from svdlora_cli.extraction import run_svd
+from svdlora_cli.spectra import svd_step as extraction
+from svdlora_cli.spectra.svd_step import run_svd
+from svdlora_cli.store.cache import ArtifactCache
 from tests.launching import TORCHRUN, free_port, launch, launch_nodes, needs_torchrun
 
 

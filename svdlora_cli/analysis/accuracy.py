@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .compare import RunLog, first_set
-from .curves import spread
+from .curve_stats import spread
 
 
 def attach_accuracy(
@@ -84,8 +84,8 @@ def _generation_key(
         return None
     import hashlib
 
-    from ..cache import content_key
-    from ..checkpoints import fingerprint, open_checkpoint
+    from ..models.checkpoints import fingerprint, open_checkpoint
+    from ..store.cache import content_key
 
     adapter_digest = None
     if adapter is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import StepLogError, SvdloraError
 from ..training.steplog import StepRow, read_step_log
-from .curves import (
+from .curve_stats import (
     area_under_curve,
     gap_recovered,
     improvement,
@@ -360,7 +360,7 @@ def attach_model_figures(
         rank = first_set(r.record.get("lora_rank") for r in runs if r.arm == arm["arm"])
         if arm["init"] in FACTOR_INITS and rank:
             if rank not in energies:
-                from ..extraction import run_svd
+                from ..spectra.svd_step import run_svd
 
                 energies[rank] = run_svd(base_model, teacher_model, cache, rank=int(rank)).summary[
                     "total_energy"

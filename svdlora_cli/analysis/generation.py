@@ -92,7 +92,7 @@ def exact_match(
 
 def load_for_generation(base_model: str, adapter: str | None = None) -> tuple[Any, Any]:
     """The base model, optionally with a LoRA adapter merged in, and its tokenizer."""
-    from ..training.runs import load_model, load_tokenizer
+    from ..models.loading import load_model, load_tokenizer
 
     model = load_model(base_model)
     if adapter is not None:

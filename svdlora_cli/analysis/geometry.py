@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from ..adapters import AdapterWeights, read_peft_adapter
-from ..cache import ArtifactCache
-from ..checkpoints import TensorReader, open_pair
-from ..delta import delta_matrix
-from ..extraction import run_svd
-from ..targets import describe
+from ..adapters.factors import AdapterWeights, read_peft_adapter
+from ..models.checkpoints import TensorReader, open_pair
+from ..models.targets import describe
+from ..spectra.delta import delta_matrix
+from ..spectra.svd_step import run_svd
+from ..store.cache import ArtifactCache
 
 
 def _overlap(basis: torch.Tensor, teacher: torch.Tensor) -> float | None:

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from ..cache import ArtifactCache, content_key
-from ..checkpoints import TensorReader, open_pair
 from ..distributed import missing_warning, work_group
-from ..extraction import SvdResult, run_svd
-from ..targets import describe
+from ..models.checkpoints import TensorReader, open_pair
+from ..models.targets import describe
+from ..spectra.svd_step import SvdResult, run_svd
+from ..store.cache import ArtifactCache, content_key
 
 SORT_KEYS = (
     "layer",

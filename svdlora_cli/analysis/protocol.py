@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import SvdloraError
-from .curves import spread
+from .curve_stats import spread
 
 # (figure, what it measures); lower is better for each.
 VERDICT_FIGURES = (

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cache import DEFAULT_CACHE_RANK, ArtifactCache
 from ..errors import InvalidOptionError
-from ..extraction import run_svd
+from ..spectra.svd_step import run_svd
+from ..store.cache import DEFAULT_CACHE_RANK, ArtifactCache
 
 
 def parse_ranks(text: str) -> list[int]:

@@ -98,7 +98,7 @@ class OptionGroup:
 
 
 def _train_config(values: dict[str, Any]) -> Any:
-    from ..training.loop import TrainConfig
+    from ..training.config import TrainConfig
 
     bf16, fp16 = values.pop("bf16"), values.pop("fp16")
     return TrainConfig(**values, precision=precision(bf16, fp16))

@@ -37,7 +37,7 @@ def init(
 ) -> None:
     """Write svdlora.toml with the models and defaults of this experiment."""
     from ..errors import ModelNotFoundError, SvdloraError
-    from ..model_refs import resolve_model_path
+    from ..models.refs import resolve_model_path
     from ..workspace import write_workspace
 
     if base_model is None:

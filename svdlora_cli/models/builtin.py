@@ -26,7 +26,7 @@ FORMAT = "v1"
 
 def models_dir() -> Path:
     """Where converted built-in models live: <cache dir>/models."""
-    from ..cache import default_cache_dir
+    from ..store.cache import default_cache_dir
 
     return default_cache_dir() / "models"
 

@@ -62,3 +62,8 @@ def compute_dtype(precision: str, model: Any) -> torch.dtype:
     if precision in ("bf16", "fp16"):
         return torch.bfloat16 if precision == "bf16" else torch.float16
     return next(model.parameters()).dtype
+
+
+def storage_dtype(precision: str) -> torch.dtype:
+    """The dtype a student's frozen base is stored in under a --bf16/--fp16 run."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)

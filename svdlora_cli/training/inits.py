@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from ..adapters import LowRankFactors, target_module_names
-from ..checkpoints import Checkpoint
+from ..adapters.factors import LowRankFactors, target_module_names
 from ..errors import InvalidOptionError, ModelMismatchError
-from ..targets import CONV1D_MODEL_TYPES, describe, select_targets
+from ..models.checkpoints import Checkpoint
+from ..models.targets import CONV1D_MODEL_TYPES, describe, select_targets
 
 INITS = (
     "random",
@@ -176,7 +176,7 @@ def check_factors_fit(
 
 def clamp_warnings(plan: LoraPlan) -> list[str]:
     """`svd`'s warning when --rank exceeds min(out, in) of some modules (their rank is cut)."""
-    from ..extraction import clamp_warning
+    from ..spectra.svd_step import clamp_warning
 
     clamped = [m for m, r in plan.ranks.items() if r < plan.rank]
     return [clamp_warning(plan.rank, clamped)] if clamped else []

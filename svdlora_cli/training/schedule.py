@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..data import TokenizedSet
-    from .loop import TrainConfig
+    from .config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class SharedSetup:
     _saved: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def tokenizer(self) -> Any:
-        from .runs import load_tokenizer
+        from ..models.loading import load_tokenizer
 
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.model_ref, self.trust_remote_code)
@@ -44,7 +44,7 @@ class SharedSetup:
     def take(self, dtype: torch.dtype, rewritten: Iterable[str] = ()) -> Any:
         """The base model in `dtype`, exactly as on disk; `rewritten` names the modules
         whose weights the coming init will change (copied now, restored by `give_back`)."""
-        from .runs import load_model
+        from ..models.loading import load_model
 
         if self._model is None or self._dtype != dtype:
             self._model = None  # release the old copy before loading the new one

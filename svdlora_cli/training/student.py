@@ -9,13 +9,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..adapters import LowRankFactors, load_factors, require_finite
-from ..cache import ArtifactCache, content_key
-from ..checkpoints import Checkpoint, fingerprint, open_checkpoint
-from ..data import FieldNames, check_token_ids
+from ..adapters.factors import LowRankFactors, load_factors, require_finite
+from ..data import FieldNames, check_token_ids, prepare_data
 from ..errors import InvalidOptionError, ModelMismatchError
 from ..files import atomic_dir, ensure_writable_dir, write_run_config
-from .accelerator import gathered_state_dict, make_accelerator
+from ..models.checkpoints import Checkpoint, fingerprint, open_checkpoint
+from ..models.loading import load_model
+from ..store.cache import ArtifactCache, content_key
+from .accelerator import gathered_state_dict, make_accelerator, storage_dtype
+from .config import TrainConfig
 from .data_inits import (
     DATA_INITS,
     INIT_BATCHES,
@@ -37,16 +39,8 @@ from .inits import (
     lora_config,
     plan_lora,
 )
-from .loop import StepProgress, TrainConfig, fit
-from .runs import (
-    arm_summary,
-    load_model,
-    prepare_data,
-    reuse_or_key,
-    save_hyperparameters,
-    storage_dtype,
-    write_run_files,
-)
+from .loop import StepProgress, fit
+from .records import arm_summary, reuse_or_key, save_hyperparameters, write_run_files
 from .shared import SharedSetup
 
 
@@ -66,7 +60,7 @@ def svd_factors_for(
     base fingerprint), unless `allow_other_base`, which lets only the weights differ.
     What `svd` would warn about (dW = 0, ranks clamped, ...) is appended to `warnings`.
     """
-    from ..extraction import zero_delta_warning
+    from ..spectra.svd_step import zero_delta_warning
 
     notes = warnings if warnings is not None else []
     if svd_factors:
@@ -79,7 +73,7 @@ def svd_factors_for(
             notes.append(zero_delta_warning(zero))
         return factors
     if teacher_model:
-        from ..extraction import run_svd
+        from ..spectra.svd_step import run_svd
 
         result = run_svd(base_model, teacher_model, cache, rank=rank, include=target_modules)
         notes.extend(result.warnings)

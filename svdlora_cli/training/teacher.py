@@ -5,20 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..adapters import require_finite
-from ..data import FieldNames, check_token_ids
+from ..adapters.factors import require_finite
+from ..data import FieldNames, check_token_ids, prepare_data
 from ..files import atomic_dir, ensure_writable_dir, write_run_config
+from ..models.loading import load_model, load_tokenizer
 from .accelerator import gathered_state_dict, make_accelerator
-from .loop import StepProgress, TrainConfig, fit
-from .runs import (
-    arm_summary,
-    load_model,
-    load_tokenizer,
-    prepare_data,
-    reuse_or_key,
-    save_hyperparameters,
-    write_run_files,
-)
+from .config import TrainConfig
+from .loop import StepProgress, fit
+from .records import arm_summary, reuse_or_key, save_hyperparameters, write_run_files
 
 
 def train_teacher(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from ..cache import ArtifactCache
+    from ..store.cache import ArtifactCache
 
 Document = dict[str, Any]
 ItemProgress = Callable[[str, int, int], None]
@@ -45,7 +45,7 @@ class CacheOptions:
     no_cache: bool = False
 
     def open(self) -> ArtifactCache:
-        from ..cache import ArtifactCache, default_cache_dir, parse_size
+        from ..store.cache import ArtifactCache, default_cache_dir, parse_size
 
         if self.no_cache:
             return ArtifactCache(None)

@@ -14,7 +14,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..cache import ArtifactCache
+    from ..store.cache import ArtifactCache
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ def run(
 ) -> Document | None:
     """delta_analysis.json and delta_report.txt; the document (None on non-primary ranks)."""
     from ..artifacts import write_delta_outputs
-    from ..delta import run_delta
+    from ..spectra.delta import run_delta
 
     return extraction_step(
         options,

@@ -21,7 +21,7 @@ from ..models.builtin import SMOLLM2, TINY
 from .common import CacheOptions, Document, Hooks, cache_session, check
 
 if TYPE_CHECKING:
-    from ..cache import ArtifactCache
+    from ..store.cache import ArtifactCache
 
 
 # The student grids. small: about 17 minutes on 2 CPU cores with SmolLM2-135M (12 short
@@ -137,7 +137,7 @@ class DemoSettings:
             self.train_config(self.student_epochs, lr, self.student_max_steps).validate()
 
     def train_config(self, epochs: int, learning_rate: float, max_steps: int | None = None) -> Any:
-        from ..training.loop import TrainConfig
+        from ..training.config import TrainConfig
 
         return TrainConfig(
             epochs=epochs,
@@ -183,8 +183,8 @@ def run(settings: DemoSettings, hooks: Hooks | None = None) -> Document:
 
 
 def _steps(settings: DemoSettings, hooks: Hooks, cache: ArtifactCache) -> Document:
-    from ..analysis.reading import reading
-    from ..model_refs import resolve_model_path
+    from ..analysis.plain_verdict import reading
+    from ..models.refs import resolve_model_path
     from . import compare, delta, layer_report, svd, train, train_teacher
 
     say = hooks.announce

@@ -14,7 +14,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..cache import ArtifactCache
+    from ..store.cache import ArtifactCache
 
 
 @dataclass(frozen=True)

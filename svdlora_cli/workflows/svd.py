@@ -17,8 +17,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..cache import ArtifactCache
-    from ..extraction import SvdResult
+    from ..spectra.svd_step import SvdResult
+    from ..store.cache import ArtifactCache
 
 # Defaults shared with the core (kept literal so that building options imports no torch).
 CACHE_RANK = 64
@@ -44,7 +44,7 @@ class SvdOptions(PairOptions):
 
     def validate(self) -> None:
         """Ranges the core does not check itself (rank, energy and method are checked there)."""
-        from ..adapters import SPLITS
+        from ..adapters.factors import SPLITS
 
         check(
             self.split in SPLITS,
@@ -73,7 +73,7 @@ def run(
 ) -> Document | None:
     """Factors, PEFT adapter, analysis JSON, report and plot; the document (None off rank 0)."""
     from ..artifacts import write_svd_outputs
-    from ..extraction import run_svd
+    from ..spectra.svd_step import run_svd
 
     options.validate()
     refuse_output_in_model(options.output_dir)
@@ -117,7 +117,7 @@ def refuse_output_in_model(output_dir: Path) -> None:
     """An output folder that is a model folder, or lies inside one, would mix svdlora's
     files into a checkpoint (and may shadow its weights): refused before any work."""
     from ..errors import OutputError
-    from ..model_refs import enclosing_model_folder
+    from ..models.refs import enclosing_model_folder
 
     model = enclosing_model_folder(output_dir)
     if model is not None:
@@ -134,9 +134,9 @@ def verification(options: SvdOptions, result: SvdResult, adapter: Path) -> dict:
     The probe merges the SVD's own rank-r deltas, not the adapter file's: a wrong scale,
     orientation or split in the adapter shows up as a mismatch.
     """
-    from ..adapter_check import LazyDeltas
-    from ..model_refs import resolve_model_path
-    from ..verify import VERIFY_MAX_PARAMETERS, parameter_count, verify_adapter
+    from ..adapters.checks import LazyDeltas
+    from ..adapters.verify import VERIFY_MAX_PARAMETERS, parameter_count, verify_adapter
+    from ..models.refs import resolve_model_path
 
     if result.coverage.get("checked") is False:
         reason = result.coverage.get("reason")

@@ -15,8 +15,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..cache import ArtifactCache
-    from ..training.loop import TrainConfig
+    from ..store.cache import ArtifactCache
+    from ..training.config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from .common import CacheOptions, Document, Hooks, cache_session, check, is_primary_process
 
 if TYPE_CHECKING:
-    from ..cache import ArtifactCache
     from ..data import FieldNames
-    from ..training.loop import TrainConfig
+    from ..store.cache import ArtifactCache
+    from ..training.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def _train_grid(
 ) -> Document:
     from ..data import FieldNames
     from ..training.inits import FACTOR_INITS, clamp_warnings
-    from ..training.runs import throughput_line
+    from ..training.records import throughput_line
     from ..training.shared import SharedSetup
     from ..training.student import base_plan, svd_factors_for, train_student
 

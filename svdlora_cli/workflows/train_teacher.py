@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 from .common import Document, Hooks, is_primary_process
 
 if TYPE_CHECKING:
-    from ..cache import ArtifactCache
     from ..data import FieldNames
-    from ..training.loop import TrainConfig
+    from ..store.cache import ArtifactCache
+    from ..training.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def run(
     from ..data import FieldNames
     from ..errors import ConfigError
     from ..files import check_writable_dir
-    from ..training.runs import throughput_line
+    from ..training.records import throughput_line
     from ..training.teacher import train_teacher
     from ..workspace import update_workspace
 

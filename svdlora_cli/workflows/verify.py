@@ -42,9 +42,9 @@ def run(options: VerifyOptions) -> Document:
     The adapter's config and weight header are read through the checked reader first, so
     a corrupt or inconsistent adapter is refused before any model is loaded.
     """
-    from ..adapters import read_adapter_layout
+    from ..adapters.factors import read_adapter_layout
+    from ..adapters.verify import verify_adapter
     from ..errors import InvalidOptionError
-    from ..verify import verify_adapter
 
     options.validate()
     if not (options.adapter / "adapter_config.json").is_file():

@@ -11,8 +11,8 @@ import pytest
 from svdlora_cli.analysis.compare import compare_runs, find_logs
 from svdlora_cli.analysis.geometry import adapter_geometry
 from svdlora_cli.artifacts import write_svd_outputs
-from svdlora_cli.cache import ArtifactCache
-from svdlora_cli.extraction import run_svd
+from svdlora_cli.spectra.svd_step import run_svd
+from svdlora_cli.store.cache import ArtifactCache
 from svdlora_cli.training.steplog import StepRow, write_step_log
 from tests.conftest import invoke_json
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from svdlora_cli import svd_job
 from svdlora_cli.analysis.layers import intruder_count
+from svdlora_cli.spectra import svd_job
 from tests.conftest import assert_user_error, invoke, invoke_json
 
 

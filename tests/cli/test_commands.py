@@ -230,7 +230,7 @@ def test_debug_env_shows_the_traceback(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_finished_entries(llama_pair, tmp_path, monkeypatch):
-    from svdlora_cli import svd_job
+    from svdlora_cli.spectra import svd_job
 
     real = svd_job.decompose
     done = []

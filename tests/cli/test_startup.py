@@ -17,9 +17,9 @@ import pytest
 import torch
 import typer
 
-from svdlora_cli.cache import ArtifactCache, content_key
 from svdlora_cli.cli.app import app
-from svdlora_cli.decompose import Decomposition
+from svdlora_cli.spectra.decompose import Decomposition
+from svdlora_cli.store.cache import ArtifactCache, content_key
 
 HEAVY = frozenset({"torch", "transformers", "peft", "accelerate", "matplotlib", "scipy"})
 

@@ -9,7 +9,7 @@ import pytest
 
 from svdlora_cli.cli._groups import pair_options, training_options
 from svdlora_cli.cli.app import app
-from svdlora_cli.training.loop import TrainConfig
+from svdlora_cli.training.config import TrainConfig
 
 # Set by each command itself (seed: --seed or --seeds) or fixed (the clip norm).
 NOT_OPTIONS = {"seed", "max_grad_norm"}

@@ -6,9 +6,9 @@ from importlib import metadata
 
 import pytest
 
-from svdlora_cli.checkpoints import open_checkpoint
-from svdlora_cli.model_refs import resolve_model_path
 from svdlora_cli.models import builtin
+from svdlora_cli.models.checkpoints import open_checkpoint
+from svdlora_cli.models.refs import resolve_model_path
 
 
 def test_tiny_resolves_into_the_cache_once(tmp_path):

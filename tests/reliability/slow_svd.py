@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
-from svdlora_cli import svd_job
 from svdlora_cli.cli.app import main
+from svdlora_cli.spectra import svd_job
 
 real = svd_job.decompose
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from svdlora_cli.cache import ArtifactCache
+from svdlora_cli.store.cache import ArtifactCache
 from tests.conftest import assert_user_error, invoke
 from tests.reliability.conftest import COUNTS
 
@@ -116,7 +116,7 @@ def _unwritable(w: World) -> list[str]:
 def _foreign_factors(w: World) -> list[str]:
     cache = ArtifactCache(None)
     from svdlora_cli.artifacts import write_svd_outputs
-    from svdlora_cli.extraction import run_svd
+    from svdlora_cli.spectra.svd_step import run_svd
 
     result = run_svd(str(w.gpt2.base), str(w.gpt2.tuned), cache, rank=2)
     doc = write_svd_outputs(result, w.root / "gpt2-factors", "b", "t", plot=False)

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from svdlora_cli.cache import ArtifactCache, parse_size
-from svdlora_cli.extraction import run_svd
+from svdlora_cli.spectra.svd_step import run_svd
+from svdlora_cli.store.cache import ArtifactCache, parse_size
 from tests.conftest import assert_user_error, invoke, invoke_json
 from tests.reliability.conftest import COUNTS
 

@@ -379,7 +379,7 @@ def test_full_tmpfs_under_the_cache(reference, llama_pair, tmp_path):
 
 def test_index_whose_wal_cannot_be_mapped_on_a_full_disk_is_still_read(tmp_path):
     """Entries still in the WAL (no -shm file, none can be made) are read, not lost."""
-    from svdlora_cli.cache_sqlite import ReadOnlyIndex
+    from svdlora_cli.store.sqlite import ReadOnlyIndex
 
     with tmpfs(tmp_path / "mnt", "1m") as mount:
         live = diskcache.Cache(str(mount / "live"), disk=diskcache.JSONDisk)
@@ -460,7 +460,7 @@ def test_full_tmpfs_as_output_dir(llama_pair, tmp_path):
     ids=["ENOSPC", "EDQUOT", "EROFS", "EACCES", "rust"],
 )
 def test_os_refusals_anywhere_map_to_one_error(error, fragments, tmp_path, monkeypatch):
-    from svdlora_cli.cache import ArtifactCache
+    from svdlora_cli.store.cache import ArtifactCache
 
     def fail(self):
         raise error
@@ -471,7 +471,7 @@ def test_os_refusals_anywhere_map_to_one_error(error, fragments, tmp_path, monke
 
 
 def test_other_errors_are_not_mapped(tmp_path, monkeypatch):
-    from svdlora_cli.cache import ArtifactCache
+    from svdlora_cli.store.cache import ArtifactCache
 
     def fail(self):
         raise OSError(errno.ENOENT, "No such file or directory", "/x")

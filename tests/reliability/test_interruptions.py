@@ -13,7 +13,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from svdlora_cli.cache import ArtifactCache
+from svdlora_cli.store.cache import ArtifactCache
 from tests.reliability.conftest import COUNTS
 
 SLOW_SVD = Path(__file__).with_name("slow_svd.py")

@@ -108,7 +108,7 @@ def test_a_failed_set_removes_its_staging_and_keeps_the_old_folder(tmp_path):
 def test_non_finite_weights_are_never_written(tmp_path):
     import torch
 
-    from svdlora_cli.adapters import LowRankFactors, save_factors
+    from svdlora_cli.adapters.factors import LowRankFactors, save_factors
     from svdlora_cli.errors import NonFiniteOutputError
 
     bad = LowRankFactors(B=torch.tensor([[float("inf")]]), A=torch.ones(1, 1), S=torch.ones(1))

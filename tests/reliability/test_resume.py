@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from svdlora_cli.cache import ArtifactCache
 from svdlora_cli.errors import SvdloraError
-from svdlora_cli.training.loop import TrainConfig
+from svdlora_cli.store.cache import ArtifactCache
+from svdlora_cli.training.config import TrainConfig
 from svdlora_cli.training.steplog import read_step_log
 from svdlora_cli.training.student import base_plan, svd_factors_for, train_student
 from svdlora_cli.training.teacher import train_teacher

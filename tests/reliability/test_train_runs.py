@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from svdlora_cli.errors import InvalidOptionError
-from svdlora_cli.training.loop import TrainConfig
+from svdlora_cli.training.config import TrainConfig
 from svdlora_cli.training.steplog import read_step_log
 from svdlora_cli.workflows.train import TrainOptions, learning_rate_text, lock_holder
 from tests.conftest import assert_user_error, build_tiny_llm, invoke, write_rows

@@ -46,8 +46,8 @@ class Bases:
 @pytest.fixture(scope="module")
 def bases(llama_pair, tmp_path_factory) -> Bases:
     from svdlora_cli.artifacts import write_svd_outputs
-    from svdlora_cli.cache import ArtifactCache
-    from svdlora_cli.extraction import run_svd
+    from svdlora_cli.spectra.svd_step import run_svd
+    from svdlora_cli.store.cache import ArtifactCache
 
     root = tmp_path_factory.mktemp("verify-trust")
     base, tuned = str(llama_pair.base), str(llama_pair.tuned)
@@ -216,7 +216,7 @@ def test_peft_missing_keys_warning_is_an_error_even_when_warnings_are_ignored(
 ):
     """With our own structural check out of the way, PEFT's own missing-keys warning
     (loading a 2-layer adapter onto 4 layers) still ends in Error + Hint, never a pass."""
-    from svdlora_cli import verify
+    from svdlora_cli.adapters import verify
 
     monkeypatch.setattr(verify, "structural_check", lambda *a, **k: {"ok": True, "modules": 14})
     monkeypatch.setattr(verify, "file_deltas", lambda adapter: {})
@@ -229,7 +229,7 @@ def test_peft_missing_keys_warning_is_an_error_even_when_warnings_are_ignored(
 
 
 def test_the_library_reader_refuses_a_truncated_adapter(bases, tmp_path):
-    from svdlora_cli.adapters import read_peft_adapter
+    from svdlora_cli.adapters.factors import read_peft_adapter
     from svdlora_cli.errors import CheckpointError
 
     adapter = tmp_path / "adapter"

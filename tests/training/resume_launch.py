@@ -27,7 +27,7 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from svdlora_cli.distributed import release_process_group
-from svdlora_cli.training.loop import TrainConfig
+from svdlora_cli.training.config import TrainConfig
 from svdlora_cli.training.student import base_plan, svd_factors_for, train_student
 from svdlora_cli.training.teacher import train_teacher
 
@@ -181,7 +181,7 @@ def main() -> None:
 
 
 def cache_from_env():
-    from svdlora_cli.cache import ArtifactCache
+    from svdlora_cli.store.cache import ArtifactCache
 
     return ArtifactCache(Path(os.environ["SVDLORA_TEST_CACHE"]))
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from svdlora_cli.data import collate
+from svdlora_cli.data import collate, prepare_data
+from svdlora_cli.models.loading import load_model, load_tokenizer
 from svdlora_cli.training import student as student_module
 from svdlora_cli.training.accelerator import make_accelerator
+from svdlora_cli.training.config import TrainConfig
 from svdlora_cli.training.data_inits import INIT_BATCHES, init_batches
 from svdlora_cli.training.inits import parse_inits
-from svdlora_cli.training.loop import TrainConfig
-from svdlora_cli.training.runs import load_model, load_tokenizer, prepare_data
 from svdlora_cli.training.student import base_plan, build_student, train_student
 from tests.conftest import invoke_json
 

@@ -79,9 +79,9 @@ def test_a_grid_loads_its_base_once_and_starts_every_run_from_the_weights_on_dis
     import torch
     from safetensors.torch import load_file
 
+    from svdlora_cli.models.loading import load_model
     from svdlora_cli.training import loop
-    from svdlora_cli.training.loop import TrainConfig
-    from svdlora_cli.training.runs import load_model
+    from svdlora_cli.training.config import TrainConfig
     from svdlora_cli.training.shared import SharedSetup
     from svdlora_cli.workflows import train
 
@@ -179,7 +179,7 @@ def test_steps_sized_by_tokens_are_the_same_for_every_arm(tiny_llm, tiny_data, t
     """`--tokens-per-step`: each step holds rows in the seed's order up to about N real
     tokens; two inits see the same steps, recorded in their batch orders."""
     from svdlora_cli.data import load_examples, tokenize_examples
-    from svdlora_cli.training.runs import load_tokenizer
+    from svdlora_cli.models.loading import load_tokenizer
     from svdlora_cli.training.schedule import token_schedule
 
     train_file, eval_file = (str(p) for p in tiny_data)

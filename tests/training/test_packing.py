@@ -13,7 +13,8 @@ from torch.overrides import TorchFunctionMode
 
 from svdlora_cli.data import IGNORE_INDEX, collate, load_examples, tokenize_examples
 from svdlora_cli.training import packing
-from svdlora_cli.training.loop import TrainConfig, _to, make_optimizer, real_tokens
+from svdlora_cli.training.config import TrainConfig
+from svdlora_cli.training.loop import _to, make_optimizer, real_tokens
 from svdlora_cli.training.loss import loss_sum
 from svdlora_cli.training.steplog import read_step_log
 from svdlora_cli.training.student import base_plan, train_student

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from svdlora_cli.cache import ArtifactCache
 from svdlora_cli.data import collate, load_examples, tokenize_examples
-from svdlora_cli.targets import is_default_target
-from svdlora_cli.training.loop import TrainConfig
+from svdlora_cli.models.targets import is_default_target
+from svdlora_cli.store.cache import ArtifactCache
+from svdlora_cli.training.config import TrainConfig
 from svdlora_cli.training.schedule import batch_schedule
 from svdlora_cli.training.steplog import read_step_log
 from svdlora_cli.training.student import base_plan, svd_factors_for, train_student
@@ -261,7 +261,7 @@ def test_a_bf16_student_keeps_its_base_in_bf16_and_what_it_trains_in_fp32(
 def test_a_bf16_teacher_keeps_fp32_master_weights(tiny_llm, tiny_data, tmp_path):
     """Mixed precision for the full SFT: products under bf16 autocast, weights and the
     saved teacher in fp32 (rounding W + dW to bf16 would bury a small dW)."""
-    from svdlora_cli.training.runs import throughput_line
+    from svdlora_cli.training.records import throughput_line
 
     config = TrainConfig(max_steps=2, batch_size=4, max_length=64, device="cpu", precision="bf16")
     summary = train_teacher(str(tiny_llm), tmp_path, config, str(tiny_data[0]), str(tiny_data[1]))

@@ -1,0 +1,1 @@
+"""LoRA factors and PEFT adapters: writing, reading, checking and verifying them."""

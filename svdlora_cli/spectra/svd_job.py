@@ -1,0 +1,149 @@
+"""The SVD job: decompose targets' dW into the cache, with a cost model to balance ranks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from ..distributed import Launch
+from ..models.checkpoints import ModelPair, TensorReader
+from ..models.targets import Target
+from ..store.cache import ArtifactCache, content_key
+from .decompose import GAP_TOLERANCE, Decomposition, decompose
+from .delta import Progress, stats_key, target_delta
+from .dtype_policy import DEFAULT_DTYPE_POLICY
+
+
+def svd_key(
+    pair: ModelPair,
+    target: Target,
+    method: str,
+    oversample: int | None,
+    power_iters: int,
+    seed: int,
+    dtype_policy: str = DEFAULT_DTYPE_POLICY,
+) -> str:
+    """Content key of one target's decomposition under the given method parameters."""
+    params: dict = {"method": method, "dtype_policy": dtype_policy}
+    if method == "randomized":  # certified to GAP_TOLERANCE (older entries were not)
+        params.update(
+            oversample=oversample, power_iters=power_iters, seed=seed, tolerance=GAP_TOLERANCE
+        )
+    return content_key(
+        "svd",
+        base=pair.base_fingerprint,
+        tuned=pair.tuned_fingerprint,
+        tensor=target.tensor,
+        **params,
+    )
+
+
+def prefetched(
+    pair: ModelPair, names: Sequence[str]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Tensor pairs in order, the next one read by a background thread while this one is used.
+
+    Reading (safetensors, mostly I/O and memcpy) overlaps the SVD (torch kernels release
+    the GIL); only the reader thread touches the shard handles, and at most two pairs live.
+    """
+    if not names:
+        return
+    with (
+        ThreadPoolExecutor(max_workers=1) as pool,
+        TensorReader(pair.base) as b,
+        TensorReader(pair.tuned) as t,
+    ):
+        future = pool.submit(lambda n=names[0]: (b.get(n), t.get(n)))
+        for following in [*names[1:], None]:
+            current = future.result()
+            if following is not None:
+                future = pool.submit(lambda n=following: (b.get(n), t.get(n)))
+            yield current
+
+
+# Reading two bf16 matrices and forming dW costs about this many flops per element of
+# compute time on a CPU (memory bound); it keeps small matrices from looking free.
+READ_COST_PER_ELEMENT = 100.0
+
+
+@dataclass(frozen=True)
+class SvdItem:
+    """One target to decompose: its method, number of factors and cache key."""
+
+    target: Target
+    method: str
+    k: int
+    key: str
+    fallback: bool = False  # `auto`: an uncertified randomized result becomes exact
+
+    def cost(self, oversample: int | None, power_iters: int) -> float:
+        """Estimated flops of reading and decomposing, to balance ranks (not a timing)."""
+        m, n = self.target.shape
+        small = min(m, n)
+        read = READ_COST_PER_ELEMENT * m * n
+        if self.method == "exact":  # LAPACK gesdd with thin singular vectors
+            return read + 4.0 * m * n * small + 8.0 * small**3
+        q = min(small, self.k + (max(8, self.k // 2) if oversample is None else oversample))
+        return read + 2.0 * m * n * q * (2 * power_iters + 2)
+
+
+@dataclass
+class SvdJob:
+    """Decomposes items in order (the next pair read meanwhile) into the cache."""
+
+    pair: ModelPair
+    cache: ArtifactCache
+    device: torch.device
+    oversample: int | None
+    power_iters: int
+    seed: int
+    stats: dict[str, dict] = field(default_factory=dict)
+    dtype_policy: str = DEFAULT_DTYPE_POLICY
+
+    def run(self, items: Sequence[SvdItem], progress: Progress | None) -> dict[str, Decomposition]:
+        pair, cache = self.pair, self.cache
+        decs = {}
+        names = [item.target.tensor for item in items]
+        for i, (item, (base, tuned)) in enumerate(zip(items, prefetched(pair, names), strict=True)):
+            target = item.target
+            if progress:
+                progress(target.tensor, i + 1, len(items))
+            # On a GPU, dW and its statistics are formed there too (the CPU would be the
+            # bottleneck); the prefetch thread reads the next pair meanwhile.
+            start = time.perf_counter()
+            base, tuned = base.to(self.device), tuned.to(self.device)
+            dw, self.stats[target.tensor] = target_delta(
+                target.tensor, base, tuned, target.transposed, self.dtype_policy
+            )
+            cache.put_json(
+                stats_key(pair, target.tensor, self.dtype_policy),
+                self.stats[target.tensor],
+                tensor=target.tensor,
+            )
+            del base, tuned
+            dec = decompose(
+                dw,
+                item.k,
+                fro_sq=self.stats[target.tensor]["delta_sq"],
+                method="auto" if item.fallback else item.method,
+                oversample=self.oversample,
+                power_iters=self.power_iters,
+                seed=self.seed,
+            )
+            del dw
+            cache.put_decomposition(
+                item.key,
+                dec,
+                tensor=target.tensor,
+                shape=list(target.shape),
+                base=pair.base_fingerprint,
+                tuned=pair.tuned_fingerprint,
+                rank=Launch.from_env().rank,  # who computed it, and how long it took
+                seconds=round(time.perf_counter() - start, 4),
+            )
+            decs[target.tensor] = dec
+        return decs

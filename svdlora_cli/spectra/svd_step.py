@@ -1,0 +1,349 @@
+"""The SVD step: model pair in, per-module spectra, truncated factors and summaries out."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..adapters.factors import LowRankFactors, split_factors
+from ..devices import check_device, local_device
+from ..distributed import missing_warning, work_group
+from ..errors import InvalidOptionError
+from ..models.checkpoints import open_pair
+from ..models.module_map import map_targets
+from ..store.cache import DEFAULT_CACHE_RANK, ArtifactCache
+from .decompose import (
+    ENERGY_LEVELS,
+    METHODS,
+    POWER_ITERS,
+    Decomposition,
+    rank_for_energy,
+    resolve_method,
+    spectrum_stats,
+)
+from .delta import (
+    DeltaRecord,
+    Progress,
+    collect_deltas,
+    pair_dtypes,
+    pair_targets,
+    summarize_deltas,
+)
+from .dtype_policy import DEFAULT_DTYPE_POLICY, check_policy
+from .svd_job import SvdItem, SvdJob, svd_key
+
+
+@dataclass
+class ModuleSpectrum:
+    """One target's spectrum and what its rank-r truncation keeps."""
+
+    name: str
+    tensor: str
+    shape: list[int]
+    module_type: str
+    group: str
+    layer: int | None
+    rank: int
+    method: str
+    k_cached: int
+    energy: float
+    rel_error: float
+    effective_rank: float | None
+    stable_rank: float
+    rank_50: int | None
+    rank_90: int | None
+    rank_95: int | None
+    rank_99: int | None
+    delta_norm: float
+    zero_delta: bool
+    spectrum_complete: bool
+    power_iterations: int  # randomized: the power iterations run until certified
+    energy_gap_bound: float  # certified bound on the top-k energy missed (share of ||dW||^2)
+    singular_values: list[float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SvdResult:
+    """Spectra, truncated factors and summaries of one `svd` run."""
+
+    rank: int | None
+    energy_target: float | None
+    method: str
+    modules: list[ModuleSpectrum]
+    truncated: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    untargeted: list[DeltaRecord]
+    summary: dict
+    fingerprints: dict[str, str | None]
+    cache: dict[str, int]
+    candidates: list[str]
+    fan_in_fan_out: bool
+    target_deltas: list[DeltaRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    compute: dict = field(default_factory=dict)
+    coverage: dict = field(default_factory=dict)
+    dtypes: dict = field(default_factory=dict)  # stored dtypes, --dtype-policy, rounding share
+
+    @property
+    def label(self) -> str:
+        """`rank16` or `energy90`: the suffix of every artifact name."""
+        if self.rank is not None:
+            return f"rank{self.rank}"
+        return f"energy{100 * (self.energy_target or 0):g}"
+
+    def factors(self, split: str = "b") -> dict[str, LowRankFactors]:
+        """PEFT-oriented factors per module for the requested split of Sigma."""
+        return {m: split_factors(U, S, Vh, split) for m, (U, S, Vh) in self.truncated.items()}
+
+    def to_dict(self) -> dict:
+        return {
+            "rank": self.rank,
+            "energy_target": self.energy_target,
+            "method": self.method,
+            "modules": [m.to_dict() for m in self.modules],
+            "untargeted": [r.to_dict() for r in self.untargeted if r.changed],
+            "summary": self.summary,
+            "fingerprints": self.fingerprints,
+            "cache": self.cache,
+            "compute": self.compute,
+            "coverage": self.coverage,
+            "dtypes": self.dtypes,
+            "warnings": self.warnings,
+        }
+
+
+def _validate(
+    rank: int | None, energy: float | None, max_rank: int, method: str, cache_rank: int
+) -> None:
+    if rank is None and energy is None:
+        raise InvalidOptionError(
+            "no rank given", "pass --rank R (e.g. 16) or --energy E (e.g. 0.9)"
+        )
+    if rank is not None and energy is not None:
+        raise InvalidOptionError("--rank and --energy are exclusive", "pass one of them")
+    if rank is not None and rank <= 0:
+        raise InvalidOptionError(
+            f"--rank must be a positive integer, got {rank}", "use e.g. --rank 16"
+        )
+    if energy is not None and not (0.0 < energy <= 1.0):
+        raise InvalidOptionError(
+            f"--energy must be in (0, 1], got {energy}", "use e.g. --energy 0.9"
+        )
+    if max_rank <= 0:
+        raise InvalidOptionError(
+            f"--max-rank must be positive, got {max_rank}", "use e.g. --max-rank 64"
+        )
+    if cache_rank < 0:
+        raise InvalidOptionError(
+            f"--cache-rank must be >= 0, got {cache_rank}", "use e.g. --cache-rank 64"
+        )
+    if method not in METHODS:
+        raise InvalidOptionError(
+            f"unknown --method {method!r}", f"use one of: {', '.join(METHODS)}"
+        )
+
+
+def _round(values: torch.Tensor) -> list[float]:
+    return [float(f"{v:.7g}") for v in values.tolist()]
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _spectrum_summary(modules: Sequence[ModuleSpectrum]) -> dict:
+    captured = sum(m.energy * m.delta_norm**2 for m in modules)
+    total = sum(m.delta_norm**2 for m in modules)
+    effective = [m.effective_rank for m in modules if m.effective_rank is not None]
+    return {
+        "count": len(modules),
+        "mean_energy": _mean([m.energy for m in modules]),
+        "min_energy": min(m.energy for m in modules) if modules else None,
+        "total_energy": captured / total if total > 0 else 1.0,
+        "mean_rel_error": _mean([m.rel_error for m in modules]),
+        "mean_rank": _mean([m.rank for m in modules]),
+        "mean_effective_rank": _mean(effective),
+        "mean_stable_rank": _mean([m.stable_rank for m in modules]),
+        "mean_rank_90": _mean([m.rank_90 for m in modules if m.rank_90 is not None]),
+        "randomized_modules": sum(m.method == "randomized" for m in modules),
+        "worst_energy_gap": max((m.energy_gap_bound for m in modules), default=0.0),
+        "max_power_iterations": max((m.power_iterations for m in modules), default=0),
+    }
+
+
+def run_svd(
+    base_model: str,
+    tuned_model: str,
+    cache: ArtifactCache,
+    rank: int | None = None,
+    energy: float | None = None,
+    max_rank: int = DEFAULT_CACHE_RANK,
+    method: str = "auto",
+    device: str = "cpu",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    cache_rank: int = DEFAULT_CACHE_RANK,
+    oversample: int | None = None,
+    power_iters: int = POWER_ITERS,
+    seed: int = 0,
+    progress: Progress | None = None,
+    dtype_policy: str = DEFAULT_DTYPE_POLICY,
+) -> SvdResult:
+    """Decompose every target's dW once (per content key) and truncate at the chosen rank(s)."""
+    _validate(rank, energy, max_rank, method, cache_rank)
+    check_policy(dtype_policy)
+    torch_device = local_device(check_device(device))
+    pair = open_pair(base_model, tuned_model, cache.memo, with_fingerprints=cache.enabled)
+    targets, rest, warnings = pair_targets(pair, include, exclude)
+    # Adapter keys name the modules of the model transformers builds, not the file's keys.
+    targets, rest, wrappable, coverage = map_targets(pair.base.path, targets, rest, cache)
+    warnings.extend(coverage.warnings())
+    wanted = rank if rank is not None else max_rank
+    keep = max(wanted, cache_rank)
+    clamped = []
+    decs: dict[str, Decomposition] = {}
+    hits_before, misses_before = cache.hits, cache.misses
+    todo: list[SvdItem] = []
+    for target in targets:
+        full = min(target.shape)
+        if wanted > full:
+            clamped.append(target.module)
+        k = min(keep, full)
+        resolved = resolve_method(method, target.shape, k)
+        # An exact decomposition already cached serves an `auto` request too.
+        tried = [resolved, "exact"] if method == "auto" and resolved != "exact" else [resolved]
+        keys = [
+            svd_key(pair, target, m, oversample, power_iters, seed, dtype_policy) for m in tried
+        ]
+        dec = next(
+            (d for d in (cache.peek_decomposition(key, k) for key in keys) if d is not None), None
+        )
+        cache.count(hit=dec is not None)
+        if dec is None:
+            todo.append(SvdItem(target, resolved, k, keys[0], fallback=method == "auto"))
+        else:
+            decs[target.tensor] = dec
+    with work_group(cache.enabled) as group:
+        if group.launch.distributed and not cache.enabled:
+            warnings.append(
+                f"without the cache the {group.launch.world_size} processes cannot share "
+                "results: each one decomposed every tensor"
+            )
+        job = SvdJob(
+            pair, cache, torch_device, oversample, power_iters, seed, dtype_policy=dtype_policy
+        )
+        computed, late = group.run(
+            todo,
+            key=lambda item: item.target.tensor,
+            cost=lambda item: item.cost(oversample, power_iters),
+            compute=lambda items: job.run(items, progress),
+            fetch=lambda item: cache.peek_decomposition(item.key, item.k),
+        )
+        decs.update(computed)
+        if late:
+            warnings.append(missing_warning(late, "decomposition(s)", cache.directory))
+        delta_records, untargeted = collect_deltas(
+            pair, targets, rest, cache, progress=None, known=job.stats, policy=dtype_policy
+        )
+    dtypes, dtype_notes = pair_dtypes(pair, delta_records, dtype_policy)
+    warnings += dtype_notes
+    if clamped:
+        warnings.append(clamp_warning(wanted, clamped))
+    by_tensor = {r.name: r for r in delta_records}
+    modules: list[ModuleSpectrum] = []
+    truncated = {}
+    for target in targets:
+        dec = decs[target.tensor]
+        fixed = rank is not None
+        r = min(rank, dec.k) if fixed else rank_for_energy(dec, float(energy or 1.0), max_rank)
+        stats = spectrum_stats(dec, r)
+        truncated[target.module] = dec.sliced(r)
+        modules.append(
+            ModuleSpectrum(
+                name=target.module,
+                tensor=target.tensor,
+                shape=list(target.shape),
+                module_type=target.module_type,
+                group=target.group,
+                layer=target.layer,
+                rank=r,
+                method=dec.method,
+                k_cached=dec.k,
+                energy=stats.energy,
+                rel_error=stats.rel_error,
+                effective_rank=stats.effective_rank,
+                stable_rank=stats.stable_rank,
+                **{f"rank_{round(level * 100)}": stats.rank_for[level] for level in ENERGY_LEVELS},
+                delta_norm=by_tensor[target.tensor].delta_norm,
+                zero_delta=dec.fro_sq == 0.0,
+                spectrum_complete=dec.complete,
+                power_iterations=dec.iterations,
+                energy_gap_bound=dec.gap_bound,
+                singular_values=_round(dec.S),
+            )
+        )
+    zero = [m.name for m in modules if m.zero_delta]
+    if zero:
+        warnings.append(zero_delta_warning(zero))
+    delta_summary = summarize_deltas(delta_records, untargeted)
+    summary = {
+        **_spectrum_summary(modules),
+        "by_module_type": _grouped(modules, "module_type"),
+        "by_group": _grouped(modules, "group"),
+        "untargeted_share": delta_summary["untargeted_share"],
+        "untargeted_changed": delta_summary["untargeted_changed"],
+        "zero_modules": len(zero),
+        "adapter_parameters": sum(m.rank * sum(m.shape) for m in modules),
+        "rank_pattern": {m.name: m.rank for m in modules} if rank is None else None,
+    }
+    return SvdResult(
+        rank=rank,
+        energy_target=energy,
+        method=method,
+        modules=modules,
+        truncated=truncated,
+        untargeted=untargeted,
+        summary=summary,
+        fingerprints=pair.fingerprints(),
+        cache={"hits": cache.hits - hits_before, "misses": cache.misses - misses_before},
+        candidates=wrappable
+        if wrappable is not None
+        else [
+            n.removesuffix(".weight") for n in pair.names if len(pair.base.tensors[n].shape) == 2
+        ],
+        fan_in_fan_out=any(t.transposed for t in targets),
+        target_deltas=delta_records,
+        warnings=warnings,
+        compute={  # where this rank decomposed (CPU results depend on the thread count)
+            "device": str(job.device),
+            "processes": group.launch.world_size,
+            "threads": torch.get_num_threads(),
+        },
+        coverage=coverage.to_dict(),
+        dtypes=dtypes,
+    )
+
+
+def clamp_warning(rank: int, clamped: Sequence[str]) -> str:
+    """The warning for a rank beyond min(out, in) of some modules (`svd` and `train`)."""
+    return (
+        f"rank {rank} exceeds min(out, in) of {len(clamped)} module(s) "
+        f"(e.g. {clamped[0]}); clamped to their full rank"
+    )
+
+
+def zero_delta_warning(zero: Sequence[str]) -> str:
+    """The warning for targets whose dW is exactly zero (`svd` and `train --init svd`)."""
+    return f"{len(zero)} target(s) did not change at all (dW = 0), e.g. {zero[0]}"
+
+
+def _grouped(modules: Sequence[ModuleSpectrum], key: str) -> dict[str, dict]:
+    groups: dict[str, list[ModuleSpectrum]] = {}
+    for m in modules:
+        groups.setdefault(str(getattr(m, key)), []).append(m)
+    return {label: _spectrum_summary(rows) for label, rows in groups.items()}

@@ -1,0 +1,1 @@
+"""The artifact cache: content keys, the diskcache/sqlite index and safetensors payloads."""

@@ -1,0 +1,91 @@
+"""Checkpoint resolution, shard indexes, .bin files, fingerprints and corrupt files."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from svdlora_cli.errors import CheckpointError, ModelMismatchError, ModelNotFoundError
+from svdlora_cli.models import checkpoints
+from svdlora_cli.models.checkpoints import TensorReader, fingerprint, open_checkpoint, open_pair
+from svdlora_cli.models.refs import resolve_model_path
+
+
+def test_sharded_checkpoint_streams_every_tensor(sharded_pair):
+    ckpt = open_checkpoint(sharded_pair.base)
+    assert len(ckpt.files) > 1 and (sharded_pair.base / checkpoints.SAFETENSORS_INDEX).exists()
+    full = {}
+    for f in ckpt.files:
+        full.update(load_file(f))
+    with TensorReader(ckpt) as reader:
+        for name in ckpt.names():
+            assert torch.equal(reader.get(name), full[name])
+    assert set(ckpt.names()) == set(full)
+
+
+def test_bin_checkpoint_reads_with_weights_only(tmp_path, llama_pair):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    state = load_file(llama_pair.base / "model.safetensors")
+    torch.save(state, folder / "pytorch_model.bin")
+    ckpt = open_checkpoint(folder)
+    assert ckpt.format == "bin"
+    with TensorReader(ckpt) as reader:
+        name = "model.layers.0.self_attn.q_proj.weight"
+        assert torch.equal(reader.get(name), state[name])
+
+
+def test_hub_id_resolves_from_local_hf_cache(tmp_path, monkeypatch, llama_pair):
+    hub = tmp_path / "hub"
+    snapshot = hub / "models--acme--tiny" / "snapshots" / "abc123"
+    shutil.copytree(llama_pair.base, snapshot)
+    (hub / "models--acme--tiny" / "refs").mkdir(parents=True)
+    (hub / "models--acme--tiny" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
+    assert resolve_model_path("acme/tiny") == snapshot
+    with pytest.raises(ModelNotFoundError, match="acme/other"):
+        resolve_model_path("acme/other")
+
+
+def test_missing_and_empty_folders_are_clear_errors(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="model not found"):
+        open_checkpoint(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no weights"):
+        open_checkpoint(tmp_path / "empty")
+
+
+def test_truncated_safetensors_is_detected(tmp_path, llama_pair):
+    folder = tmp_path / "cut"
+    shutil.copytree(llama_pair.base, folder)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        open_checkpoint(folder)
+    weights.write_bytes(b"\xff" * 64)
+    with pytest.raises(CheckpointError, match="header"):
+        open_checkpoint(folder)
+
+
+def test_fingerprint_is_memoised_and_content_based(tmp_path, llama_pair, monkeypatch):
+    memo: dict[str, str] = {}
+    calls = []
+    real = checkpoints._file_digest
+    monkeypatch.setattr(checkpoints, "_file_digest", lambda f: calls.append(f) or real(f))
+    ckpt = open_checkpoint(llama_pair.base)
+    first = fingerprint(ckpt, memo)
+    assert fingerprint(ckpt, memo) == first and len(calls) == 1
+    copy = tmp_path / "copy"
+    shutil.copytree(llama_pair.base, copy)
+    assert fingerprint(open_checkpoint(copy), memo) == first  # same content, other path
+    assert fingerprint(open_checkpoint(llama_pair.tuned), memo) != first
+
+
+def test_pair_of_different_architectures_is_refused(llama_pair, gpt2_pair):
+    with pytest.raises(ModelMismatchError):
+        open_pair(llama_pair.base, gpt2_pair.tuned, with_fingerprints=False)
