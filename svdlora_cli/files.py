@@ -265,7 +265,12 @@ def package_versions() -> dict[str, str]:
 def write_run_config(
     folder: str | os.PathLike[str], command: str, options: dict[str, Any], inputs: dict[str, Any]
 ) -> Path:
-    """Record the exact invocation, package versions and input fingerprints beside outputs."""
+    """Record the exact invocation, package versions and input fingerprints beside outputs.
+
+    `run_config.json` belongs to one command: a folder that holds another command's record
+    (compare writing into the folder train wrote) gets `run_config_<command>.json` instead,
+    so no command's record is overwritten by another's.
+    """
     record = {
         "command": command,
         "argv": sys.argv,
@@ -273,4 +278,11 @@ def write_run_config(
         "inputs": inputs,
         "versions": package_versions(),
     }
-    return write_json(Path(folder) / "run_config.json", record)
+    path = Path(folder) / "run_config.json"
+    try:
+        owner = json.loads(path.read_text()).get("command") if path.is_file() else command
+    except (OSError, ValueError, AttributeError):
+        owner = None  # unreadable: never overwrite what we cannot read
+    if owner != command:
+        path = path.with_name(f"run_config_{command}.json")
+    return write_json(path, record)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StepLogError, SvdloraError
+from ..files import is_utf8, printable
 from ..training.steplog import StepRow, read_step_log
 from .curve_stats import (
     area_under_curve,
@@ -105,6 +106,11 @@ def _read_run_record(path: Path) -> dict[str, Any]:
 
 
 def _load(path: Path) -> RunLog:
+    if not is_utf8(str(path)):  # found on disk: its name goes into tables, JSON and plots
+        raise SvdloraError(
+            f"run log {printable(str(path))} has a name that is not valid UTF-8",
+            "rename the folder or file to a UTF-8 name (e.g. with `mv`), then rerun compare",
+        )
     match = LOG_NAME.match(path.name)
     if match is None:
         raise SvdloraError(

@@ -81,6 +81,18 @@ def _small_file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def comparable_identity(model_ref: str, data: Datasets, memo: Any = None) -> dict[str, Any]:
+    """What makes two runs comparable, by content: the base's weights fingerprint and the
+    sha256 of the train and eval files (`compare` pools runs only when these agree)."""
+    from ..models.checkpoints import fingerprint, open_checkpoint
+
+    return {
+        "base_fingerprint": fingerprint(open_checkpoint(resolve_model_path(model_ref)), memo),
+        "train_data_sha256": _small_file_digest(data.train_path),
+        "eval_data_sha256": _small_file_digest(data.eval_path) if data.eval_path else None,
+    }
+
+
 def run_key(
     kind: str, model_ref: str, data: Datasets, config: TrainConfig, memo: Any = None, **extra: Any
 ) -> str:

@@ -40,7 +40,13 @@ from .inits import (
     plan_lora,
 )
 from .loop import StepProgress, fit
-from .records import arm_summary, reuse_or_key, save_hyperparameters, write_run_files
+from .records import (
+    arm_summary,
+    comparable_identity,
+    reuse_or_key,
+    save_hyperparameters,
+    write_run_files,
+)
 from .shared import SharedSetup
 
 
@@ -244,7 +250,9 @@ def train_student(
             final = folder / f"final_model_{name}"
             paths = {"adapter": final, **write_run_files(folder, name, result, config.to_dict())}
             summary = arm_summary(name, result, paths) | extra
-            record = _record(base_model, init, plan, data, config)
+            record = _record(base_model, init, plan, data, config) | comparable_identity(
+                base_model, data, memo
+            )
             with atomic_dir(final) as tmp:
                 unwrapped = accelerator.unwrap_model(model)
                 conversion = (
@@ -254,7 +262,8 @@ def train_student(
                 )
                 unwrapped.save_pretrained(tmp, state_dict=state_dict, **conversion)
                 save_hyperparameters(tmp, {**record, "run_key": key, "summary": summary})
-            write_run_config(folder, "train", record, {"base_model": base_model})
+                # Per run, beside its adapter: the arms of a grid share the folder above.
+                write_run_config(tmp, "train", record, {"base_model": base_model})
     except BaseException:
         shared.forget()  # the base may be half-way through an init: load it afresh
         raise

@@ -12,7 +12,13 @@ from ..models.loading import load_model, load_tokenizer
 from .accelerator import gathered_state_dict, make_accelerator
 from .config import TrainConfig
 from .loop import StepProgress, fit
-from .records import arm_summary, reuse_or_key, save_hyperparameters, write_run_files
+from .records import (
+    arm_summary,
+    comparable_identity,
+    reuse_or_key,
+    save_hyperparameters,
+    write_run_files,
+)
 
 
 def train_teacher(
@@ -70,7 +76,7 @@ def train_teacher(
             **write_run_files(folder, "teacher", result, config.to_dict()),
         }
         summary = arm_summary("teacher", result, paths)
-        record = _record(model_name, data, config)
+        record = _record(model_name, data, config) | comparable_identity(model_name, data, memo)
         with atomic_dir(final) as tmp:
             # fp32 on purpose: rounding W + dW to bf16 would bury a small dW in noise.
             accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)

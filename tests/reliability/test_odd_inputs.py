@@ -134,3 +134,13 @@ def test_a_tokenizer_larger_than_the_embedding_is_one_clean_error(
     assert_user_error(result, "embedding", "tokenizer")
     assert "IndexError" not in result.stderr.splitlines()[-1]
     COUNTS["bad-input cases"] += 1
+
+
+def test_a_run_folder_with_a_non_utf8_name_is_one_clean_error_in_compare(tmp_path):
+    """compare finds logs on disk, past the argv check: their names reach tables and plots."""
+    runs = tmp_path / "runs"
+    (runs / ODD).mkdir(parents=True)
+    (runs / ODD / "training_log_random.csv").write_text("step,train_loss\n0,1.0\n")
+    result = invoke("compare", str(runs))
+    assert_user_error(result, "Error: run log", "odd\\xff", "not valid UTF-8", "rename")
+    COUNTS["bad-input cases"] += 1

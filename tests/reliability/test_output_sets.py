@@ -115,3 +115,16 @@ def test_non_finite_weights_are_never_written(tmp_path):
     with pytest.raises(NonFiniteOutputError, match="NaN or Inf"):
         save_factors(tmp_path / "f.safetensors", {"m": bad}, {})
     assert not (tmp_path / "f.safetensors").exists()
+
+
+def test_run_config_of_one_command_is_never_overwritten_by_another(tmp_path):
+    from svdlora_cli.files import write_run_config
+
+    first = write_run_config(tmp_path, "train", {"rank": 4}, {})
+    again = write_run_config(tmp_path, "train", {"rank": 8}, {})  # a rerun replaces its own
+    other = write_run_config(tmp_path, "compare", {}, {})
+    assert first == again == tmp_path / "run_config.json"
+    assert other == tmp_path / "run_config_compare.json"
+    assert json.loads(first.read_text())["options"] == {"rank": 8}
+    assert json.loads(other.read_text())["command"] == "compare"
+    COUNTS["faults handled"] += 1

@@ -272,3 +272,15 @@ def test_a_bf16_teacher_keeps_fp32_master_weights(tiny_llm, tiny_data, tmp_path)
     line = throughput_line(summary)
     assert line.startswith("teacher: ") and "MFU" in line and summary["peak_source"] in line
     assert throughput_line({**summary, "reused": True}).endswith("same inputs)")
+
+
+def test_run_records_carry_what_makes_runs_comparable(teacher, tiny_llm, tiny_data):
+    """compare pools runs by these fields: the base's weights and the data files' bytes."""
+    import hashlib
+
+    from svdlora_cli.models.checkpoints import fingerprint, open_checkpoint
+
+    record = json.loads((teacher[0] / "final_model" / "svdlora_run.json").read_text())
+    assert record["base_fingerprint"] == fingerprint(open_checkpoint(str(tiny_llm)))
+    for key, path in (("train_data_sha256", tiny_data[0]), ("eval_data_sha256", tiny_data[1])):
+        assert record[key] == hashlib.sha256(path.read_bytes()).hexdigest()
