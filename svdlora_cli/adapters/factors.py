@@ -297,7 +297,7 @@ def read_adapter_layout(folder: str | Path) -> AdapterLayout:
     """The checked reader of a PEFT LoRA adapter folder: its config, and the shapes of its
     lora_A (r, in) / lora_B (out, r) pairs from the safetensors header. A truncated or
     corrupt file, half a pair or factors that disagree on r are errors naming the file."""
-    from ..models.checkpoints import _read_safetensors_header
+    from ..models.formats import format_for
 
     folder = Path(folder)
     config = _read_adapter_config(folder)
@@ -308,7 +308,7 @@ def read_adapter_layout(folder: str | Path) -> AdapterLayout:
             "pass a folder with adapter_config.json and adapter_model.safetensors",
         )
     try:
-        infos = _read_safetensors_header(file)
+        infos = format_for(file).header(file)
     except CheckpointError as exc:
         raise CheckpointError(
             exc.message, f"the adapter file is truncated or corrupt: copy it again or {_REGENERATE}"

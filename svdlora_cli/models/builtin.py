@@ -42,7 +42,7 @@ def smollm2_gguf() -> Path:
             f"run `{INSTALL_HINT}` (or `make demo`, which installs it)",
         ) from exc
     for file in dist.files or ():
-        if str(file).endswith(SMOLLM2_FILE):
+        if file.name == SMOLLM2_FILE:
             path = Path(dist.locate_file(file))
             if path.is_file():
                 return path

@@ -1,19 +1,18 @@
 """Index a checkpoint's shards and stream its tensors one at a time.
 
 A checkpoint is opened from its headers only: tensor names, shapes and dtypes
-come from the safetensors JSON header, never from loading the weights. Tensors
-are then read one at a time, keeping a single shard open, so peak memory stays
-at a few tensors however large the model is. Model refs are resolved to folders
-in `model_refs`.
+come from each weight file's header (through its format reader, `formats.py`),
+never from loading the weights. Tensors are then read one at a time, keeping a
+single shard open, so peak memory stays at a few tensors however large the model
+is. FP8 weights read dequantized (`quantized.py`). Model refs are resolved to
+folders in `refs.py`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,37 +21,15 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import CheckpointError, ModelMismatchError
+from .formats import SAFETENSORS_DTYPES as SAFETENSORS_DTYPES  # re-exported
+from .formats import ShardReader, TensorFormat, TensorSource, format_for
+from .formats import TensorInfo as TensorInfo  # re-exported
 from .quantized import Quantization, read_quantization
 from .refs import resolve_model_path
 from .weight_files import SAFETENSORS_INDEX as SAFETENSORS_INDEX  # re-exported
 from .weight_files import select_weight_files
 
 _HASH_CHUNK = 8 << 20
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_MAX_HEADER = 100 << 20
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where a tensor lives and what it looks like, read from the file header."""
-
-    name: str
-    file: Path
-    shape: tuple[int, ...]
-    dtype: str
-    offset: int = -1  # absolute byte offset of the data in a safetensors file
-    nbytes: int = 0
 
 
 @dataclass
@@ -66,10 +43,15 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
     quantization: Quantization | None = None  # FP8 weights and their scales (quantized.py)
     weights_warning: str | None = None  # names weight files in the folder left unread
+    formats: dict[Path, TensorFormat] = field(default_factory=dict)  # each file's reader
+
+    def format_of(self, file: Path) -> TensorFormat:
+        """The reader chosen for one of the weight files when the checkpoint was opened."""
+        return self.formats.get(file) or format_for(file)
 
     @property
     def format(self) -> str:
-        return "safetensors" if self.files[0].suffix == ".safetensors" else "bin"
+        return self.format_of(self.files[0]).name
 
     @property
     def model_type(self) -> str:
@@ -79,59 +61,6 @@ class Checkpoint:
         """Tensor names in file order, so a stream reads each shard once."""
         order = {f: i for i, f in enumerate(self.files)}
         return sorted(self.tensors, key=lambda n: (order[self.tensors[n].file], n))
-
-
-def _read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
-    """Parse and validate a safetensors header; a truncated or corrupt file is an error."""
-    size = file.stat().st_size
-    hint = "re-download or re-save the checkpoint; the file is truncated or corrupt"
-    try:
-        with open(file, "rb") as handle:
-            raw = handle.read(8)
-            if len(raw) < 8:
-                raise CheckpointError(f"{file} is too short to be a safetensors file", hint)
-            (length,) = struct.unpack("<Q", raw)
-            if length > min(size - 8, _MAX_HEADER):
-                raise CheckpointError(f"{file} has a bad safetensors header length", hint)
-            header = json.loads(handle.read(length))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"cannot read safetensors header of {file}: {exc}", hint) from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{file} has a malformed safetensors header", hint)
-    data_size = size - 8 - length
-    tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            start, end = entry["data_offsets"]
-            shape = tuple(int(d) for d in entry["shape"])
-            dtype = str(entry["dtype"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{file}: malformed header entry for {name}", hint) from exc
-        if end > data_size or start > end:
-            raise CheckpointError(
-                f"{file} is truncated: tensor {name} ends at byte {end} of {data_size}", hint
-            )
-        tensors[name] = TensorInfo(name, file, shape, dtype, 8 + length + start, end - start)
-    return tensors
-
-
-def _load_bin(file: Path) -> dict[str, torch.Tensor]:
-    """Load a pytorch_model*.bin safely (weights_only), memory-mapped when the format allows."""
-    try:
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read {file} as a weights-only PyTorch checkpoint: {exc}".splitlines()[0],
-            "convert the model to safetensors, or re-save it; svdlora never unpickles code",
-        ) from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{file} does not hold a state dict", "re-save the model")
-    return state
 
 
 def open_checkpoint(ref: str | os.PathLike[str]) -> Checkpoint:
@@ -146,16 +75,10 @@ def open_checkpoint(ref: str | os.PathLike[str]) -> Checkpoint:
             "expected model.safetensors, sharded *.safetensors with an index, "
             "or pytorch_model*.bin",
         )
+    formats = {file: format_for(file) for file in files}  # chosen once per file
     tensors: dict[str, TensorInfo] = {}
     for file in files:
-        if file.suffix == ".safetensors":
-            found = _read_safetensors_header(file)
-        else:
-            found = {
-                n: TensorInfo(n, file, tuple(t.shape), str(t.dtype).removeprefix("torch."))
-                for n, t in _load_bin(file).items()
-            }
-        tensors.update(found)
+        tensors.update(formats[file].header(file))
     config: dict[str, Any] = {}
     config_file = folder / "config.json"
     if config_file.is_file():
@@ -167,7 +90,14 @@ def open_checkpoint(ref: str | os.PathLike[str]) -> Checkpoint:
             ) from exc
     quantization, tensors = read_quantization(folder, config, tensors)
     return Checkpoint(
-        str(ref), folder, tuple(files), tensors, config, quantization, selected.warning(folder)
+        str(ref),
+        folder,
+        tuple(files),
+        tensors,
+        config,
+        quantization,
+        selected.warning(folder),
+        formats,
     )
 
 
@@ -176,94 +106,20 @@ class TensorReader:
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
-        self._file: Path | None = None
-        self._handle: Any = None
-
-    def _open(self, file: Path) -> Any:
-        if file != self._file:
-            if self._handle is not None and not isinstance(self._handle, dict):
-                self._handle.close()
-            self._handle = None
-            try:
-                if file.suffix == ".safetensors":
-                    self._handle = open(file, "rb")  # noqa: SIM115 (kept open across reads)
-                else:
-                    self._handle = _load_bin(file)
-            except OSError as exc:
-                raise CheckpointError(
-                    f"cannot open {file}: {exc}", "check the file's permissions"
-                ) from exc
-            self._file = file
-        return self._handle
+        self._shards = ShardReader({f: checkpoint.format_of(f) for f in checkpoint.files})
+        quant = checkpoint.quantization
+        self._source: TensorSource = quant.reader(self._shards) if quant else self._shards
 
     def get(self, name: str) -> torch.Tensor:
         """One tensor in its stored dtype; FP8 weights come dequantized (never their codes)."""
-        quant = self.checkpoint.quantization
-        raw = self._read(self.checkpoint.tensors[name])
-        if quant is not None and name in quant.scales:
-            return quant.dequantize(name, raw, self._read(quant.scales[name]))
-        return raw
-
-    def _read(self, info: TensorInfo) -> torch.Tensor:
-        """One tensor, as stored (no dtype conversion).
-
-        safetensors data is read with one positioned read into a fresh buffer rather
-        than through a memory map, so only the tensors in use count towards RSS.
-        """
-        name = info.name
-        handle = self._open(info.file)
-        if isinstance(handle, dict):
-            return handle[name]
-        dtype = SAFETENSORS_DTYPES.get(info.dtype)
-        if dtype is not None:
-            buffer = bytearray(info.nbytes)
-            handle.seek(info.offset)
-            if handle.readinto(buffer) != info.nbytes:
-                raise CheckpointError(
-                    f"{info.file} ended inside tensor {name}",
-                    "re-download or re-save the checkpoint",
-                )
-            if not buffer:
-                return torch.empty(info.shape, dtype=dtype)
-            return torch.frombuffer(buffer, dtype=dtype).reshape(info.shape)
-        from safetensors import safe_open  # other dtypes (fp8, ...): the library's reader
-
-        try:
-            with safe_open(str(info.file), framework="pt", device="cpu") as fallback:
-                return fallback.get_tensor(name)
-        except Exception as exc:
-            raise CheckpointError(
-                f"cannot read tensor {name} from {info.file}: {exc}",
-                "re-download or re-save the checkpoint; the file looks corrupt",
-            ) from exc
+        return self._source.read(self.checkpoint.tensors[name])
 
     def chunks(self, name: str, size: int) -> Iterator[torch.Tensor]:
         """A tensor as flat blocks of at most `size` elements, read piece by piece."""
-        info = self.checkpoint.tensors[name]
-        dtype = SAFETENSORS_DTYPES.get(info.dtype)
-        numel = math.prod(info.shape)
-        quant = self.checkpoint.quantization
-        quantized = quant is not None and name in quant.scales
-        if dtype is None or quantized or info.offset < 0 or numel <= size:
-            yield from self.get(name).reshape(-1).split(size)
-            return
-        handle = self._open(info.file)
-        width = info.nbytes // numel
-        for start in range(0, numel, size):
-            count = min(size, numel - start)
-            buffer = bytearray(count * width)
-            handle.seek(info.offset + start * width)
-            if handle.readinto(buffer) != len(buffer):
-                raise CheckpointError(
-                    f"{info.file} ended inside tensor {name}", "re-download the checkpoint"
-                )
-            yield torch.frombuffer(buffer, dtype=dtype)
+        yield from self._source.chunks(self.checkpoint.tensors[name], size)
 
     def close(self) -> None:
-        if self._handle is not None and not isinstance(self._handle, dict):
-            self._handle.close()
-        self._file = None
-        self._handle = None
+        self._shards.close()
 
     def __enter__(self) -> TensorReader:
         return self

@@ -12,22 +12,21 @@ and scales promoted to fp32, multiplied, cast to the model's dtype):
 
 Scales may be fp32/bf16 or E8M0 exponents (`uint8` byte b means 2**(b - 127)).
 Activation and KV-cache scales are not weights and leave the tensor index too, so
-they are never reported as changed tensors.
+they are never reported as changed tensors. `Quantization.reader` wraps a checkpoint's
+format reader (`formats.py`) so that a weight reads dequantized, never as its codes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from ..errors import CheckpointError
-
-if TYPE_CHECKING:
-    from .checkpoints import Checkpoint, TensorInfo
+from .formats import TensorInfo, TensorSource
 
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "float64", "float32", "float16", "bfloat16"})
 FP8_DTYPES = frozenset({"F8_E4M3", "F8_E5M2", "float8_e4m3fn", "float8_e5m2"})
@@ -61,6 +60,42 @@ class Quantization:
     def dequantize(self, name: str, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """codes * scale in fp32, broadcast per tensor, row or block; cast to the model dtype."""
         return dequantize(name, codes, scale, self.block).to(self.dtype)
+
+    def reader(self, source: TensorSource) -> DequantizingReader:
+        """`source`, with FP8 weights read dequantized."""
+        return DequantizingReader(source, self)
+
+
+class DequantizingReader:
+    """A tensor source over a format reader: FP8 weights come dequantized, others as stored."""
+
+    def __init__(self, source: TensorSource, quantization: Quantization) -> None:
+        self.source = source
+        self.quantization = quantization
+
+    def read(self, info: TensorInfo) -> torch.Tensor:
+        scale = self.quantization.scales.get(info.name)
+        raw = self.source.read(info)
+        if scale is None:
+            return raw
+        return self.quantization.dequantize(info.name, raw, self.source.read(scale))
+
+    def chunks(self, info: TensorInfo, size: int) -> Iterator[torch.Tensor]:
+        """A dequantized weight is read whole (its scale spans it), then split."""
+        if info.name in self.quantization.scales:
+            yield from self.read(info).reshape(-1).split(size)
+        else:
+            yield from self.source.chunks(info, size)
+
+
+class Indexed(Protocol):
+    """A checkpoint as far as these checks need it: its tensor index and quantization."""
+
+    @property
+    def tensors(self) -> Mapping[str, TensorInfo]: ...
+
+    @property
+    def quantization(self) -> Quantization | None: ...
 
 
 def _scale_fp32(scale: torch.Tensor) -> torch.Tensor:
@@ -150,7 +185,7 @@ def read_quantization(
     return Quantization(method, scales, block, model_dtype or torch.float32), kept
 
 
-def loaded_dtype(checkpoint: Checkpoint, name: str) -> str:
+def loaded_dtype(checkpoint: Indexed, name: str) -> str:
     """The dtype a tensor reads in: as stored, or the model's dtype for a dequantized one."""
     quant = checkpoint.quantization
     if quant is not None and name in quant.scales:
@@ -159,7 +194,7 @@ def loaded_dtype(checkpoint: Checkpoint, name: str) -> str:
     return _TORCH_NAMES.get(dtype, dtype)
 
 
-def reads_float(checkpoint: Checkpoint, name: str) -> bool:
+def reads_float(checkpoint: Indexed, name: str) -> bool:
     """Whether a tensor reads as floating point: stored so, or dequantized from FP8."""
     quant = checkpoint.quantization
     return checkpoint.tensors[name].dtype in FLOAT_DTYPES or (
@@ -167,7 +202,7 @@ def reads_float(checkpoint: Checkpoint, name: str) -> bool:
     )
 
 
-def check_targets_readable(checkpoint: Checkpoint, names: Iterable[str], side: str) -> None:
+def check_targets_readable(checkpoint: Indexed, names: Iterable[str], side: str) -> None:
     """Refuse targets stored as integer, packed or unscaled FP8 data: never subtract codes."""
     for name in names:
         if name in checkpoint.tensors and not reads_float(checkpoint, name):

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import ModelNotFoundError
+from .formats import INDEX_PATTERNS, WEIGHT_PATTERNS
 
 
 def resolve_model_path(ref: str | os.PathLike[str]) -> Path:
@@ -49,7 +50,7 @@ def is_model_folder(folder: Path) -> bool:
     """A folder with config.json and weight files: a checkpoint svdlora reads."""
     if not (folder / "config.json").is_file():
         return False
-    patterns = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+    patterns = (*WEIGHT_PATTERNS, *INDEX_PATTERNS)
     return any(next(folder.glob(p), None) is not None for p in patterns)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError
+from .formats import WEIGHT_PATTERNS
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -46,7 +47,7 @@ class WeightFiles:
 def _candidates(folder: Path) -> list[Path]:
     """Every weight-looking file in the folder except svdlora's own outputs."""
     own = {f for pattern in _OWN_OUTPUTS for f in folder.glob(pattern)}
-    found = [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]
+    found = [f for pattern in WEIGHT_PATTERNS for f in folder.glob(pattern)]
     return sorted(f for f in found if f.is_file() and f not in own)
 
 
