@@ -4,7 +4,8 @@ All three read the first INIT_BATCHES micro-batches of the arm's own training
 schedule (the seed-fixed order `batch_schedule` gives every arm), before
 training starts. The data is read for the init only: the schedule itself is
 computed again from the seed by `fit`, so every arm of a seed trains on the same
-batches in the same order, whatever its init.
+batches in the same order, whatever its init. Their records (flags, PEFT options and
+builders) are in init_registry.py.
 
 - LoRA-GA (Wang et al. 2024, arXiv:2407.05000; `peft.preprocess_loraga`): G is
   the gradient of the mean answer-token loss over those batches with respect to
@@ -37,7 +38,6 @@ from .loss import loss_sum
 from .schedule import batch_schedule
 
 INIT_BATCHES = 4
-DATA_INITS = frozenset({"lora-ga", "eva", "corda"})
 EVA_MAX_PASSES = 50
 
 

@@ -1,21 +1,17 @@
-"""LoRA initialisations: PEFT's own, the SVD of the teacher's dW, and controls.
+"""The mechanics every LoRA init shares: the plan (modules, ranks, alpha) every arm of an
+experiment uses, the factors' fit to the base, PEFT's LoraConfig, the plan check, and the
+svd-factor path that writes (B, A) from the teacher's factors.
 
-With scale s = alpha / r, PEFT computes W' = W + s * B @ A. The SVD inits set
-s * B @ A to the teacher's rank-r truncation U_r S_r Vh_r, so the student
-starts at base + best rank-r approximation of dW whatever alpha is.
-
-Teacher-free baselines see only the base and the data: `olora` (Buyukakyuz
-2024, arXiv:2406.01775: Q, R = qr(W), B = Q[:, :r], A = R[:r]), `pissa` (top-r
-SVD of W), and the data-driven `lora-ga`, `eva` and `corda` (data_inits.py).
-The inits in MUTATING_INITS move s * B0 @ A0 out of the base weight, so the
-model starts at the base; their saved adapters are converted to plain LoRAs
-on the untouched base (rank 2r) by PEFT's path_initial_model_for_weight_conversion.
+Which inits exist, and what each needs and does, is the registry's (init_registry.py).
+The inits that rewrite the base move s * B0 @ A0 out of the base weight, so the model
+starts at the base; their saved adapters are converted to plain LoRAs on the untouched
+base (rank 2r) by PEFT's path_initial_model_for_weight_conversion.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,34 +21,6 @@ from ..adapters.factors import LowRankFactors, target_module_names
 from ..errors import InvalidOptionError, ModelMismatchError
 from ..models.checkpoints import Checkpoint
 from ..models.targets import CONV1D_MODEL_TYPES, describe, select_targets
-
-INITS = (
-    "random",
-    "gaussian",
-    "svd",
-    "svd-sqrt",
-    "subspace",
-    "pissa",
-    "olora",
-    "lora-ga",
-    "eva",
-    "corda",
-)
-FACTOR_INITS = frozenset({"svd", "svd-sqrt", "subspace"})
-PEFT_INIT = {
-    "random": True,
-    "gaussian": "gaussian",
-    "pissa": "pissa",
-    "olora": "olora",
-    "lora-ga": "lora_ga",
-    "eva": "eva",
-    "corda": "corda",
-}
-MUTATING_INITS = frozenset({"pissa", "olora", "lora-ga", "corda"})  # they rewrite W - s * B0 @ A0
-# B0 = 0: the student is exactly the base at step 0 (whatever its seed draws for A).
-BASE_START_INITS = frozenset({"random", "gaussian", "subspace"})
-# Functions of the weights (and the teacher's factors) alone: the same start for every seed.
-SEEDLESS_INITS = frozenset({"svd", "svd-sqrt", "pissa", "olora"})
 
 
 @dataclass(frozen=True)
@@ -68,18 +36,6 @@ class LoraPlan:
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
-
-
-def parse_inits(text: str) -> list[str]:
-    """`random,svd` -> ["random", "svd"], each checked."""
-    inits = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [i for i in inits if i not in INITS]
-    if not inits or unknown:
-        raise InvalidOptionError(
-            f"unknown --init {', '.join(unknown) or repr(text)}",
-            f"use one or more of: {', '.join(INITS)}",
-        )
-    return inits
 
 
 def plan_lora(
@@ -182,25 +138,14 @@ def clamp_warnings(plan: LoraPlan) -> list[str]:
     return [clamp_warning(plan.rank, clamped)] if clamped else []
 
 
-def lora_config(plan: LoraPlan, init: str, dropout: float = 0.0) -> Any:
-    """PEFT LoraConfig for an arm: clamped ranks in rank_pattern, the same scale everywhere."""
-    from peft import EvaConfig, LoraConfig, LoraGAConfig
-    from peft.tuners.lora.config import CordaConfig  # not re-exported by peft
+def lora_config(
+    plan: LoraPlan, init_lora_weights: bool | str = True, dropout: float = 0.0, **extra: Any
+) -> Any:
+    """PEFT LoraConfig for an arm: clamped ranks in rank_pattern, the same scale everywhere;
+    `extra` holds an init's own fields (e.g. lora_ga_config). See `InitMethod.lora_config`."""
+    from peft import LoraConfig
 
-    if init == "olora" and plan.fan_in_fan_out:
-        raise InvalidOptionError(
-            "--init olora does not support Conv1D (GPT-2 style) weights in PEFT",
-            "use another init for this model, e.g. pissa or random",
-        )
     pattern = {re.escape(m): r for m, r in plan.ranks.items() if r != plan.rank}
-    subconfig: dict[str, Any] = {}
-    if init == "lora-ga":
-        subconfig["lora_ga_config"] = LoraGAConfig()  # direction ArB2r, "stable" scale
-    if init == "eva":
-        # rho = 1: no rank redistribution, so EVA keeps the plan's ranks and alpha.
-        subconfig["eva_config"] = EvaConfig(rho=1.0, adjust_scaling_factors=False)
-    if init == "corda":
-        subconfig["corda_config"] = CordaConfig(corda_method="ipm")  # task-context directions
     return LoraConfig(
         r=plan.rank,
         lora_alpha=plan.alpha,
@@ -210,9 +155,9 @@ def lora_config(plan: LoraPlan, init: str, dropout: float = 0.0) -> Any:
         lora_dropout=dropout,
         bias="none",
         fan_in_fan_out=plan.fan_in_fan_out,
-        init_lora_weights=PEFT_INIT.get(init, True),
+        init_lora_weights=init_lora_weights,
         task_type="CAUSAL_LM",
-        **subconfig,
+        **extra,
     )
 
 
@@ -236,42 +181,29 @@ def check_plan(peft_model: Any, plan: LoraPlan, adapter: str = "default") -> Non
 
 
 def factor_weights(
-    f: LowRankFactors, init: str, rank: int, scale: float
+    f: LowRankFactors, rule: Callable[..., tuple[Any, Any]], rank: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, A) for an SVD-family init from factors B0 = U S, A0 = Vh, truncated to `rank`."""
+    """(B, A) of an SVD-family init: its `rule` on B0 = U S, A0 = Vh and S, truncated to `rank`."""
     if f.rank < rank:
         raise InvalidOptionError(
             f"the SVD factors hold rank {f.rank}, fewer than the LoRA rank {rank}",
             "recompute them with `svdlora svd --rank R` for R >= --lora-rank",
         )
-    B, A, S = f.B[:, :rank].float(), f.A[:rank].float(), f.S[:rank].float()
-    if init == "svd":
-        return B / scale, A.clone()
-    if init == "svd-sqrt":
-        # B0 = U S, so B0 / sqrt(S) = U sqrt(S); zero singular values keep zero columns.
-        root = S.sqrt()
-        safe = torch.where(root > 0, root, torch.ones_like(root))
-        half = torch.where(root > 0, B / safe, torch.zeros_like(B))
-        return half / scale**0.5, root[:, None] * A / scale**0.5
-    if init == "subspace":
-        return torch.zeros_like(B), A.clone()
-    raise InvalidOptionError(
-        f"{init} does not use SVD factors", f"use one of {sorted(FACTOR_INITS)}"
-    )
+    return rule(f.B[:, :rank].float(), f.A[:rank].float(), f.S[:rank].float(), scale)
 
 
 @torch.no_grad()
 def apply_factor_init(
     peft_model: Any,
     plan: LoraPlan,
-    init: str,
+    rule: Callable[..., tuple[Any, Any]],
     factors: Mapping[str, LowRankFactors],
     adapter: str = "default",
 ) -> None:
-    """Overwrite each LoRA layer's A and B with the SVD-family init."""
+    """Overwrite each LoRA layer's A and B with an SVD-family init's (B, A) by `rule`."""
     for module, rank in plan.ranks.items():
         layer = peft_model.base_model.model.get_submodule(module)
-        B, A = factor_weights(factors[module], init, rank, plan.scale)
+        B, A = factor_weights(factors[module], rule, rank, plan.scale)
         lora_A, lora_B = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
         if lora_A.shape != A.shape or lora_B.shape != B.shape:
             raise ModelMismatchError(

@@ -18,27 +18,9 @@ from ..models.loading import load_model
 from ..store.cache import ArtifactCache, content_key
 from .accelerator import gathered_state_dict, make_accelerator, storage_dtype
 from .config import TrainConfig
-from .data_inits import (
-    DATA_INITS,
-    INIT_BATCHES,
-    corda_model,
-    eva_model,
-    init_batches,
-    lora_ga_model,
-)
-from .inits import (
-    BASE_START_INITS,
-    FACTOR_INITS,
-    MUTATING_INITS,
-    PEFT_INIT,
-    SEEDLESS_INITS,
-    LoraPlan,
-    apply_factor_init,
-    check_factors_fit,
-    check_plan,
-    lora_config,
-    plan_lora,
-)
+from .data_inits import INIT_BATCHES, init_batches
+from .init_registry import InitStart, get_init
+from .inits import LoraPlan, check_factors_fit, check_plan, plan_lora
 from .loop import StepProgress, fit
 from .records import (
     arm_summary,
@@ -124,8 +106,6 @@ def check_factor_base(
     raise ModelMismatchError(message, f"{remedy}, or --allow-other-base to use them anyway")
 
 
-# Seedless inits whose start is costly to compute: computed once per process and start.
-COSTLY_SEEDLESS_INITS = frozenset({"pissa", "olora"})
 # The settings that shape a run's step-0 losses besides its starting weights and batches.
 START_SETTINGS = ("max_length", "precision", "packing", "device", "trust_remote_code")
 
@@ -154,7 +134,8 @@ def train_student(
     """
     config.validate()
     name = name or init
-    if init in FACTOR_INITS and factors is None:
+    method = get_init(init)
+    if method.needs_teacher and factors is None:
         raise InvalidOptionError(
             f"--init {init} needs SVD factors", "pass --svd-factors or --teacher-model"
         )
@@ -166,8 +147,8 @@ def train_student(
         "ranks": plan.ranks,
         "alpha": plan.alpha,
         "dropout": dropout,
-        "factors": factors_digest(factors) if init in FACTOR_INITS else None,
-        **({"init_batches": INIT_BATCHES} if init in DATA_INITS else {}),
+        "factors": factors_digest(factors) if method.needs_teacher else None,
+        **({"init_batches": INIT_BATCHES} if method.needs_data else {}),
     }
     key, found = reuse_or_key(
         "student-run",
@@ -185,7 +166,7 @@ def train_student(
     dtype = storage_dtype(config.precision)
     lend = accelerator.num_processes == 1  # DDP/FSDP wrap the model in place: load a copy
     if lend:
-        base = shared.take(dtype, plan.ranks if init in MUTATING_INITS else ())
+        base = shared.take(dtype, plan.ranks if method.rewrites_base else ())
     else:
         base = load_model(base_model, config.trust_remote_code, dtype)
     check_token_ids(base, tokenizer, data.train, data.evaluation)
@@ -212,13 +193,13 @@ def train_student(
             factors,
             cached=(shared, start) if lend else None,
         )
-        if init in MUTATING_INITS:
+        if method.rewrites_base:
             # These inits rewrite the base weights (W - s B0 A0); keep the starting adapter so
             # the saved one can be converted into a plain LoRA on the untouched base (rank 2r).
             initial_dir = Path(tempfile.mkdtemp(prefix=f"{init}_init_"))
             model.peft_config["default"].init_lora_weights = True
             model.save_pretrained(initial_dir)
-            model.peft_config["default"].init_lora_weights = PEFT_INIT[init]
+            model.peft_config["default"].init_lora_weights = method.init_lora_weights
         result = fit(
             model,
             data.train,
@@ -278,9 +259,10 @@ def train_student(
 def start_identity(init: str, identity: dict[str, Any], seed: int) -> dict[str, Any]:
     """What decides an arm's starting model besides the base: nothing for B = 0 inits,
     the init and its factors for the seedless ones, and the seed too for the rest."""
-    if init in BASE_START_INITS:
+    method = get_init(init)
+    if method.base_start:
         return {"init": "base"}
-    return identity if init in SEEDLESS_INITS else {**identity, "seed": seed}
+    return identity if method.seedless else {**identity, "seed": seed}
 
 
 def build_student(
@@ -305,32 +287,27 @@ def build_student(
     import torch
     from peft import get_peft_model
 
-    peft_config = lora_config(plan, init, dropout)
-    if init in DATA_INITS:
-        if accelerator.num_processes == 1:
-            base.to(accelerator.device)
-        batches = init_batches(len(train), config.batch_size, config.seed)
-        torch.manual_seed(config.seed)  # LoRA-GA's randomized SVD draws from the seed
-        if init == "lora-ga":
-            model = lora_ga_model(base, peft_config, train, batches, pad_id, plan.ranks)
-        elif init == "corda":
-            model = corda_model(base, peft_config, train, batches, pad_id)
-        else:
-            model = eva_model(base, peft_config, train, batches, pad_id, plan.ranks)
-    elif cached is not None and cached[1] in cached[0].inits:
+    method = get_init(init)
+    peft_config = method.lora_config(plan, dropout)
+    if cached is not None and cached[1] in cached[0].inits:
         # The same seedless start as an earlier run of this process: skip the costly init
         # (pissa: an SVD of every target weight) and copy its result, bit for bit.
         peft_config.init_lora_weights = True
         model = get_peft_model(base, peft_config)
         cached[0].restore_init(cached[1], model)
-        model.peft_config["default"].init_lora_weights = PEFT_INIT[init]
+        model.peft_config["default"].init_lora_weights = method.init_lora_weights
     else:
-        torch.manual_seed(config.seed)  # kaiming/gaussian A draws depend on the seed only
-        model = get_peft_model(base, peft_config)
-        if cached is not None and init in COSTLY_SEEDLESS_INITS:
+        batches: list[tuple[int, ...]] = []
+        if method.needs_data:
+            batches = init_batches(len(train), config.batch_size, config.seed)
+            if accelerator.num_processes == 1:
+                base.to(accelerator.device)
+        # Kaiming/gaussian A draws (and LoRA-GA's randomized SVD) depend on the seed only.
+        torch.manual_seed(config.seed)
+        start = InitStart(base, peft_config, plan, config.seed, factors, train, batches, pad_id)
+        model = method.build(start) if method.build else get_peft_model(base, peft_config)
+        if cached is not None and method.costly:
             cached[0].remember_init(cached[1], model)
-    if init in FACTOR_INITS and factors is not None:
-        apply_factor_init(model, plan, init, factors)
     check_plan(model, plan)
     return model
 

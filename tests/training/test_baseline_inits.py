@@ -23,7 +23,7 @@ from svdlora_cli.training import student as student_module
 from svdlora_cli.training.accelerator import make_accelerator
 from svdlora_cli.training.config import TrainConfig
 from svdlora_cli.training.data_inits import INIT_BATCHES, init_batches
-from svdlora_cli.training.inits import parse_inits
+from svdlora_cli.training.init_registry import parse_inits
 from svdlora_cli.training.student import base_plan, build_student, train_student
 from tests.conftest import invoke_json
 
