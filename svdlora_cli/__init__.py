@@ -40,6 +40,8 @@ _EXPORTS = {
     "select_targets": "spectra.targets",
     "build_module_map": "models.module_map",
     "verify_adapter": "adapters.verify",
+    "InitMethod": "training.init_registry",
+    "register_init": "training.init_registry",
 }
 
 
@@ -56,6 +58,7 @@ __all__ = [
     "Checkpoint",
     "Decomposition",
     "DeltaResult",
+    "InitMethod",
     "LowRankFactors",
     "ModelPair",
     "ModuleSpectrum",
@@ -72,6 +75,7 @@ __all__ = [
     "load_factors",
     "open_checkpoint",
     "open_pair",
+    "register_init",
     "run_delta",
     "run_svd",
     "save_factors",

@@ -2,7 +2,7 @@
 
 Every figure is computed once here, per run and then per arm over seeds; the
 table, JSON, text/markdown reports and the plot all render this document. Only one
-comparable group of runs is compared, each run once (`protocol.select_comparable`).
+comparable group of runs is compared, each run once (`comparable.select_comparable`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Any
 
 from ..errors import StepLogError, SvdloraError
 from ..files import is_utf8, printable
+from ..training.init_registry import REFERENCE_INIT, flagged
 from ..training.steplog import StepRow, read_step_log
+from .comparable import Selection, select_comparable
 from .curve_stats import (
     area_under_curve,
     gap_recovered,
@@ -28,7 +30,7 @@ from .curve_stats import (
     steps_to_target,
     value_at_step,
 )
-from .protocol import Selection, protocol, select_comparable
+from .protocol import protocol
 
 LOG_NAME = re.compile(r"^training_log_(?P<name>.+)\.csv$")
 SEEDED = re.compile(r"^(?P<arm>.+)_seed(?P<seed>\d+)$")
@@ -168,7 +170,9 @@ def find_logs(
             f"no training_log_*.csv found{' in ' + str(run_dir) if run_dir else ''}",
             "run `svdlora train` first, or pass logs with --log",
         )
-    return sorted(runs, key=lambda r: (not r.is_teacher, r.arm != "random", r.arm, r.seed or 0))
+    return sorted(
+        runs, key=lambda r: (not r.is_teacher, r.arm != REFERENCE_INIT, r.arm, r.seed or 0)
+    )
 
 
 def _series(rows: Sequence[StepRow]) -> tuple[list[int], list[float]]:
@@ -241,7 +245,7 @@ def compare_selection(selection: Selection, target_loss: float | None = None) ->
     # The same-seed random run: its row 0 is the base's loss (any learning rate of a grid).
     randoms: dict[int | None, RunLog] = {}
     for r in runs:
-        if r.arm == "random" or r.record.get("init") == "random":
+        if REFERENCE_INIT in (r.arm, r.record.get("init")):
             randoms.setdefault(r.seed, r)
     fallback_random = next(iter(randoms.values()), None)
     per_run = []
@@ -349,7 +353,6 @@ def attach_model_figures(
     cache: Any,
 ) -> list[str]:
     """Energy captured (SVD-family arms) and adapter geometry, when base and teacher are known."""
-    from ..training.inits import FACTOR_INITS
     from .geometry import adapter_geometry
 
     notes = []
@@ -364,7 +367,7 @@ def attach_model_figures(
         if arm["arm"] == "teacher":
             continue
         rank = first_set(r.record.get("lora_rank") for r in runs if r.arm == arm["arm"])
-        if arm["init"] in FACTOR_INITS and rank:
+        if flagged(arm["init"], "needs_teacher") and rank:
             if rank not in energies:
                 from ..spectra.svd_step import run_svd
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..training.init_registry import FOCUS_INIT, REFERENCE_INIT
+
 
 def _low_rank_reading(total: float, rank: int) -> str:
     share = f"{100 * total:.0f}%"
@@ -63,17 +65,20 @@ def reading(spectra: dict[str, Any], comparison: dict[str, Any], rank: int) -> s
     first = f"Hypothesis 1 (dW is low rank) {_low_rank_reading(spectra['total_energy'], rank)}."
     protocol = comparison.get("protocol") or {}
     verdicts = {v["against"]: v for v in protocol.get("verdicts", [])}
-    if "random" not in verdicts:
-        return f"{first} Hypothesis 2 needs both a random and an svd arm with eval losses."
-    random = verdicts["random"]
+    if REFERENCE_INIT not in verdicts:
+        return (
+            f"{first} Hypothesis 2 needs both a {REFERENCE_INIT} and an {FOCUS_INIT} arm with "
+            "eval losses."
+        )
+    random = verdicts[REFERENCE_INIT]
     held = {
         "better": "held",
         "worse": "did not hold (svd ended worse)",
     }.get(random["verdict"], "is not supported: no difference detected")
     arms = {a["arm"]: a for a in comparison["arms"]}
     chosen = {init: entry["chosen_arm"] for init, entry in protocol["grid"].items()}
-    description = _head_start(arms[chosen["svd"]], arms[chosen["random"]])
-    others = " ".join(_verdict_reading(v) for k, v in verdicts.items() if k != "random")
+    description = _head_start(arms[chosen[FOCUS_INIT]], arms[chosen[REFERENCE_INIT]])
+    others = " ".join(_verdict_reading(v) for k, v in verdicts.items() if k != REFERENCE_INIT)
     return (
         f"{first} Hypothesis 2 (an SVD-initialised LoRA ends closer to the teacher than a "
         f"standard LoRA) {held} in this run. {_verdict_reading(random)} {description} "

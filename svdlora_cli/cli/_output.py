@@ -13,7 +13,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import SvdloraError
 from ..files import printable
 from ..workflows.common import is_primary_process
 
@@ -136,26 +135,11 @@ def progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
         yield lambda item, done, total: show(done, total, item)
 
 
-def require(value: Any, option: str, key: str) -> Any:
-    """A required option that may also come from svdlora.toml."""
-    if value in (None, "", []):
-        raise SvdloraError(
-            f"no {option} given",
-            f"pass {option}, or set {key} in svdlora.toml (`svdlora init` writes one)",
-        )
-    return value
-
-
 def resolve_cache(cache_dir: Path | None, no_cache: bool, size: str | None = None):
     """The artifact cache for a command (disabled with --no-cache; capped by --cache-size)."""
-    return cache_options(cache_dir, no_cache, size).open()
-
-
-def cache_options(cache_dir: Path | None, no_cache: bool = False, size: str | None = None) -> Any:
-    """The --cache-dir / --cache-size / --no-cache record a workflow takes."""
     from ..workflows.common import CacheOptions
 
-    return CacheOptions(cache_dir, size, no_cache)
+    return CacheOptions(cache_dir, size, no_cache).open()
 
 
 def progress_enabled() -> bool:
@@ -168,15 +152,6 @@ def training_progress(label: str) -> Iterator[Callable[[int, int, float], None]]
     """Progress over optimizer steps, showing the latest loss."""
     with _bar(label) as show:
         yield lambda step, total, loss: show(step, total, f"loss {loss:.4f}")
-
-
-def precision(bf16: bool, fp16: bool) -> str:
-    """--bf16 / --fp16 as TrainConfig's precision."""
-    from ..errors import InvalidOptionError
-
-    if bf16 and fp16:
-        raise InvalidOptionError("--bf16 and --fp16 are exclusive", "pass one of them")
-    return "bf16" if bf16 else "fp16" if fp16 else "no"
 
 
 def hooks(announce: bool = False) -> Any:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._groups import pair_options
+from ..workflows.delta import DeltaOptions
+from ._groups import options_from
 from ._options import JsonOpt
 from ._output import emit, hooks
 
 
-@pair_options()
-def delta(json_output: JsonOpt = False, pair: Any = None) -> None:
+@options_from(DeltaOptions)
+def delta(json_output: JsonOpt = False, options: Any = None) -> None:
     """Per-target ||W||, ||dW||, relative change and max |dW|, with untargeted changes.
 
     Under torchrun the tensors are split across the processes; rank 0 writes the outputs.
@@ -18,4 +19,4 @@ def delta(json_output: JsonOpt = False, pair: Any = None) -> None:
     from ..reporting.tables import delta_table
     from ..workflows import delta as workflow
 
-    emit(workflow.run(workflow.DeltaOptions(**pair), hooks()), json_output, delta_table)
+    emit(workflow.run(options, hooks()), json_output, delta_table)

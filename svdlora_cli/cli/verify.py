@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from typing import Any
 
-import typer
-
-from ._options import BaseModelOpt, EvalDataOpt, JsonOpt, TeacherModelOpt
+from ..workflows.verify import VerifyOptions
+from ._groups import options_from
+from ._options import JsonOpt
 from ._output import emit
 
 
-def verify(
-    adapter: Annotated[Path, typer.Argument(help="PEFT LoRA adapter folder.")],
-    base_model: BaseModelOpt = None,
-    teacher_model: TeacherModelOpt = None,
-    eval_data: EvalDataOpt = None,
-    max_rows: Annotated[
-        int, typer.Option("--max-rows", help="Eval rows for the teacher gap.")
-    ] = 32,
-    probe: Annotated[
-        bool, typer.Option("--probe/--no-probe", help="Compare logits with a direct merge.")
-    ] = True,
-    tolerance: Annotated[
-        float, typer.Option("--tolerance", help="Relative logit tolerance of the probe.")
-    ] = 1e-4,
-    json_output: JsonOpt = False,
-) -> None:
+@options_from(VerifyOptions)
+def verify(json_output: JsonOpt = False, options: Any = None) -> None:
     """Structural check, logits probe and, with --teacher-model, KL to the teacher.
 
     The adapter's config must agree with its tensors (rank, target_modules), and the
@@ -37,13 +22,4 @@ def verify(
     from ..reporting.tables import verify_table
     from ..workflows import verify as workflow
 
-    options = workflow.VerifyOptions(
-        adapter=adapter,
-        base_model=base_model,
-        teacher_model=teacher_model,
-        eval_data=eval_data,
-        max_rows=max_rows,
-        probe=probe,
-        tolerance=tolerance,
-    )
     emit(workflow.run(options), json_output, verify_table)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..training.init_registry import REFERENCE_INIT
 from .columns import COMPARE_ARMS, SEED_METRICS, Column, pct, text_rows
 from .plots import pyplot, save_figure
 from .protocol_views import protocol_lines
@@ -64,10 +65,10 @@ def seed_table(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Metric rows x arm columns, plus 'vs random' columns: the seed's report table."""
     arms = table_arms(doc)
     teacher = next((a for a in doc["arms"] if a["arm"] == "teacher"), None)
-    random = next((a for a in arms if a["arm"] == "random"), None)
+    random = next((a for a in arms if a["arm"] == REFERENCE_INIT), None)
     header = ["Metric", *(a["arm"] for a in arms)]
-    others = [a for a in arms if a["arm"] != "random"] if random else []
-    header += [f"{a['arm']} vs random" for a in others]
+    others = [a for a in arms if a["arm"] != REFERENCE_INIT] if random else []
+    header += [f"{a['arm']} vs {REFERENCE_INIT}" for a in others]
     if teacher:
         header.append("teacher")
     rows = []

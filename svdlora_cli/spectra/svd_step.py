@@ -117,35 +117,54 @@ class SvdResult:
         }
 
 
-def _validate(
-    rank: int | None, energy: float | None, max_rank: int, method: str, cache_rank: int
+def check_settings(
+    rank: int | None,
+    energy: float | None,
+    max_rank: int,
+    method: str,
+    cache_rank: int,
+    oversample: int | None,
+    power_iters: int,
 ) -> None:
-    if rank is None and energy is None:
-        raise InvalidOptionError(
-            "no rank given", "pass --rank R (e.g. 16) or --energy E (e.g. 0.9)"
-        )
-    if rank is not None and energy is not None:
-        raise InvalidOptionError("--rank and --energy are exclusive", "pass one of them")
-    if rank is not None and rank <= 0:
-        raise InvalidOptionError(
-            f"--rank must be a positive integer, got {rank}", "use e.g. --rank 16"
-        )
-    if energy is not None and not (0.0 < energy <= 1.0):
-        raise InvalidOptionError(
-            f"--energy must be in (0, 1], got {energy}", "use e.g. --energy 0.9"
-        )
-    if max_rank <= 0:
-        raise InvalidOptionError(
-            f"--max-rank must be positive, got {max_rank}", "use e.g. --max-rank 64"
-        )
-    if cache_rank < 0:
-        raise InvalidOptionError(
-            f"--cache-rank must be >= 0, got {cache_rank}", "use e.g. --cache-rank 64"
-        )
-    if method not in METHODS:
-        raise InvalidOptionError(
-            f"unknown --method {method!r}", f"use one of: {', '.join(METHODS)}"
-        )
+    """The decomposition options, each checked here only (`svd` checks them before any work)."""
+    checks = [
+        (
+            rank is not None or energy is not None,
+            "no rank given",
+            "pass --rank R (e.g. 16) or --energy E (e.g. 0.9)",
+        ),
+        (rank is None or energy is None, "--rank and --energy are exclusive", "pass one of them"),
+        (
+            rank is None or rank > 0,
+            f"--rank must be a positive integer, got {rank}",
+            "use e.g. --rank 16",
+        ),
+        (  # NaN and inf fail the comparison too
+            energy is None or 0.0 < energy <= 1.0,
+            f"--energy must be in (0, 1], got {energy}",
+            "use e.g. --energy 0.9",
+        ),
+        (max_rank > 0, f"--max-rank must be positive, got {max_rank}", "use e.g. --max-rank 64"),
+        (
+            cache_rank >= 0,
+            f"--cache-rank must be >= 0, got {cache_rank}",
+            "use e.g. --cache-rank 64",
+        ),
+        (method in METHODS, f"unknown --method {method!r}", f"use one of: {', '.join(METHODS)}"),
+        (
+            oversample is None or oversample >= 0,
+            f"--oversample must be >= 0, got {oversample}",
+            "leave it out (k/2) or use e.g. --oversample 8",
+        ),
+        (
+            power_iters >= 0,
+            f"--power-iters must be >= 0, got {power_iters}",
+            "use e.g. --power-iters 3",
+        ),
+    ]
+    for ok, message, hint in checks:
+        if not ok:
+            raise InvalidOptionError(message, hint)
 
 
 def _round(values: torch.Tensor) -> list[float]:
@@ -178,7 +197,7 @@ def _spectrum_summary(modules: Sequence[ModuleSpectrum]) -> dict:
 
 def run_svd(
     base_model: str,
-    tuned_model: str,
+    teacher_model: str,
     cache: ArtifactCache,
     rank: int | None = None,
     energy: float | None = None,
@@ -190,15 +209,16 @@ def run_svd(
     cache_rank: int = DEFAULT_CACHE_RANK,
     oversample: int | None = None,
     power_iters: int = POWER_ITERS,
-    seed: int = 0,
+    sketch_seed: int = 0,
     progress: Progress | None = None,
     dtype_policy: str = DEFAULT_DTYPE_POLICY,
 ) -> SvdResult:
-    """Decompose every target's dW once (per content key) and truncate at the chosen rank(s)."""
-    _validate(rank, energy, max_rank, method, cache_rank)
+    """Decompose every target's dW once (per content key) and truncate at the chosen rank(s).
+    `sketch_seed` seeds the randomized SVD's sketch."""
+    check_settings(rank, energy, max_rank, method, cache_rank, oversample, power_iters)
     check_policy(dtype_policy)
     torch_device = local_device(check_device(device))
-    pair = open_pair(base_model, tuned_model, cache.memo, with_fingerprints=cache.enabled)
+    pair = open_pair(base_model, teacher_model, cache.memo, with_fingerprints=cache.enabled)
     targets, rest, warnings = pair_targets(pair, include, exclude)
     # Adapter keys name the modules of the model transformers builds, not the file's keys.
     targets, rest, wrappable, coverage = map_targets(pair.base.path, targets, rest, cache)
@@ -218,7 +238,8 @@ def run_svd(
         # An exact decomposition already cached serves an `auto` request too.
         tried = [resolved, "exact"] if method == "auto" and resolved != "exact" else [resolved]
         keys = [
-            svd_key(pair, target, m, oversample, power_iters, seed, dtype_policy) for m in tried
+            svd_key(pair, target, m, oversample, power_iters, sketch_seed, dtype_policy)
+            for m in tried
         ]
         dec = next(
             (d for d in (cache.peek_decomposition(key, k) for key in keys) if d is not None), None
@@ -235,7 +256,13 @@ def run_svd(
                 "results: each one decomposed every tensor"
             )
         job = SvdJob(
-            pair, cache, torch_device, oversample, power_iters, seed, dtype_policy=dtype_policy
+            pair,
+            cache,
+            torch_device,
+            oversample,
+            power_iters,
+            sketch_seed,
+            dtype_policy=dtype_policy,
         )
         computed, late = group.run(
             todo,

@@ -10,9 +10,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from .flags import nested
+from .vocabulary import (
+    BASE_MODEL,
+    CACHE_DIR,
+    CACHE_SIZE,
+    DTYPE_POLICY,
+    EXCLUDE,
+    INCLUDE,
+    NO_CACHE,
+    OUTPUT_DIR,
+    TEACHER_MODEL,
+)
 
 if TYPE_CHECKING:
     from ..store.cache import ArtifactCache
@@ -40,9 +53,9 @@ class Hooks:
 class CacheOptions:
     """--cache-dir, --cache-size and --no-cache."""
 
-    cache_dir: Path | None = None
-    cache_size: str | None = None
-    no_cache: bool = False
+    cache_dir: Path | None = CACHE_DIR.field(None)
+    cache_size: str | None = CACHE_SIZE.field(None)
+    no_cache: bool = NO_CACHE.field(False)
 
     def open(self) -> ArtifactCache:
         from ..store.cache import ArtifactCache, default_cache_dir, parse_size
@@ -88,15 +101,15 @@ def extraction(
 @dataclass(frozen=True)
 class PairOptions:
     """The fields every extraction step shares: the model pair, its targets, the dtype
-    policy, the output folder and the cache (the CLI's `pair_options` group fills them)."""
+    policy, the output folder and the cache (their flags generate the CLI's options)."""
 
-    base_model: str
-    teacher_model: str
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    dtype_policy: str = "round"  # base vs teacher dtypes differ: see precision.py
-    output_dir: Path = DEFAULT_OUTPUT_DIR
-    cache: CacheOptions = field(default_factory=CacheOptions)
+    base_model: str = BASE_MODEL.field()
+    teacher_model: str = TEACHER_MODEL.field()
+    include: tuple[str, ...] = INCLUDE.field(())
+    exclude: tuple[str, ...] = EXCLUDE.field(())
+    dtype_policy: str = DTYPE_POLICY.field("round")  # base vs teacher dtypes: dtype_policy.py
+    output_dir: Path = OUTPUT_DIR.field(DEFAULT_OUTPUT_DIR)
+    cache: CacheOptions = nested(CacheOptions, factory=CacheOptions)
 
 
 R = TypeVar("R")
@@ -122,12 +135,14 @@ def extraction_step(
         return write(result)
 
 
-def check(ok: bool, message: str, hint: str) -> None:
-    """A range check of one option: an InvalidOptionError (Error + Hint) when it fails."""
-    if not ok:
-        from ..errors import InvalidOptionError
+def same_named(function: Callable[..., Any], options: Any, *skip: str) -> dict[str, Any]:
+    """The fields of `options` that `function` takes by the same name (but `skip`): a field
+    goes from the command line to the core under one name, never re-listed."""
+    import inspect
 
-        raise InvalidOptionError(message, hint)
+    taken = inspect.signature(function).parameters
+    names = [f.name for f in dataclasses.fields(options) if f.name in taken]
+    return {name: getattr(options, name) for name in names if name not in skip}
 
 
 def is_primary_process() -> bool:

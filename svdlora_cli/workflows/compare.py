@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,10 +11,11 @@ from .common import (
     CacheOptions,
     Document,
     Hooks,
-    check,
     extraction,
     is_primary_process,
 )
+from .flags import check, nested, option
+from .vocabulary import BASE_MODEL, EVAL_DATA, GENERATE_LIMIT, OUTPUT_DIR, TEACHER_MODEL
 
 if TYPE_CHECKING:
     from ..store.cache import ArtifactCache
@@ -25,36 +26,48 @@ class CompareOptions:
     """Everything `svdlora compare` takes. Outputs go to `output_dir`, else the run folder,
     else the folder of the first log."""
 
-    run_dir: Path | None = None
-    logs: tuple[Path, ...] = ()
-    target_loss: float | None = None
-    base_model: str | None = None
-    teacher_model: str | None = None
-    generate: bool = False
-    eval_limit: int = 50
-    eval_data: str | None = None
-    max_new_tokens: int = 256
-    log_y: bool = False
-    output_dir: Path | None = None
-    cache: CacheOptions = field(default_factory=CacheOptions)
+    run_dir: Path | None = option(
+        None,
+        help="Folder with training_log_*.csv (searched two levels deep; default: "
+        "--output-dir, with no --log).",
+        argument=True,
+    )
+    log: tuple[Path, ...] = option((), help="Extra training log (repeatable).")
+    target_loss: float | None = option(
+        None, help="Loss to reach (default: 1.1 x the teacher's final loss)."
+    )
+    base_model: str | None = BASE_MODEL.field(None)
+    teacher_model: str | None = TEACHER_MODEL.field(None)
+    generate: bool = option(
+        False, help="Greedy-decode the eval set for exact-match accuracy of each arm."
+    )
+    generate_limit: int = GENERATE_LIMIT.field(50, aliases=("--eval-limit",))
+    eval_data: str | None = EVAL_DATA.field(None)
+    max_new_tokens: int = option(256, help="Generation budget per eval problem.")
+    log_y: bool = option(False, help="Log-scale loss axis in the plot.")
+    output_dir: Path | None = OUTPUT_DIR.field(
+        None, help="Folder for the comparison files (default: the run folder)."
+    )
+    cache: CacheOptions = nested(CacheOptions, "cache_size", factory=CacheOptions)
+
+    @property
+    def runs(self) -> Path | None:
+        """The folder searched for logs: the run folder, else (no --log) --output-dir."""
+        return self.run_dir if self.run_dir is not None or self.log else self.output_dir
 
     @property
     def folder(self) -> Path:
         if self.output_dir is not None:
             return self.output_dir
-        return self.run_dir if self.run_dir is not None else Path(self.logs[0]).parent
+        return self.run_dir if self.run_dir is not None else Path(self.log[0]).parent
 
     def validate(self) -> None:
         check(
-            self.run_dir is not None or bool(self.logs),
+            self.runs is not None or bool(self.log),
             "no run folder given",
             "pass the folder `svdlora train` wrote to, or --log FILE (repeatable)",
         )
-        check(
-            self.eval_limit >= 1,
-            f"--eval-limit must be at least 1, got {self.eval_limit}",
-            "use e.g. --eval-limit 50",
-        )
+        check_generate_limit(self.generate_limit)
         check(
             self.max_new_tokens >= 1,
             f"--max-new-tokens must be at least 1, got {self.max_new_tokens}",
@@ -67,31 +80,40 @@ class CompareOptions:
         )
 
 
+def check_generate_limit(limit: int) -> None:
+    """--generate-limit (compare, demo): at least one problem."""
+    check(
+        limit >= 1,
+        f"--generate-limit must be at least 1, got {limit}",
+        "use e.g. --generate-limit 50",
+    )
+
+
 def run(
     options: CompareOptions, hooks: Hooks | None = None, cache: ArtifactCache | None = None
 ) -> Document | None:
     """comparison_random_vs_svd.png, comparison_report.txt/.md and comparison.json.
 
     Only the main comparable group of runs is compared, each run once (see
-    `analysis.protocol.select_comparable`); `set_apart` and `warnings` say what was left out.
+    `analysis.comparable.select_comparable`); `set_apart` and `warnings` say what was left out.
 
     Generated answers are cached by content, so a second `--generate` decodes nothing.
     """
     from ..analysis.accuracy import attach_accuracy
+    from ..analysis.comparable import select_comparable
     from ..analysis.compare import (
         attach_model_figures,
         compare_selection,
         curves_for_plot,
         find_logs,
     )
-    from ..analysis.protocol import select_comparable
     from ..artifacts import write_compare_outputs
     from .common import record
 
     hooks = hooks or Hooks()
     options.validate()
     # Only one comparable group of runs, each once; what is set apart is a warning.
-    selection = select_comparable(find_logs(options.run_dir, options.logs, options.teacher_model))
+    selection = select_comparable(find_logs(options.runs, options.log, options.teacher_model))
     runs = selection.runs
     doc = compare_selection(selection, options.target_loss)
     teacher_dir = options.teacher_model or next(
@@ -115,7 +137,7 @@ def run(
                     str(base),
                     teacher_dir,
                     options.eval_data,
-                    options.eval_limit,
+                    options.generate_limit,
                     options.max_new_tokens,
                     update,
                     c,

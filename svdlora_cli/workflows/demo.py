@@ -18,7 +18,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..models.builtin import SMOLLM2, TINY
-from .common import CacheOptions, Document, Hooks, cache_session, check
+from .common import CacheOptions, Document, Hooks, cache_session
+from .flags import nested, option
+from .vocabulary import (
+    BASE_MODEL,
+    BATCH_SIZE,
+    DEVICE,
+    GENERATE_LIMIT,
+    INIT,
+    LEARNING_RATES,
+    MAX_LENGTH,
+    OUTPUT_DIR,
+    RANK,
+    SEEDS,
+    check_learning_rate,
+    check_rank,
+    init_help,
+)
 
 if TYPE_CHECKING:
     from ..store.cache import ArtifactCache
@@ -48,32 +64,69 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 class DemoSettings:
     """Defaults sized for about 17 minutes on a 2-core CPU with SmolLM2-135M."""
 
-    model: str = SMOLLM2
-    name: str = "demo"
+    base_model: str = BASE_MODEL.field(
+        SMOLLM2,
+        help="Base model: smollm2-135m (the default; tiny with --quick), an HF folder or a "
+        "cached hub id.",
+        aliases=(*BASE_MODEL.aliases, "--model"),
+    )
+    name: str = option(
+        "demo", help="Run name: outputs go to ./svdlora-runs/NAME (default: demo; quick)."
+    )
+    quick: bool = option(False, help="Tiny model, short runs: a smoke test.")
     root: Path = Path("svdlora-runs")
-    output_dir: Path | None = None
-    rank: int = 16
-    protocol: str = "small"
-    inits: tuple[str, ...] = PROTOCOLS["small"]["inits"]
-    learning_rates: tuple[float, ...] = PROTOCOLS["small"]["learning_rates"]
-    seeds: tuple[int, ...] = PROTOCOLS["small"]["seeds"]
+    output_dir: Path | None = OUTPUT_DIR.field(
+        None, help="Run folder (default: ./svdlora-runs/NAME)."
+    )
+    rank: int = RANK.field(
+        16, help="Rank r: the LoRA rank and the SVD truncation rank (default: 16)."
+    )
+    protocol: str = option(
+        "small",
+        help="small (the default): random/svd/pissa x 2 learning rates x 2 seeds, 12 steps "
+        "each (about 17 min on 2 CPU cores); full: every baseline x 3 learning rates x 3 "
+        "seeds.",
+    )
+    inits: tuple[str, ...] = INIT.field(
+        PROTOCOLS["small"]["inits"],
+        help=lambda: f"{init_help().rstrip()} Default: the protocol's.",
+        aliases=("--inits",),
+    )
+    learning_rates: tuple[float, ...] = LEARNING_RATES.field(
+        PROTOCOLS["small"]["learning_rates"],
+        help="The students' learning-rate grid (default: the protocol's).",
+    )
+    seeds: tuple[int, ...] = SEEDS.field(
+        PROTOCOLS["small"]["seeds"], help="The students' seeds (default: the protocol's)."
+    )
     student_max_steps: int | None = PROTOCOLS["small"]["student_max_steps"]
-    teacher_epochs: int = 2
-    student_epochs: int = 1
+    teacher_epochs: int = option(2, help="Teacher epochs (default: the protocol's).")
+    student_epochs: int = option(1, help="Student epochs (default: the protocol's).")
     teacher_lr: float = 5e-5
-    batch_size: int = 4
-    max_length: int = 384
+    batch_size: int = BATCH_SIZE.field(4, help="Examples per micro-batch (default: 4).")
+    max_length: int = MAX_LENGTH.field(
+        384, help="Tokens per example, longer rows are cut (default: the protocol's)."
+    )
     eval_every: int = 5
     eval_limit: int = 16
-    generate_limit: int = 8
+    generate_limit: int = GENERATE_LIMIT.field(
+        8, help="Eval problems greedy-decoded for exact-match accuracy (default: the protocol's)."
+    )
     max_new_tokens: int = 200
     seed: int = 0
-    device: str = "auto"
-    data_path: str | None = None
-    eval_path: str | None = None
-    quick: bool = False
+    device: str = DEVICE.field("auto", help="Device: auto (the default), cpu, cuda or cuda:N.")
+    train_data: str | None = None
+    eval_data: str | None = None
     workspace: Path | None = field(default_factory=lambda: Path("svdlora.toml"))
-    cache: CacheOptions = field(default_factory=CacheOptions)
+    cache: CacheOptions = nested(CacheOptions, "no_cache", factory=CacheOptions)
+
+    @classmethod
+    def chosen(cls, quick: bool = False, protocol: str = "small", **given: Any) -> DemoSettings:
+        """What a command line chose: the quick run's or the protocol's settings, then the
+        options it gave."""
+        if quick:
+            return cls.quick_settings(**given)
+        return cls.for_protocol(protocol, **given)
 
     @classmethod
     def for_protocol(cls, protocol: str, **overrides: Any) -> DemoSettings:
@@ -91,7 +144,7 @@ class DemoSettings:
         """A tiny model and short runs (one learning rate, one seed): the whole pipeline in
         well under 2 minutes."""
         base = {
-            "model": TINY,
+            "base_model": TINY,
             "name": "quick",
             "protocol": "quick",
             "inits": ("random", "svd", "subspace"),
@@ -126,12 +179,15 @@ class DemoSettings:
 
     def validate(self) -> None:
         """Every figure checked before the first step, not after the teacher has trained."""
-        check(self.rank >= 1, f"--rank must be at least 1, got {self.rank}", "use e.g. --rank 16")
-        check(
-            self.generate_limit >= 1,
-            f"--generate-limit must be at least 1, got {self.generate_limit}",
-            "use e.g. --generate-limit 8",
-        )
+        from ..training.init_registry import get_init
+        from .compare import check_generate_limit
+
+        check_rank(self.rank)
+        for init in self.inits:
+            get_init(init)  # registered, or an error that lists the registered inits
+        check_generate_limit(self.generate_limit)
+        for lr in self.learning_rates:
+            check_learning_rate(lr)
         self.train_config(self.teacher_epochs, self.teacher_lr).validate()
         for lr in self.learning_rates:
             self.train_config(self.student_epochs, lr, self.student_max_steps).validate()
@@ -191,16 +247,16 @@ def _steps(settings: DemoSettings, hooks: Hooks, cache: ArtifactCache) -> Docume
     folder = settings.folder
     timings: dict[str, float] = {}
     with _timed(timings, "model"):
-        say(f"[0/6] resolving the model {settings.model}")
-        base = str(resolve_model_path(settings.model))
+        say(f"[0/6] resolving the model {settings.base_model}")
+        base = str(resolve_model_path(settings.base_model))
     teacher_dir = folder / "teacher_full_sft"
     with _timed(timings, "teacher"):
         say("[1/6] train-teacher: full-parameter SFT")
         teacher_options = train_teacher.TeacherOptions(
             base_model=base,
             config=settings.train_config(settings.teacher_epochs, settings.teacher_lr),
-            train_data=settings.data_path,
-            eval_data=settings.eval_path,
+            train_data=settings.train_data,
+            eval_data=settings.eval_data,
             output_dir=teacher_dir,
             reuse=True,
         )
@@ -227,8 +283,8 @@ def _steps(settings: DemoSettings, hooks: Hooks, cache: ArtifactCache) -> Docume
             learning_rates=settings.learning_rates,
             rank=settings.rank,
             svd_factors=svd_doc["artifacts"]["factors"],
-            train_data=settings.data_path,
-            eval_data=settings.eval_path,
+            train_data=settings.train_data,
+            eval_data=settings.eval_data,
             output_dir=folder / "training_results",
             reuse=True,
         )
@@ -246,8 +302,8 @@ def _steps(settings: DemoSettings, hooks: Hooks, cache: ArtifactCache) -> Docume
             base_model=base,
             teacher_model=teacher_model,
             generate=True,
-            eval_limit=settings.generate_limit,
-            eval_data=settings.eval_path,
+            generate_limit=settings.generate_limit,
+            eval_data=settings.eval_data,
             max_new_tokens=settings.max_new_tokens,
         )
         comparison = compare.run(compare_options, _numbered(hooks, "5/6"), cache)
@@ -266,7 +322,7 @@ def _steps(settings: DemoSettings, hooks: Hooks, cache: ArtifactCache) -> Docume
             {"svd": {"output_dir": str(svd_dir)}, "sweep": {"output_dir": str(svd_dir / "sweep")}},
         )
     return {
-        "model": settings.model,
+        "model": settings.base_model,
         "base_model": base,
         "run_dir": str(folder),
         "settings": {

@@ -12,6 +12,8 @@ from .common import (
     extraction_step,
     record,
 )
+from .flags import option
+from .vocabulary import METHOD, RANK
 
 if TYPE_CHECKING:
     from ..store.cache import ArtifactCache
@@ -21,12 +23,15 @@ if TYPE_CHECKING:
 class LayerReportOptions(PairOptions):
     """Everything `svdlora layer-report` takes."""
 
-    rank: int = 16
-    sort: str = "layer"
-    intruders: bool = False
-    intruder_k: int = 10
-    intruder_threshold: float = 0.5
-    method: str = "auto"
+    rank: int = RANK.field(16)
+    sort: str = option(
+        "layer",
+        help="layer, name, delta_norm, rel_change, energy, rank_90, effective_rank or share.",
+    )
+    intruders: bool = option(False, help="Count intruder dimensions (costly).")
+    intruder_k: int = option(10, help="Top-k tuned singular vectors checked.")
+    intruder_threshold: float = option(0.5, help="Max |cos| below which a vector intrudes.")
+    method: str = METHOD.field("auto")
 
 
 def run(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,10 +10,12 @@ from .common import (
     Document,
     Hooks,
     PairOptions,
-    check,
     extraction_step,
     record,
+    same_named,
 )
+from .flags import check, option
+from .vocabulary import DEVICE, METHOD, PROBE, RANK
 
 if TYPE_CHECKING:
     from ..spectra.svd_step import SvdResult
@@ -27,44 +28,42 @@ POWER_ITERS = 3
 
 @dataclass(frozen=True)
 class SvdOptions(PairOptions):
-    """Everything `svdlora svd` takes."""
+    """Everything `svdlora svd` takes; each field is its option (see flags.py)."""
 
-    rank: int | None = None
-    energy: float | None = None
-    max_rank: int = 64
-    method: str = "auto"
-    device: str = "cpu"
-    split: str = "b"
-    cache_rank: int = CACHE_RANK
-    oversample: int | None = None
-    power_iters: int = POWER_ITERS
-    seed: int = 0
-    plot: bool = True
-    verify: bool | None = None  # None: probe the adapter's logits below VERIFY_MAX_PARAMETERS
+    rank: int | None = RANK.field(None)
+    energy: float | None = option(
+        None, help="Per-module smallest rank keeping this share of ||dW||^2, in (0, 1]."
+    )
+    max_rank: int = option(64, help="Cap on the per-module rank with --energy.")
+    method: str = METHOD.field("auto")
+    device: str = DEVICE.field("cpu", help="Device: cpu, cuda or cuda:N.")
+    split: str = option("b", help="b: B = U_r S_r, A = Vh_r; sqrt: sqrt(S_r) on both.")
+    cache_rank: int = option(
+        CACHE_RANK, help="Factors kept per tensor in the cache (any rank up to it is free)."
+    )
+    oversample: int | None = option(None, help="Randomized SVD oversampling (default: k/2).")
+    power_iters: int = option(POWER_ITERS, help="Randomized SVD power iterations (at least).")
+    sketch_seed: int = option(0, help="Seed of the randomized SVD's sketch.", aliases=("--seed",))
+    plot: bool = option(True, help="Write svd_analysis_*.png.", switch=True)
+    # None: probe below VERIFY_MAX_PARAMETERS
+    probe: bool | None = PROBE.field(
+        None,
+        help="Check the adapter's logits through PEFT against a direct merge (default: on "
+        "below 250M parameters). The structural and per-module delta checks always run.",
+        aliases=("--verify",),
+    )
 
     def validate(self) -> None:
-        """Ranges the core does not check itself (rank, energy and method are checked there)."""
+        """Every option checked before any work: the decomposition's where the core checks
+        them (spectra/svd_step.py), the split here."""
         from ..adapters.factors import SPLITS
+        from ..spectra.svd_step import check_settings
 
+        check_settings(**same_named(check_settings, self))
         check(
             self.split in SPLITS,
             f"unknown --split {self.split!r}",
             f"use one of: {', '.join(SPLITS)}",
-        )
-        check(
-            self.energy is None or math.isfinite(self.energy),
-            f"--energy must be a finite number, got {self.energy}",
-            "use e.g. --energy 0.9",
-        )
-        check(
-            self.oversample is None or self.oversample >= 0,
-            f"--oversample must be >= 0, got {self.oversample}",
-            "leave it out (k/2) or use e.g. --oversample 8",
-        )
-        check(
-            self.power_iters >= 0,
-            f"--power-iters must be >= 0, got {self.power_iters}",
-            "use e.g. --power-iters 3",
         )
 
 
@@ -77,29 +76,13 @@ def run(
 
     options.validate()
     refuse_output_in_model(options.output_dir)
+    settings = same_named(run_svd, options, "cache")  # rank, method, ... sketch_seed
     return extraction_step(
         options,
         hooks,
         cache,
         "SVD",
-        lambda c, update: run_svd(
-            options.base_model,
-            options.teacher_model,
-            c,
-            rank=options.rank,
-            energy=options.energy,
-            max_rank=options.max_rank,
-            method=options.method,
-            device=options.device,
-            include=options.include,
-            exclude=options.exclude,
-            cache_rank=options.cache_rank,
-            oversample=options.oversample,
-            power_iters=options.power_iters,
-            seed=options.seed,
-            progress=update,
-            dtype_policy=options.dtype_policy,
-        ),
+        lambda c, update: run_svd(cache=c, progress=update, **settings),
         lambda result: write_svd_outputs(
             result,
             options.output_dir,
@@ -129,7 +112,7 @@ def refuse_output_in_model(output_dir: Path) -> None:
 
 
 def verification(options: SvdOptions, result: SvdResult, adapter: Path) -> dict:
-    """The structural check always; the logits probe with --verify (default: small models).
+    """The structural check always; the logits probe with --probe (default: small models).
 
     The probe merges the SVD's own rank-r deltas, not the adapter file's: a wrong scale,
     orientation or split in the adapter shows up as a mismatch.
@@ -141,13 +124,13 @@ def verification(options: SvdOptions, result: SvdResult, adapter: Path) -> dict:
     if result.coverage.get("checked") is False:
         reason = result.coverage.get("reason")
         return {"structural": {"ok": None, "skipped": reason}, "probe": None}
-    probe = options.verify
-    reason = "--verify" if probe else "--no-verify"
+    probe = options.probe
+    reason = "--probe" if probe else "--no-probe"
     if probe is None:
         count = parameter_count(resolve_model_path(options.base_model))
         probe = count < VERIFY_MAX_PARAMETERS
         reason = f"{count:,} parameters: " + (
-            "on by default below 250M" if probe else "off by default from 250M (pass --verify)"
+            "on by default below 250M" if probe else "off by default from 250M (pass --probe)"
         )
     expected = None
     if probe:

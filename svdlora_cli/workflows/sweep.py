@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..training.config import TrainConfig
 from .common import (
     Document,
     Hooks,
@@ -13,21 +14,35 @@ from .common import (
     is_primary_process,
     record,
 )
+from .flags import option
+from .vocabulary import EVAL_DATA, METHOD, TRAIN_DATA, TRAINING
 
 if TYPE_CHECKING:
     from ..store.cache import ArtifactCache
-    from ..training.config import TrainConfig
+
+
+def _ranks(text: str) -> tuple[int, ...]:
+    from ..analysis.sweep import parse_ranks
+
+    return tuple(parse_ranks(text))
 
 
 @dataclass(frozen=True)
 class SweepOptions(PairOptions):
-    """Everything `svdlora sweep` takes; `train` set means a student per rank is trained."""
+    """Everything `svdlora sweep` takes; with `train`, a student per rank is trained with
+    `config`."""
 
-    ranks: tuple[int, ...] = (4, 8, 16, 32, 64)
-    method: str = "auto"
-    train: TrainConfig | None = None
-    train_data: str | None = None
-    eval_data: str | None = None
+    ranks: tuple[int, ...] = option(
+        (4, 8, 16, 32, 64),
+        help="Comma list of ranks (default: 4,8,16,32,64).",
+        type=str,
+        parse=_ranks,
+    )
+    method: str = METHOD.field("auto")
+    train: bool = option(False, help="Also train an SVD-init student per rank and a random one.")
+    train_data: str | None = TRAIN_DATA.field(None)
+    eval_data: str | None = EVAL_DATA.field(None)
+    config: TrainConfig = TRAINING.but(epochs=1).field(factory=TrainConfig)
 
 
 def run(
@@ -38,8 +53,8 @@ def run(
     from ..artifacts import write_sweep_outputs
 
     hooks = hooks or Hooks()
-    if options.train is not None:
-        options.train.validate()
+    if options.train:
+        options.config.validate()
     with extraction(options.output_dir, options.cache, cache) as c:
         with hooks.items("SVD") as update:
             result = rank_sweep(
@@ -54,12 +69,12 @@ def run(
                 dtype_policy=options.dtype_policy,
             )
         study = None
-        if options.train is not None:  # every rank trains (students may be distributed)
+        if options.train:  # every rank trains (students may be distributed)
             study = train_rank_study(
                 options.base_model,
                 result,
                 options.output_dir / "rank_study",
-                options.train,
+                options.config,
                 options.train_data,
                 options.eval_data,
                 hooks.steps,

@@ -6,44 +6,74 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import CacheOptions, Document, Hooks, cache_session, check, is_primary_process
+from ..data import FieldNames
+from ..training.config import TrainConfig
+from ..training.init_registry import REFERENCE_INIT
+from .common import CacheOptions, Document, Hooks, cache_session, is_primary_process
+from .flags import check, nested, option
+from .vocabulary import (
+    BASE_MODEL,
+    EVAL_DATA,
+    FIELD_NAMES,
+    INCLUDE,
+    INIT,
+    LEARNING_RATES,
+    OUTPUT_DIR,
+    RANK,
+    SEEDS,
+    TEACHER_MODEL,
+    TRAIN_DATA,
+    TRAINING,
+    check_learning_rate,
+    check_rank,
+)
 
 if TYPE_CHECKING:
-    from ..data import FieldNames
     from ..store.cache import ArtifactCache
-    from ..training.config import TrainConfig
 
 
 @dataclass(frozen=True)
 class TrainOptions:
     """Everything `svdlora train` takes. One arm per (init, seed), all on identical batches."""
 
-    base_model: str
-    config: TrainConfig
-    inits: tuple[str, ...] = ("random",)
-    seeds: tuple[int, ...] = (0,)
-    learning_rates: tuple[float, ...] = ()  # a grid; empty: config.learning_rate alone
-    rank: int = 16
-    lora_alpha: float | None = None
-    lora_dropout: float = 0.0
-    target_modules: tuple[str, ...] = ()
-    svd_factors: str | None = None
-    teacher_model: str | None = None
-    train_data: str | None = None
-    eval_data: str | None = None
-    fields: FieldNames | None = None
-    output_dir: Path = Path("svdlora-runs") / "training_results"
+    base_model: str = BASE_MODEL.field()
+    config: TrainConfig = TRAINING.but("seed").field()  # the seed: each run's from --seeds
+    inits: tuple[str, ...] = INIT.field((REFERENCE_INIT,))
+    seeds: tuple[int, ...] = SEEDS.field((0,), help="One run per seed, e.g. 0,1,2 (default: 0).")
+    # a grid; empty: config.learning_rate alone
+    learning_rates: tuple[float, ...] = LEARNING_RATES.field(())
+    rank: int = RANK.field(16)
+    lora_alpha: float | None = option(None, help="LoRA alpha (default: r).")
+    lora_dropout: float = option(0.0, help="LoRA dropout.")
+    include: tuple[str, ...] = INCLUDE.field(
+        (),
+        help="Regex of tensor names to target (repeatable; default: svd's targets).",
+        aliases=("--target-modules",),
+    )
+    svd_factors: str | None = option(None, help="svd_factors_rank*.safetensors from `svdlora svd`.")
+    teacher_model: str | None = TEACHER_MODEL.field(None)
+    train_data: str | None = TRAIN_DATA.field(None)
+    eval_data: str | None = EVAL_DATA.field(None)
+    fields: FieldNames | None = FIELD_NAMES.field(factory=FieldNames)
+    output_dir: Path = OUTPUT_DIR.field(
+        Path("svdlora-runs") / "training_results",
+        help="Folder (default: ./svdlora-runs/training_results).",
+    )
     reuse: bool = False
-    allow_other_base: bool = False  # --svd-factors made from another base's weights
-    cache: CacheOptions = field(default_factory=CacheOptions)
+    allow_other_base: bool = option(  # --svd-factors made from another base's weights
+        False,
+        help="Use --svd-factors made from another base of the same shapes (a warning, not "
+        "an error).",
+    )
+    cache: CacheOptions = nested(CacheOptions, factory=CacheOptions)
 
     def validate(self) -> None:
 
-        check(self.rank >= 1, f"--rank must be at least 1, got {self.rank}", "use e.g. --rank 16")
+        check_rank(self.rank)
         check(
             self.lora_alpha is None or (math.isfinite(self.lora_alpha) and self.lora_alpha > 0),
             f"--lora-alpha must be a positive finite number, got {self.lora_alpha}",
@@ -55,12 +85,12 @@ class TrainOptions:
             "use e.g. --lora-dropout 0.05",
         )
         check(bool(self.seeds), "no seed given", "use e.g. --seeds 0,1,2")
+        from ..training.init_registry import get_init
+
+        for init in self.inits:
+            get_init(init)  # registered, or an error that lists the registered inits
         for lr in self.learning_rates:
-            check(
-                math.isfinite(lr) and lr > 0,
-                f"--learning-rates must list positive finite numbers, got {lr}",
-                "use e.g. --learning-rates 1e-4,3e-4,1e-3",
-            )
+            check_learning_rate(lr)
         self.config.validate()
         self.check_run_names()
 
@@ -101,28 +131,6 @@ def learning_rate_text(learning_rate: float) -> str:
 
 def _setting(init: str, learning_rate: float, seed: int) -> str:
     return f"--init {init} --learning-rate {learning_rate_text(learning_rate)} --seed {seed}"
-
-
-def parse_learning_rates(text: str) -> tuple[float, ...]:
-    """`1e-4,3e-4` -> (0.0001, 0.0003): distinct, positive, finite."""
-    from ..errors import InvalidOptionError
-
-    hint = "use e.g. --learning-rates 1e-4,3e-4,1e-3"
-    try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise InvalidOptionError(
-            f"--learning-rates {text!r} is not a list of numbers", hint
-        ) from None
-    check(bool(values), "--learning-rates is empty", hint)
-    check(len(set(values)) == len(values), f"--learning-rates {text!r} repeats a value", hint)
-    for lr in values:
-        check(
-            math.isfinite(lr) and lr > 0,
-            f"--learning-rates must list positive finite numbers, got {lr:g}",
-            hint,
-        )
-    return values
 
 
 def run(
@@ -194,14 +202,15 @@ def _train_grid(
     options: TrainOptions, hooks: Hooks, cache: ArtifactCache, folder: Path
 ) -> Document:
     from ..data import FieldNames
-    from ..training.inits import FACTOR_INITS, clamp_warnings
+    from ..training.init_registry import init_names
+    from ..training.inits import clamp_warnings
     from ..training.records import throughput_line
     from ..training.shared import SharedSetup
     from ..training.student import base_plan, svd_factors_for, train_student
 
     factors = None
     warnings: list[str] = []
-    if FACTOR_INITS & set(options.inits) or options.svd_factors:
+    if set(init_names(needs_teacher=True)) & set(options.inits) or options.svd_factors:
         with cache_session(options.cache, cache) as c:
             factors = svd_factors_for(
                 options.base_model,
@@ -209,14 +218,12 @@ def _train_grid(
                 c,
                 options.svd_factors,
                 options.teacher_model,
-                options.target_modules,
+                options.include,
                 allow_other_base=options.allow_other_base,
                 warnings=warnings,
             )
     # Every arm shares one plan (modules and ranks), so only the init differs.
-    plan = base_plan(
-        options.base_model, options.rank, options.lora_alpha, options.target_modules, factors
-    )
+    plan = base_plan(options.base_model, options.rank, options.lora_alpha, options.include, factors)
     warnings = list(dict.fromkeys([*warnings, *clamp_warnings(plan)]))  # svd's, once each
     runs = [
         (seed, lr, init) for seed in options.seeds for lr in options.grid for init in options.inits

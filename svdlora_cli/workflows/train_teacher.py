@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import Document, Hooks, is_primary_process
+from ..data import FieldNames
+from ..training.config import TrainConfig
+from .common import CacheOptions, Document, Hooks, cache_session, is_primary_process
+from .flags import nested
+from .vocabulary import BASE_MODEL, EVAL_DATA, FIELD_NAMES, OUTPUT_DIR, TRAIN_DATA, TRAINING
 
 if TYPE_CHECKING:
-    from ..data import FieldNames
     from ..store.cache import ArtifactCache
-    from ..training.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -22,21 +24,23 @@ class TeacherOptions:
     a finished run with the same inputs instead of training again (the demo reuses).
     """
 
-    base_model: str
-    config: TrainConfig
-    train_data: str | None = None
-    eval_data: str | None = None
-    fields: FieldNames | None = None
-    output_dir: Path = Path("svdlora-runs") / "teacher"
+    base_model: str = BASE_MODEL.field()
+    config: TrainConfig = TRAINING.but(learning_rate=2e-5).field()
+    train_data: str | None = TRAIN_DATA.field(None)
+    eval_data: str | None = EVAL_DATA.field(None)
+    fields: FieldNames | None = FIELD_NAMES.field(factory=FieldNames)
+    output_dir: Path = OUTPUT_DIR.field(
+        Path("svdlora-runs") / "teacher", help="Run folder (default: ./svdlora-runs/teacher)."
+    )
     workspace: Path | None = None
     reuse: bool = False
+    cache: CacheOptions = nested(CacheOptions, "cache_size", "no_cache", factory=CacheOptions)
 
 
 def run(
     options: TeacherOptions, hooks: Hooks | None = None, cache: ArtifactCache | None = None
 ) -> Document:
     """final_model/, training_log_teacher.csv and the run record; the summary document."""
-    from ..data import FieldNames
     from ..errors import ConfigError
     from ..files import check_writable_dir
     from ..training.records import throughput_line
@@ -46,7 +50,8 @@ def run(
     hooks = hooks or Hooks()
     options.config.validate()
     folder = check_writable_dir(options.output_dir)
-    with hooks.steps("teacher") as update:
+    # The cache memoises the file digests that the run's content key needs.
+    with cache_session(options.cache, cache) as shared, hooks.steps("teacher") as update:
         summary = train_teacher(
             options.base_model,
             folder,
@@ -56,7 +61,7 @@ def run(
             options.fields or FieldNames(),
             update,
             reuse=options.reuse,
-            memo=cache.memo if cache is not None else None,
+            memo=shared.memo,
         )
     hooks.announce(throughput_line(summary))
     doc: Document = {

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import Document, check
+from .common import Document
+from .flags import check, option
+from .vocabulary import BASE_MODEL, EVAL_DATA, EVAL_LIMIT, PROBE, TEACHER_MODEL
 
 TOLERANCE = 1e-4  # kept literal (the core's value) so that building options imports no torch
 
@@ -15,19 +17,25 @@ TOLERANCE = 1e-4  # kept literal (the core's value) so that building options imp
 class VerifyOptions:
     """Everything `svdlora verify` takes."""
 
-    adapter: Path
-    base_model: str | None = None  # None: the adapter's base_model_name_or_path
-    teacher_model: str | None = None
-    eval_data: str | None = None
-    max_rows: int = 32
-    probe: bool = True
-    tolerance: float = TOLERANCE
+    adapter: Path = option(help="PEFT LoRA adapter folder.", argument=True)
+    base_model: str | None = BASE_MODEL.field(  # None: the adapter's base_model_name_or_path
+        None,
+        help="Base model: an HF folder, a cached hub id or a built-in name (default: the "
+        "adapter's base_model_name_or_path).",
+    )
+    teacher_model: str | None = TEACHER_MODEL.field(None)
+    eval_data: str | None = EVAL_DATA.field(None)
+    eval_limit: int = EVAL_LIMIT.field(
+        32, help="Use only the first N eval rows for the teacher gap.", aliases=("--max-rows",)
+    )
+    probe: bool = PROBE.field(True)
+    tolerance: float = option(TOLERANCE, help="Relative logit tolerance of the probe.")
 
     def validate(self) -> None:
         check(
-            self.max_rows > 0,
-            f"--max-rows must be positive, got {self.max_rows}",
-            "use e.g. --max-rows 32",
+            self.eval_limit > 0,
+            f"--eval-limit must be positive, got {self.eval_limit}",
+            "use e.g. --eval-limit 32",
         )
         check(
             self.tolerance > 0,
@@ -65,7 +73,7 @@ def run(options: VerifyOptions) -> Document:
         probe=options.probe,
         teacher_ref=options.teacher_model,
         eval_data=options.eval_data,
-        max_rows=options.max_rows,
+        max_rows=options.eval_limit,
         tolerance=options.tolerance,
     )
     warnings = checks.pop("warnings", [])

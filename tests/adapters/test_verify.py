@@ -267,7 +267,7 @@ def test_no_verify_skips_the_probe_but_not_the_structure(pairs, tmp_path):
     )
     assert doc["verification"]["structural"]["ok"]
     assert doc["verification"]["probe"] is None
-    assert doc["verification"]["probe_reason"] == "--no-verify"
+    assert doc["verification"]["probe_reason"] == "--no-probe"  # the new name of --no-verify
 
 
 @pytest.mark.parametrize("where", ["teacher", "inside-base", "base-itself"])

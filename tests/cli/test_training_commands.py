@@ -6,9 +6,31 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import assert_user_error, invoke, invoke_json
 
 FAST = ["--epochs", "2", "--batch-size", "4", "--max-length", "64", "--device", "cpu"]
+
+
+def _relative_distance(base: Path, teacher: Path, adapter: Path) -> float:
+    """||dW - (alpha/r) B A||_F / ||dW||_F over the adapter's modules, from the files alone."""
+    from safetensors.torch import load_file
+
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    lora = load_file(adapter / "adapter_model.safetensors")
+    w0, w1 = load_file(Path(base) / "model.safetensors"), load_file(teacher / "model.safetensors")
+    gap = total = 0.0
+    for key, a in lora.items():
+        if ".lora_A." not in key:
+            continue
+        module = key.removeprefix("base_model.model.").split(".lora_A.")[0]
+        b = lora[key.replace(".lora_A.", ".lora_B.")]
+        dw = w1[f"{module}.weight"].double() - w0[f"{module}.weight"].double()
+        gap += float(((dw - scale * b.double() @ a.double()) ** 2).sum())
+        total += float((dw**2).sum())
+    return (gap / total) ** 0.5
 
 
 def test_teacher_then_svd_then_students(tiny_llm, tiny_data, tmp_path):
@@ -94,7 +116,9 @@ def test_teacher_then_svd_then_students(tiny_llm, tiny_data, tmp_path):
     arms = {a["arm"]: a for a in doc["arms"]}
     assert set(arms) == {"teacher", "random", "svd"}
     assert arms["svd"]["energy_captured"] is not None and arms["random"]["energy_captured"] is None
-    assert 0 <= arms["svd"]["overlap_right"] <= 1 and arms["svd"]["relative_distance"] > 0
+    assert 0 <= arms["svd"]["overlap_right"] <= 1
+    expected = _relative_distance(tiny_llm, final, out / "final_model_svd")
+    assert arms["svd"]["relative_distance"] == pytest.approx(expected, rel=1e-4)
     assert set(doc["accuracy"]["models"]) == {"base", "teacher", "random", "svd"}
     assert all(m["total"] == 3 for m in doc["accuracy"]["models"].values())
 

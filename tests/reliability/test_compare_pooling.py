@@ -96,8 +96,8 @@ def _assert_pooled_only(doc: dict, folder: Path, names: list[str]) -> None:
 @pytest.mark.parametrize(
     ("planted", "seed", "field", "value"),
     [
-        ("other_base", 3, "base_model", "other_base_model"),
-        ("other_data", 4, "train_data", "other_train.json"),
+        ("other_base", 3, "base_model", "other_base_model (content "),
+        ("other_data", 4, "train_data", "other_train.json (content "),
     ],
 )
 def test_a_run_from_another_base_or_data_is_set_apart(runs, tmp_path, planted, seed, field, value):

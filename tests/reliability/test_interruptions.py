@@ -121,4 +121,5 @@ def test_sigint_exits_130_and_keeps_finished_entries(qwen2_pair, tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "Interrupted" in stderr and "Traceback" not in stderr
-    assert _all_entries_readable(tmp_path / "cache") > 0
+    # Every payload on disk is indexed and reads back (at least the 2 waited for).
+    assert _all_entries_readable(tmp_path / "cache") == _payloads(tmp_path / "cache") >= 2

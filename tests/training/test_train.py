@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
@@ -57,14 +58,21 @@ def _first_batch_loss(model_dir, data_file, config=CONFIG) -> float:
         return float(model(**batch).loss)
 
 
-def test_teacher_sft_lowers_the_loss_and_saves_a_model(teacher, tiny_llm):
+def test_teacher_sft_lowers_the_loss_and_saves_a_model(teacher, tiny_llm, tiny_data):
     out, summary = teacher
     rows = read_step_log(out / "training_log_teacher.csv")
     assert rows[0].step == 0 and rows[0].lr is None and rows[0].eval_loss is not None
     assert rows[-1].loss < rows[0].loss * 0.8, (rows[0].loss, rows[-1].loss)
     assert summary["final_eval_loss"] < summary["initial_eval_loss"]
     assert len(rows) == 1 + 8 * 3  # 12 rows / batch 4 = 3 steps per epoch
-    assert rows[-1].tokens > rows[1].tokens > 0
+    # Tokens seen: the non-padding tokens of each step's rows, counted independently.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llm)
+    data = tokenize_examples(load_examples(tiny_data[0]), tok, TEACHER.max_length)
+    steps = batch_schedule(len(data), 4, 1, 8, 0)
+    per_step = [sum(len(data.input_ids[i]) for mb in st.micro_batches for i in mb) for st in steps]
+    assert [r.tokens for r in rows] == [0, *itertools.accumulate(per_step)]
     elapsed = [r.elapsed_s for r in rows]  # cumulative seconds since training started
     assert elapsed[0] == 0.0 and elapsed == sorted(elapsed) and elapsed[-1] > 0
     final = out / "final_model"
