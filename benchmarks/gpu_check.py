@@ -365,7 +365,7 @@ def environment(runner: Runner) -> dict[str, Any]:
 
 
 def teacher_step(c: Check) -> dict[str, Any]:
-    args = ["train-teacher", "-m", "tiny", "--data-path", str(DATA), "--max-steps", "12"]
+    args = ["train-teacher", "-b", "tiny", "--train-data", str(DATA), "--max-steps", "12"]
     args += ["--batch-size", "8", "--max-length", "512", "--learning-rate", "1e-3"]
     args += ["--device", c.device, "--no-workspace", "--json"]
     one = c.runner.run("teacher-single", cli(*args, "-o", str(c.out / "teacher1")))
@@ -573,7 +573,7 @@ def speed_step(c: Check) -> dict[str, Any]:
     svd_dir = out / "speed-svd"
     shutil.rmtree(svd_dir, ignore_errors=True)
     svd = ["svd", "-b", base, "-t", str(pair / "tuned"), "--rank", str(a.speed_rank)]
-    svd += ["--device", c.device, "--no-plot", "--no-verify", "--json", "-o", str(svd_dir), *cache]
+    svd += ["--device", c.device, "--no-plot", "--no-probe", "--json", "-o", str(svd_dir), *cache]
     done = part("svd", cli(*svd))
     if done:
         found = sorted(svd_dir.glob("svd_factors_rank*.safetensors"))

@@ -79,7 +79,7 @@ def lora_ga_model(
         raise InitError(
             f"--init lora-ga needs 2 x rank <= the smaller side of every target; "
             f"{module} is {width} wide at rank {rank}",
-            f"lower --lora-rank to {width // 2} or leave such modules out of --target-modules",
+            f"lower --rank to {width // 2} or leave such modules out of --include",
         )
     device = next(base.parameters()).device
     total = sum(t != IGNORE_INDEX for b in batches for i in b for t in data.labels[i][1:])
@@ -104,7 +104,7 @@ def lora_ga_model(
     if missing:
         raise InitError(
             f"LoRA-GA got no gradient for {', '.join(missing[:3])}",
-            "these modules do not reach the loss; leave them out of --target-modules",
+            "these modules do not reach the loss; leave them out of --include",
         )
     return get_peft_model(base, peft_config)
 
@@ -138,7 +138,7 @@ def eva_model(
         if passes > EVA_MAX_PASSES:
             raise InitError(
                 f"EVA did not converge in {EVA_MAX_PASSES} passes over the init batches",
-                "raise --batch-size (EVA needs at least r answer tokens) or lower --lora-rank",
+                "raise --batch-size (EVA needs at least r answer tokens) or lower --rank",
             )
         inputs = {k: inputs[k] for k in ("input_ids", "attention_mask")}
         return model(**inputs)
@@ -158,7 +158,7 @@ def eva_model(
                 raise InitError(
                     f"EVA found {components.shape[0]} directions for {name}, "
                     f"the plan has rank {rank}",
-                    "raise --batch-size or lower --lora-rank",
+                    "raise --batch-size or lower --rank",
                 )
             state[name] = components[:rank]
     initialize_lora_eva_weights(model, eva_state_dict=state, show_progress_bar=False)

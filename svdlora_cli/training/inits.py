@@ -48,7 +48,7 @@ def plan_lora(
     """Targets from the factors (SVD inits) or the default/regex selection; ranks clamped."""
     if rank <= 0:
         raise InvalidOptionError(
-            f"--lora-rank must be positive, got {rank}", "use e.g. --lora-rank 16"
+            f"--rank must be positive, got {rank}", "use e.g. --rank 16"
         )
     if alpha is not None and alpha <= 0:
         raise InvalidOptionError(
@@ -187,7 +187,7 @@ def factor_weights(
     if f.rank < rank:
         raise InvalidOptionError(
             f"the SVD factors hold rank {f.rank}, fewer than the LoRA rank {rank}",
-            "recompute them with `svdlora svd --rank R` for R >= --lora-rank",
+            "recompute them with `svdlora svd --rank R` for R >= --rank",
         )
     return rule(f.B[:, :rank].float(), f.A[:rank].float(), f.S[:rank].float(), scale)
 
@@ -209,7 +209,7 @@ def apply_factor_init(
             raise ModelMismatchError(
                 f"LoRA layer {module} has A {tuple(lora_A.shape)}, B {tuple(lora_B.shape)}; "
                 f"the init gives {tuple(A.shape)}, {tuple(B.shape)}",
-                "check --lora-rank and the factors' source model",
+                "check --rank and the factors' source model",
             )
         lora_A.copy_(A.to(lora_A.dtype))
         lora_B.copy_(B.to(lora_B.dtype))

@@ -45,7 +45,7 @@ OPTION_NAMES = {
     "lora_dropout": "--lora-dropout",
     "lora_init": "--init",
     "lora_ranks": "the per-module ranks (--rank, --svd-factors)",
-    "target_modules": "--target-modules",
+    "target_modules": "--include",
     "seed": "--seed / --seeds",
     "precision": "--bf16 / --fp16",
     "packing": "--packing / --no-packing",

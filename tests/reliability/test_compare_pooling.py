@@ -235,9 +235,9 @@ def test_fingerprints_decide_when_every_record_has_them(runs, tmp_path):
     doc, warnings = _compare(folder)
     assert any("set apart random_seed2" in w for w in warnings)
     assert [a["n_runs"] for a in doc["arms"]] == [2]
-    assert (
-        "base_model cdcdcdcdcdcd (the compared runs: abababababab)" in doc["set_apart"][0]["reason"]
-    )
+    reason = doc["set_apart"][0]["reason"]  # the path it was recorded at, and its content
+    assert "base_model /moved/2/base (content cdcdcdcdcdcd) (the compared runs: /moved/" in reason
+    assert "/base (content abababababab))" in reason
     COUNTS["faults handled"] += 1
 
 

@@ -268,7 +268,7 @@ def test_resume_refuses_each_changed_setting_by_name_then_resumes(
         (["--rank", "8"], "--rank 4 -> 8"),
         (["--lora-alpha", "16"], "--lora-alpha 4"),
         (["--lora-dropout", "0.1"], "--lora-dropout 0.0 -> 0.1"),
-        (["--target-modules", "q_proj"], "--target-modules 14 modules"),
+        (["--target-modules", "q_proj"], "--include 14 modules"),
         (["--batch-size", "2"], "--batch-size 4 -> 2"),
         (["--tokens-per-step", "300"], "--tokens-per-step None -> 300"),
         (["--seeds", "1"], "--seed / --seeds 0 -> 1"),

@@ -141,7 +141,7 @@ def test_lora_ga_needs_twice_the_rank_in_every_target(tiny_llm, setup):
     wide = {**setup, "plan": base_plan(str(tiny_llm), 16, None)}  # k_proj is 16 x 32
     with pytest.raises(SvdloraError, match="k_proj is 16 wide at rank 16") as error:
         _start(tiny_llm, wide, "lora-ga")
-    assert "--lora-rank to 8" in error.value.hint
+    assert "--rank to 8" in error.value.hint
 
 
 def _mean_loss_gradients(setup):
