@@ -21,15 +21,20 @@ from pathlib import Path
 
 from .errors import OutputError
 
+# Added to the busy folder's hint by the commands that train into a folder.
+TRAINING_HINT = " (two trainings into one folder would overwrite each other's runs)"
+
 STAGING_PREFIX = ".svdlora-staging-"
 
 
 @contextlib.contextmanager
-def locked_output(folder: Path, active: bool = True) -> Iterator[Path]:
+def locked_output(folder: Path, active: bool = True, why: str = "") -> Iterator[Path]:
     """Hold an exclusive lock on `folder` (created if needed) while a step computes and writes.
 
     A folder that this call created and that is still empty afterwards is removed again,
     so a failed run leaves nothing behind. `active=False` (ranks that write nothing) skips it.
+    A busy folder is an OutputError naming the process that holds it (`lock_holder`);
+    `why` adds to its hint.
     """
     if not active:
         yield folder
@@ -45,9 +50,11 @@ def locked_output(folder: Path, active: bool = True) -> Iterator[Path]:
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
+            holder = lock_holder(folder)
+            who = f"process {holder}" if holder is not None else "another svdlora process"
             raise OutputError(
-                f"output folder {folder} is busy: another svdlora run is writing to it",
-                "wait for that run to finish, or pass another --output-dir",
+                f"output folder {folder} is busy: {who} is training or writing into it",
+                "wait for that run to finish, or pass another --output-dir" + why,
             ) from None
         _remove_stale_staging(folder)
         yield folder
@@ -97,3 +104,26 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def lock_holder(folder: Path) -> int | None:
+    """The id of the process holding a flock on `folder`, from /proc/locks (Linux); None
+    where that cannot be read or the process is not visible from here."""
+    try:
+        stat = os.stat(folder)
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    for line in table.splitlines():
+        fields = line.split()
+        if "FLOCK" not in fields or "->" in fields:  # "->": a waiter, not the holder
+            continue
+        at = fields.index("FLOCK")
+        try:
+            pid, (major, minor, inode) = int(fields[at + 3]), fields[at + 4].split(":")
+            device = os.makedev(int(major, 16), int(minor, 16))
+        except (IndexError, ValueError):
+            continue
+        if int(inode) == stat.st_ino and device == stat.st_dev and pid > 0:
+            return pid
+    return None

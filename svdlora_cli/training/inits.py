@@ -47,9 +47,7 @@ def plan_lora(
 ) -> LoraPlan:
     """Targets from the factors (SVD inits) or the default/regex selection; ranks clamped."""
     if rank <= 0:
-        raise InvalidOptionError(
-            f"--rank must be positive, got {rank}", "use e.g. --rank 16"
-        )
+        raise InvalidOptionError(f"--rank must be positive, got {rank}", "use e.g. --rank 16")
     if alpha is not None and alpha <= 0:
         raise InvalidOptionError(
             f"--lora-alpha must be positive, got {alpha}", "omit it to use alpha = rank"

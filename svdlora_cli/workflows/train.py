@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..data import FieldNames
+from ..output_sets import TRAINING_HINT, locked_output
 from ..training.config import TrainConfig
 from ..training.init_registry import REFERENCE_INIT
 from .common import CacheOptions, Document, Hooks, cache_session, is_primary_process
@@ -146,56 +145,11 @@ def run(
 
     options.validate()
     folder = check_writable_dir(options.output_dir)
-    with locked_runs(folder), cache_session(options.cache, cache) as shared:
+    with (
+        locked_output(folder, is_primary_process(), TRAINING_HINT),
+        cache_session(options.cache, cache) as shared,
+    ):
         return _train_grid(options, hooks or Hooks(), shared, folder)
-
-
-@contextlib.contextmanager
-def locked_runs(folder: Path) -> Iterator[Path]:
-    """`svd`'s output lock on `folder` (held by the process that writes), with the process
-    that holds it named when it is busy."""
-    from ..errors import OutputError
-    from ..output_sets import locked_output
-
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(locked_output(folder, is_primary_process()))
-        except OutputError as busy:
-            if "is busy" not in busy.message:
-                raise
-            holder = lock_holder(folder)
-            who = f"process {holder}" if holder is not None else "another svdlora process"
-            raise OutputError(
-                f"output folder {folder} is busy: {who} is training or writing into it",
-                "wait for that run to finish, or pass another --output-dir "
-                "(two trainings into one folder would overwrite each other's runs)",
-            ) from None
-        yield folder
-
-
-def lock_holder(folder: Path) -> int | None:
-    """The id of the process holding a flock on `folder`, from /proc/locks (Linux); None
-    where that cannot be read or the process is not visible from here."""
-    import os
-
-    try:
-        stat = os.stat(folder)
-        table = Path("/proc/locks").read_text()
-    except OSError:
-        return None
-    for line in table.splitlines():
-        fields = line.split()
-        if "FLOCK" not in fields or "->" in fields:  # "->": a waiter, not the holder
-            continue
-        at = fields.index("FLOCK")
-        try:
-            pid, (major, minor, inode) = int(fields[at + 3]), fields[at + 4].split(":")
-            device = os.makedev(int(major, 16), int(minor, 16))
-        except (IndexError, ValueError):
-            continue
-        if int(inode) == stat.st_ino and device == stat.st_dev and pid > 0:
-            return pid
-    return None
 
 
 def _train_grid(

@@ -43,6 +43,7 @@ def run(
     """final_model/, training_log_teacher.csv and the run record; the summary document."""
     from ..errors import ConfigError
     from ..files import check_writable_dir
+    from ..output_sets import TRAINING_HINT, locked_output
     from ..training.records import throughput_line
     from ..training.teacher import train_teacher
     from ..workspace import update_workspace
@@ -50,8 +51,13 @@ def run(
     hooks = hooks or Hooks()
     options.config.validate()
     folder = check_writable_dir(options.output_dir)
-    # The cache memoises the file digests that the run's content key needs.
-    with cache_session(options.cache, cache) as shared, hooks.steps("teacher") as update:
+    # The cache memoises the file digests that the run's content key needs; the folder is
+    # locked as `train` and `svd` lock theirs, so two teachers never write into one.
+    with (
+        locked_output(folder, is_primary_process(), TRAINING_HINT),
+        cache_session(options.cache, cache) as shared,
+        hooks.steps("teacher") as update,
+    ):
         summary = train_teacher(
             options.base_model,
             folder,

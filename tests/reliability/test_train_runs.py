@@ -27,9 +27,10 @@ import torch
 from safetensors.torch import load_file
 
 from svdlora_cli.errors import InvalidOptionError
+from svdlora_cli.output_sets import lock_holder
 from svdlora_cli.training.config import TrainConfig
 from svdlora_cli.training.steplog import read_step_log
-from svdlora_cli.workflows.train import TrainOptions, learning_rate_text, lock_holder
+from svdlora_cli.workflows.train import TrainOptions, learning_rate_text
 from tests.conftest import assert_user_error, build_tiny_llm, invoke, write_rows
 from tests.reliability.conftest import COUNTS
 
@@ -129,7 +130,10 @@ def _files(folder: Path) -> dict[str, bytes]:
 # -- 1. one `train` per output folder -------------------------------------------------------
 
 
-def test_a_train_into_a_folder_another_process_holds_is_refused(tiny_llm, tiny_data, tmp_path):
+@pytest.mark.parametrize("command", ["train", "train-teacher"])
+def test_a_train_into_a_folder_another_process_holds_is_refused(
+    command, tiny_llm, tiny_data, tmp_path
+):
     """The lock `svd` takes: refused with the folder and the holder's pid, nothing written."""
     out = tmp_path / "runs"
     out.mkdir()
@@ -139,7 +143,7 @@ def test_a_train_into_a_folder_another_process_holds_is_refused(tiny_llm, tiny_d
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         holder = lock_holder(out)
-        result = invoke("train", "-b", tiny_llm, "--train-data", tiny_data[0], "-o", out, *FAST)
+        result = invoke(command, "-b", tiny_llm, "--train-data", tiny_data[0], "-o", out, *FAST)
     finally:
         os.close(fd)
     who = f"process {os.getpid()}" if holder is not None else "another svdlora process"
