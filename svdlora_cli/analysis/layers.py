@@ -17,8 +17,8 @@ import torch
 from ..distributed import missing_warning, work_group
 from ..models.checkpoints import TensorReader, open_pair
 from ..models.targets import describe
-from ..spectra.svd_step import SvdResult, run_svd
-from ..store.cache import ArtifactCache, content_key
+from ..spectra.svd_step import SvdResult, SvdScope
+from ..store.cache import ArtifactCache, tensor_key
 
 SORT_KEYS = (
     "layer",
@@ -121,14 +121,7 @@ def attach_intruders(
     pair = open_pair(base_model, tuned_model, cache.memo, with_fingerprints=cache.enabled)
 
     def key_for(name: str) -> str:
-        return content_key(
-            "intruders",
-            base=pair.base_fingerprint,
-            tuned=pair.tuned_fingerprint,
-            tensor=name,
-            k=k,
-            threshold=threshold,
-        )
+        return tensor_key("intruders", pair.fingerprints(), name, k=k, threshold=threshold)
 
     def compute(names: Sequence[str]) -> dict[str, int]:
         counts = {}
@@ -168,18 +161,15 @@ def layer_report(
     base_model: str,
     tuned_model: str,
     cache: ArtifactCache,
+    scope: SvdScope | None = None,
     rank: int = 16,
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    method: str = "auto",
     sort: str = "layer",
     intruders: bool = False,
     intruder_k: int = 10,
     intruder_threshold: float = 0.5,
-    progress: Callable[[str, int, int], None] | None = None,
-    dtype_policy: str = "round",
 ) -> dict[str, Any]:
-    """Per-module rows and their aggregates by type, depth and attention vs MLP."""
+    """Per-module rows and their aggregates by type, depth and attention vs MLP, from the
+    rank-`rank` SVD in `scope` (targets, method, dtype policy, progress)."""
     from ..errors import InvalidOptionError
 
     if sort not in SORT_KEYS:
@@ -188,22 +178,13 @@ def layer_report(
         raise InvalidOptionError(
             "--intruder-threshold must be in (0, 1] and --intruder-k >= 1", "e.g. 0.5 and 10"
         )
-    result = run_svd(
-        base_model,
-        tuned_model,
-        cache,
-        rank=rank,
-        include=include,
-        exclude=exclude,
-        method=method,
-        progress=progress,
-        dtype_policy=dtype_policy,
-    )
+    scope = scope or SvdScope()
+    result = scope.run(base_model, tuned_model, cache, rank=rank)
     rows = module_rows(result)
     warnings = list(result.warnings)
     if intruders:
         late = attach_intruders(
-            rows, base_model, tuned_model, cache, intruder_k, intruder_threshold, progress
+            rows, base_model, tuned_model, cache, intruder_k, intruder_threshold, scope.progress
         )
         if late:
             warnings.append(missing_warning(late, "intruder count(s)", cache.directory))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidOptionError
-from ..spectra.svd_step import run_svd
+from ..spectra.svd_step import SvdScope
 from ..store.cache import DEFAULT_CACHE_RANK, ArtifactCache
 
 
@@ -32,29 +32,16 @@ def rank_sweep(
     tuned_model: str,
     cache: ArtifactCache,
     ranks: Sequence[int],
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    method: str = "auto",
-    progress: Callable[[str, int, int], None] | None = None,
-    dtype_policy: str = "round",
+    scope: SvdScope | None = None,
 ) -> dict[str, Any]:
-    """Energy and error per rank, overall and per module type. The largest rank is decomposed
-    first and cached with K >= every rank, so each other rank is a slice (no new SVD)."""
+    """Energy and error per rank, overall and per module type, each rank's SVD in `scope`
+    (targets, method, dtype policy, progress). The largest rank is decomposed first and
+    cached with K >= every rank, so each other rank is a slice (no new SVD)."""
+    scope = scope or SvdScope()
     keep = max(max(ranks), DEFAULT_CACHE_RANK)
     rows, hits, misses, warnings, dtypes = [], 0, 0, [], None
     for rank in sorted(ranks, reverse=True):
-        result = run_svd(
-            base_model,
-            tuned_model,
-            cache,
-            rank=rank,
-            cache_rank=keep,
-            include=include,
-            exclude=exclude,
-            method=method,
-            progress=progress,
-            dtype_policy=dtype_policy,
-        )
+        result = scope.run(base_model, tuned_model, cache, rank=rank, cache_rank=keep)
         dtypes = result.dtypes
         hits, misses = hits + result.cache["hits"], misses + result.cache["misses"]
         warnings += [w for w in result.warnings if w not in warnings]

@@ -12,7 +12,7 @@ from ..training.init_registry import REFERENCE_INIT
 from .columns import COMPARE_ARMS, SEED_METRICS, Column, pct, text_rows
 from .plots import pyplot, save_figure
 from .protocol_views import protocol_lines
-from .text import fixed_width
+from .text import fixed_width, heading
 
 # Fractions (MFU too) compared in percentage points; losses, distances and throughput as a
 # relative change.
@@ -92,8 +92,7 @@ def comparison_text(doc: Mapping[str, Any]) -> str:
     """comparison_report.txt: the seed's table, then every arm's detail and 95% CIs."""
     target = doc["target_loss"]
     lines = [
-        "Comparison of LoRA initialisations",
-        "=" * 50,
+        *heading("Comparison of LoRA initialisations"),
         f"target loss: {'-' if target is None else f'{target:.4f}'} ({doc['target_source']})",
         "",
     ]

@@ -162,23 +162,14 @@ def sweep_png(doc: Mapping[str, Any], path: Path) -> Path:
     rows = doc["ranks"]
     ranks = [r["rank"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    left.plot(ranks, [r["total_energy"] for r in rows], "k-o", lw=2, label="all targets")
-    right.plot(ranks, [r["mean_rel_error"] for r in rows], "k-o", lw=2, label="mean")
-    for i, kind in enumerate(rows[0]["by_module_type"]):
-        left.plot(
-            ranks,
-            [r["by_module_type"][kind]["total_energy"] for r in rows],
-            "-",
-            color=f"C{i}",
-            label=kind,
-        )
-        right.plot(
-            ranks,
-            [r["by_module_type"][kind]["mean_rel_error"] for r in rows],
-            "-",
-            color=f"C{i}",
-            label=kind,
-        )
+    for axis, key, overall in (
+        (left, "total_energy", "all targets"),
+        (right, "mean_rel_error", "mean"),
+    ):
+        axis.plot(ranks, [r[key] for r in rows], "k-o", lw=2, label=overall)
+        for i, kind in enumerate(rows[0]["by_module_type"]):
+            by_kind = [r["by_module_type"][kind][key] for r in rows]
+            axis.plot(ranks, by_kind, "-", color=f"C{i}", label=kind)
     left.set(title="Energy captured vs rank", xlabel="rank", ylabel="energy", ylim=(0, 1.02))
     right.set(
         title="Relative error ||dW - B A|| / ||dW||",

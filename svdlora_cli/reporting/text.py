@@ -56,6 +56,19 @@ def _untargeted_lines(untargeted: list[Mapping[str, Any]], share: float) -> list
     return lines + column_lines(UNTARGETED, untargeted)
 
 
+def heading(title: str, pair: Mapping[str, Any] | None = None) -> list[str]:
+    """A report's first lines: its title, underlined, then (given a result document) the
+    model pair and its dtypes."""
+    lines = [title, "=" * 50]
+    if pair is not None:
+        lines += [
+            f"base:   {pair.get('base_model', '')}",
+            f"tuned:  {pair.get('tuned_model', '')}",
+            *dtype_lines(pair),
+        ]
+    return lines
+
+
 def dtype_lines(doc: Mapping[str, Any]) -> list[str]:
     """One short line: the targets' stored dtypes, and under mixed dtypes the policy."""
     d = doc.get("dtypes")
@@ -86,11 +99,7 @@ def svd_report(doc: Mapping[str, Any]) -> str:
         else f"energy >= {doc['energy_target']} (per-module rank)"
     )
     lines = [
-        "SVD analysis of dW = W_tuned - W_base",
-        "=" * 50,
-        f"base:   {doc.get('base_model', '')}",
-        f"tuned:  {doc.get('tuned_model', '')}",
-        *dtype_lines(doc),
+        *heading("SVD analysis of dW = W_tuned - W_base", doc),
         f"truncation: {header}; method: {doc['method']}",
         f"targets: {summary['count']} modules; "
         f"adapter parameters: {summary['adapter_parameters']:,}",
@@ -172,11 +181,7 @@ def delta_report(doc: Mapping[str, Any]) -> str:
     """Human-readable report of a `delta` result document."""
     s = doc["summary"]
     lines = [
-        "Weight change dW = W_tuned - W_base",
-        "=" * 50,
-        f"base:   {doc.get('base_model', '')}",
-        f"tuned:  {doc.get('tuned_model', '')}",
-        *dtype_lines(doc),
+        *heading("Weight change dW = W_tuned - W_base", doc),
         f"targets: {s['targets']} ({s['changed_targets']} changed); "
         f"untargeted changed tensors: {s['untargeted_changed']}",
         "; ".join(f"{c.header}: {c.cell(s)}" for c in DELTA_TOTALS),

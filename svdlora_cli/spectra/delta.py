@@ -14,7 +14,7 @@ from ..errors import NonFiniteDeltaError, SvdloraError
 from ..models.checkpoints import ModelPair, open_pair
 from ..models.quantized import check_targets_readable, reads_float
 from ..models.targets import Target, describe, select_targets, untargeted_kind
-from ..store.cache import ArtifactCache, content_key
+from ..store.cache import ArtifactCache, tensor_key
 from .decompose import sum_squares
 from .dtype_policy import (
     DEFAULT_DTYPE_POLICY,
@@ -181,13 +181,7 @@ _STAT_FIELDS = (
 
 
 def stats_key(pair: ModelPair, name: str, policy: str = DEFAULT_DTYPE_POLICY) -> str:
-    return content_key(
-        "delta-stats",
-        base=pair.base_fingerprint,
-        tuned=pair.tuned_fingerprint,
-        tensor=name,
-        dtype_policy=policy,
-    )
+    return tensor_key("delta-stats", pair.fingerprints(), name, dtype_policy=policy)
 
 
 def _tensor_stats(

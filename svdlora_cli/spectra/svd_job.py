@@ -12,7 +12,7 @@ import torch
 from ..distributed import Launch
 from ..models.checkpoints import ModelPair, TensorReader
 from ..models.targets import Target
-from ..store.cache import ArtifactCache, content_key
+from ..store.cache import ArtifactCache, tensor_key
 from .decompose import GAP_TOLERANCE, Decomposition, decompose
 from .delta import Progress, stats_key, target_delta
 from .dtype_policy import DEFAULT_DTYPE_POLICY
@@ -33,13 +33,7 @@ def svd_key(
         params.update(
             oversample=oversample, power_iters=power_iters, seed=seed, tolerance=GAP_TOLERANCE
         )
-    return content_key(
-        "svd",
-        base=pair.base_fingerprint,
-        tuned=pair.tuned_fingerprint,
-        tensor=target.tensor,
-        **params,
-    )
+    return tensor_key("svd", pair.fingerprints(), target.tensor, **params)
 
 
 def prefetched(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import torch
 
@@ -354,6 +355,25 @@ def run_svd(
         coverage=coverage.to_dict(),
         dtypes=dtypes,
     )
+
+
+@dataclass(frozen=True)
+class SvdScope:
+    """The `run_svd` options an analysis passes through unchanged (`sweep`, `layer-report`):
+    which targets, how to decompose them, the dtype policy and the progress hook."""
+
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    method: str = "auto"
+    dtype_policy: str = DEFAULT_DTYPE_POLICY
+    progress: Progress | None = None
+
+    def run(
+        self, base_model: str, tuned_model: str, cache: ArtifactCache, **settings: Any
+    ) -> SvdResult:
+        """`run_svd` of the pair in this scope; `settings` are its other options (rank, ...)."""
+        scope = {f.name: getattr(self, f.name) for f in fields(self)}
+        return run_svd(base_model, tuned_model, cache, **scope, **settings)
 
 
 def clamp_warning(rank: int, clamped: Sequence[str]) -> str:

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,14 @@ def content_key(kind: str, **parts: Any) -> str:
     """sha256 of a canonical JSON of the parts plus the kind and format version."""
     payload = json.dumps({"kind": kind, "v": FORMAT_VERSION, **parts}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def tensor_key(
+    kind: str, fingerprints: Mapping[str, str | None], tensor: str, **params: Any
+) -> str:
+    """The key of a per-tensor entry of a model pair (`svd`, `delta-stats`, `intruders`):
+    the pair's `fingerprints` (`base`, `tuned`), the tensor's name and the kind's parameters."""
+    return content_key(kind, **fingerprints, tensor=tensor, **params)
 
 
 @dataclass

@@ -32,8 +32,9 @@ from typing import Any
 
 import torch
 
-from ..data import IGNORE_INDEX, TokenizedSet, collate
+from ..data import IGNORE_INDEX, collate
 from ..errors import SvdloraError
+from .init_start import InitStart
 from .loss import loss_sum
 from .schedule import batch_schedule
 
@@ -53,24 +54,19 @@ def init_batches(
     return [step.micro_batches[0] for step in steps][:count]
 
 
-def _batch(
-    indices: Sequence[int], data: TokenizedSet, pad_id: int, device: Any
-) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in collate(indices, data, pad_id).items()}
+def _batch(indices: Sequence[int], start: InitStart, device: Any) -> dict[str, torch.Tensor]:
+    """The init rows `indices` of the arm's training set, collated onto `device`."""
+    return {k: v.to(device) for k, v in collate(indices, start.train, start.pad_id).items()}
 
 
-def lora_ga_model(
-    base: Any,
-    peft_config: Any,
-    data: TokenizedSet,
-    batches: Sequence[Sequence[int]],
-    pad_id: int,
-    ranks: dict[str, int],
-) -> Any:
-    """The PEFT model with LoRA-GA factors from the gradient of the mean loss on `batches`."""
+def lora_ga_model(start: InitStart) -> Any:
+    """The PEFT model with LoRA-GA factors from the gradient of the mean loss on the init
+    batches."""
     from peft import get_peft_model, preprocess_loraga
     from peft.tuners.lora.loraga import get_target_modules
 
+    base, peft_config, batches = start.base, start.peft_config, start.batches
+    ranks = start.plan.ranks
     # LoRA-GA splits the top 2r singular directions of G between A and B.
     narrow = {m: r for m, r in ranks.items() if 2 * r > min(base.get_submodule(m).weight.shape)}
     if narrow:
@@ -82,13 +78,13 @@ def lora_ga_model(
             f"lower --rank to {width // 2} or leave such modules out of --include",
         )
     device = next(base.parameters()).device
-    total = sum(t != IGNORE_INDEX for b in batches for i in b for t in data.labels[i][1:])
+    total = sum(t != IGNORE_INDEX for b in batches for i in b for t in start.train.labels[i][1:])
 
     def train_step() -> None:
         # PEFT divides the accumulated .grad by the number of backward passes, so
         # each pass is scaled by len(batches) / total: the result is d(mean loss)/dW.
         for indices in batches:
-            loss, _ = loss_sum(base, _batch(indices, data, pad_id, device))
+            loss, _ = loss_sum(base, _batch(indices, start, device))
             with warnings.catch_warnings():
                 # PEFT counts passes with full backward hooks; the first layer's input
                 # needs no gradient, so torch warns that its hook fires on outputs.
@@ -109,14 +105,7 @@ def lora_ga_model(
     return get_peft_model(base, peft_config)
 
 
-def eva_model(
-    base: Any,
-    peft_config: Any,
-    data: TokenizedSet,
-    batches: Sequence[Sequence[int]],
-    pad_id: int,
-    ranks: dict[str, int],
-) -> Any:
+def eva_model(start: InitStart) -> Any:
     """The PEFT model with EVA's A (principal directions of each layer's inputs) and B = 0.
 
     The init batches go in as one batch, so the incremental PCA's first step is
@@ -126,10 +115,10 @@ def eva_model(
     from peft import get_peft_model, initialize_lora_eva_weights
     from peft.tuners.lora.eva import get_eva_state_dict
 
-    device = next(base.parameters()).device
-    model = get_peft_model(base, peft_config, low_cpu_mem_usage=True)
-    rows = [i for b in batches for i in b]
-    loader = [_batch(rows, data, pad_id, device)]
+    device = next(start.base.parameters()).device
+    model = get_peft_model(start.base, start.peft_config, low_cpu_mem_usage=True)
+    rows = [i for b in start.batches for i in b]
+    loader = [_batch(rows, start, device)]
     passes = 0
 
     def forward(model: Any, inputs: dict[str, torch.Tensor]) -> Any:
@@ -152,7 +141,7 @@ def eva_model(
     )
     prefix = "base_model.model."
     for name, components in list(state.items()):
-        rank = ranks.get(name.removeprefix(prefix))
+        rank = start.plan.ranks.get(name.removeprefix(prefix))
         if rank is not None and components.shape[0] != rank:
             if components.shape[0] < rank:
                 raise InitError(
@@ -165,13 +154,7 @@ def eva_model(
     return model
 
 
-def corda_model(
-    base: Any,
-    peft_config: Any,
-    data: TokenizedSet,
-    batches: Sequence[Sequence[int]],
-    pad_id: int,
-) -> Any:
+def corda_model(start: InitStart) -> Any:
     """The PEFT model with CorDA's IPM factors from the input covariance on the init rows."""
     from peft import get_peft_model
 
@@ -183,13 +166,14 @@ def corda_model(
             "pip install attrs (or leave corda out of --init)",
         ) from exc
 
+    base, peft_config = start.base, start.peft_config
     device = next(base.parameters()).device
-    rows = [i for b in batches for i in b]
+    rows = [i for b in start.batches for i in b]
 
     def run_model() -> None:
         # PEFT's covariance hook takes one unpadded sequence per forward pass.
         for i in rows:
-            batch = _batch([i], data, pad_id, device)
+            batch = _batch([i], start, device)
             base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
     preprocess_corda(base, peft_config, run_model=run_model)

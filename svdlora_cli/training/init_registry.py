@@ -24,38 +24,22 @@ This module imports no ML stack (the CLI help lists the inits); builders import 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidOptionError
+from .init_start import InitStart
 
 if TYPE_CHECKING:
     import torch
 
-    from ..adapters.factors import LowRankFactors
-    from ..data import TokenizedSet
     from .inits import LoraPlan
 
 # The init the experiment asks about (the protocol's focus), and the standard LoRA that
 # every other init is measured against (its step 0 is the base's loss).
 FOCUS_INIT = "svd"
 REFERENCE_INIT = "random"
-
-
-@dataclass(frozen=True)
-class InitStart:
-    """What a builder gets: the base model, the arm's PEFT config and plan, and what the
-    init may read (the teacher's factors; the training rows and the init batches)."""
-
-    base: Any
-    peft_config: Any
-    plan: LoraPlan
-    seed: int
-    factors: Mapping[str, LowRankFactors] | None = None
-    train: TokenizedSet | None = None
-    batches: Sequence[Sequence[int]] = ()  # the first INIT_BATCHES micro-batches (needs_data)
-    pad_id: int = 0
 
 
 Builder = Callable[[InitStart], Any]
@@ -232,21 +216,19 @@ def subspace_rule(
 def _lora_ga(start: InitStart) -> Any:
     from .data_inits import lora_ga_model
 
-    s = start
-    return lora_ga_model(s.base, s.peft_config, s.train, s.batches, s.pad_id, s.plan.ranks)
+    return lora_ga_model(start)
 
 
 def _eva(start: InitStart) -> Any:
     from .data_inits import eva_model
 
-    s = start
-    return eva_model(s.base, s.peft_config, s.train, s.batches, s.pad_id, s.plan.ranks)
+    return eva_model(start)
 
 
 def _corda(start: InitStart) -> Any:
     from .data_inits import corda_model
 
-    return corda_model(start.base, start.peft_config, start.train, start.batches, start.pad_id)
+    return corda_model(start)
 
 
 def _lora_ga_options() -> dict[str, Any]:

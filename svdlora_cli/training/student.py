@@ -9,19 +9,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..adapters.factors import LowRankFactors, load_factors, require_finite
+from ..adapters.factors import LowRankFactors, load_factors
 from ..data import FieldNames, check_token_ids, prepare_data
 from ..errors import InvalidOptionError, ModelMismatchError
 from ..files import atomic_dir, ensure_writable_dir, write_run_config
 from ..models.checkpoints import Checkpoint, fingerprint, open_checkpoint
 from ..models.loading import load_model
 from ..store.cache import ArtifactCache, content_key
-from .accelerator import gathered_state_dict, make_accelerator, storage_dtype
+from .accelerator import make_accelerator, storage_dtype
+from .arm import ArmRun
 from .config import TrainConfig
 from .data_inits import INIT_BATCHES, init_batches
 from .init_registry import InitStart, get_init
 from .inits import LoraPlan, check_factors_fit, check_plan, plan_lora
-from .loop import StepProgress, fit
+from .loop import StepProgress
 from .records import (
     arm_summary,
     comparable_identity,
@@ -200,15 +201,12 @@ def train_student(
             model.peft_config["default"].init_lora_weights = True
             model.save_pretrained(initial_dir)
             model.peft_config["default"].init_lora_weights = method.init_lora_weights
-        result = fit(
+        run = ArmRun(tokenizer, data, config, accelerator, progress, Path(output_dir))
+        result, state_dict = run.fit(
             model,
-            data.train,
-            data.evaluation,
-            config,
-            tokenizer.pad_token_id,
-            accelerator,
-            progress,
-            checkpoint_dir=Path(output_dir) / "checkpoints" / name,
+            name,
+            f"the trained weights of {name}",
+            trainable_only=True,
             starts=shared.starts,
             start_key=start,
         )
@@ -217,16 +215,7 @@ def train_student(
         )
         extra = {"init": init, "seed": config.seed, "learning_rate": config.learning_rate}
         summary = arm_summary(name, result, {}) | extra
-        accelerator.wait_for_everyone()
-        state_dict = gathered_state_dict(accelerator, model, trainable_only=True)
         if accelerator.is_main_process:
-            require_finite(
-                state_dict
-                if state_dict is not None
-                else {n: p for n, p in model.named_parameters() if p.requires_grad},
-                f"the trained weights of {name}",
-                "training diverged: lower --learning-rate (or use --warmup-steps)",
-            )
             folder = ensure_writable_dir(output_dir)
             final = folder / f"final_model_{name}"
             paths = {"adapter": final, **write_run_files(folder, name, result, config.to_dict())}

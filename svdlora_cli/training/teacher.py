@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..adapters.factors import require_finite
 from ..data import FieldNames, check_token_ids, prepare_data
 from ..files import atomic_dir, ensure_writable_dir, write_run_config
 from ..models.loading import load_model, load_tokenizer
-from .accelerator import gathered_state_dict, make_accelerator
+from .accelerator import make_accelerator
+from .arm import ArmRun
 from .config import TrainConfig
-from .loop import StepProgress, fit
+from .loop import StepProgress
 from .records import (
     arm_summary,
     comparable_identity,
@@ -49,26 +49,11 @@ def train_teacher(
     torch.manual_seed(config.seed)
     model = load_model(model_name, config.trust_remote_code)
     check_token_ids(model, tokenizer, data.train, data.evaluation)
-    result = fit(
-        model,
-        data.train,
-        data.evaluation,
-        config,
-        tokenizer.pad_token_id,
-        accelerator,
-        progress,
-        checkpoint_dir=Path(output_dir) / "checkpoints" / "teacher",
-    )
+    run = ArmRun(tokenizer, data, config, accelerator, progress, Path(output_dir))
+    result, state_dict = run.fit(model, "teacher", "the teacher's trained weights")
     result.extras.update(train_rows=len(data.train), truncated_rows=data.train.truncated)
     summary = arm_summary("teacher", result, {})
-    accelerator.wait_for_everyone()
-    state_dict = gathered_state_dict(accelerator, model)
     if accelerator.is_main_process:
-        require_finite(
-            state_dict if state_dict is not None else dict(model.named_parameters()),
-            "the teacher's trained weights",
-            "training diverged: lower --learning-rate (or use --warmup-steps)",
-        )
         folder = ensure_writable_dir(output_dir)
         final = folder / "final_model"
         paths = {

@@ -5,13 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .common import (
-    Document,
-    Hooks,
-    PairOptions,
-    extraction_step,
-    record,
-)
+from .common import Document, Hooks, PairOptions, extraction_step, record
 
 if TYPE_CHECKING:
     from ..store.cache import ArtifactCache

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..models.builtin import SMOLLM2, TINY
-from .common import CacheOptions, Document, Hooks, cache_session
+from .common import CacheOptions, Document, Hooks, cache_session, same_named
 from .flags import nested, option
 from .vocabulary import (
     BASE_MODEL,
@@ -195,16 +195,10 @@ class DemoSettings:
     def train_config(self, epochs: int, learning_rate: float, max_steps: int | None = None) -> Any:
         from ..training.config import TrainConfig
 
+        # batch_size, max_length, seed, eval_every, eval_limit and device: the same names
+        shared = same_named(TrainConfig, self)
         return TrainConfig(
-            epochs=epochs,
-            learning_rate=learning_rate,
-            max_steps=max_steps,
-            batch_size=self.batch_size,
-            max_length=self.max_length,
-            seed=self.seed,
-            eval_every=self.eval_every,
-            eval_limit=self.eval_limit,
-            device=self.device,
+            epochs=epochs, learning_rate=learning_rate, max_steps=max_steps, **shared
         )
 
 

@@ -5,13 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .common import (
-    Document,
-    Hooks,
-    PairOptions,
-    extraction_step,
-    record,
-)
+from .common import Document, Hooks, PairOptions, extraction_step, record, same_named
 from .flags import option
 from .vocabulary import METHOD, RANK
 
@@ -40,6 +34,7 @@ def run(
     """layer_report.json and its heatmap; the document (None on non-primary ranks)."""
     from ..analysis.layers import layer_report
     from ..artifacts import write_layer_outputs
+    from ..spectra.svd_step import SvdScope
 
     return extraction_step(
         options,
@@ -47,19 +42,10 @@ def run(
         cache,
         "layers",
         lambda c, update: layer_report(
-            options.base_model,
-            options.teacher_model,
-            c,
-            options.rank,
-            options.include,
-            options.exclude,
-            options.method,
-            options.sort,
-            options.intruders,
-            options.intruder_k,
-            options.intruder_threshold,
-            update,
-            dtype_policy=options.dtype_policy,
+            tuned_model=options.teacher_model,
+            cache=c,
+            scope=SvdScope(**same_named(SvdScope, options), progress=update),
+            **same_named(layer_report, options, "cache"),  # base_model, rank, sort, intruder*
         ),
         lambda doc: write_layer_outputs(
             {"base_model": options.base_model, "tuned_model": options.teacher_model, **doc},

@@ -13,6 +13,7 @@ from .common import (
     extraction,
     is_primary_process,
     record,
+    same_named,
 )
 from .flags import option
 from .vocabulary import EVAL_DATA, METHOD, TRAIN_DATA, TRAINING
@@ -51,22 +52,16 @@ def run(
     """sweep.json, sweep_energy.png and, with training, rank_study.png; the document."""
     from ..analysis.sweep import rank_sweep, train_rank_study
     from ..artifacts import write_sweep_outputs
+    from ..spectra.svd_step import SvdScope
 
     hooks = hooks or Hooks()
     if options.train:
         options.config.validate()
     with extraction(options.output_dir, options.cache, cache) as c:
         with hooks.items("SVD") as update:
+            scope = SvdScope(**same_named(SvdScope, options), progress=update)
             result = rank_sweep(
-                options.base_model,
-                options.teacher_model,
-                c,
-                list(options.ranks),
-                options.include,
-                options.exclude,
-                options.method,
-                update,
-                dtype_policy=options.dtype_policy,
+                options.base_model, options.teacher_model, c, list(options.ranks), scope
             )
         study = None
         if options.train:  # every rank trains (students may be distributed)

@@ -19,7 +19,7 @@ import torch
 
 from svdlora_cli.data import collate, prepare_data
 from svdlora_cli.models.loading import load_model, load_tokenizer
-from svdlora_cli.training import student as student_module
+from svdlora_cli.training import arm as arm_module
 from svdlora_cli.training.accelerator import make_accelerator
 from svdlora_cli.training.config import TrainConfig
 from svdlora_cli.training.data_inits import INIT_BATCHES, init_batches
@@ -277,7 +277,7 @@ def test_corda_without_attrs_is_a_user_error(tiny_llm, setup, monkeypatch):
 def trained(tiny_llm, tiny_data, setup, tmp_path_factory):
     """Every baseline arm and random, trained 3 steps on one seed; the trained models' logits."""
     out = tmp_path_factory.mktemp("baselines")
-    logits, real_fit = {}, student_module.fit
+    logits, real_fit = {}, arm_module.fit
 
     def recording_fit(model, *args, **kwargs):
         result = real_fit(model, *args, **kwargs)
@@ -285,7 +285,7 @@ def trained(tiny_llm, tiny_data, setup, tmp_path_factory):
         return result
 
     summaries = {}
-    student_module.fit = recording_fit
+    arm_module.fit = recording_fit
     try:
         for current in ("random", *BASELINES):
             summaries[current] = train_student(
@@ -298,7 +298,7 @@ def trained(tiny_llm, tiny_data, setup, tmp_path_factory):
                 eval_path=str(tiny_data[1]),
             )
     finally:
-        student_module.fit = real_fit
+        arm_module.fit = real_fit
     return summaries, logits
 
 
