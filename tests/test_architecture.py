@@ -156,3 +156,27 @@ def test_tests_mirror_the_package_and_never_share_a_name():
     for path in files:
         assert path.name not in seen, f"two test files named {path.name}: {seen[path.name]}, {path}"
         seen[path.name] = path
+
+
+DUPLICATE_LIMIT = 8  # non-boilerplate pairs of repeated code in svdlora_cli/
+
+
+def test_little_repeated_code():
+    """The project's `duplicates` tool, where it is installed (it is not a Python package)."""
+    import re
+    import shutil
+    import subprocess
+
+    tool = shutil.which("duplicates")
+    if tool is None:
+        pytest.skip("the duplicates tool is not on PATH")
+    out = subprocess.run(
+        [tool, "--most", "200", "--seconds", "120"],
+        cwd=PACKAGE,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "incomplete:" not in out, out
+    rows = [r for r in out.splitlines() if re.match(r"D\d+ ", r) and "boilerplate" not in r]
+    assert len(rows) <= DUPLICATE_LIMIT, "\n".join(rows)
