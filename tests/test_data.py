@@ -134,20 +134,21 @@ def test_batched_encoding_gives_the_ids_of_one_call_per_text():
 
 
 def test_a_file_is_tokenized_once_per_process_until_it_changes(tmp_path, monkeypatch):
-    from svdlora_cli.training import runs
+    import svdlora_cli.data as data_module
 
     calls = []
-    real = runs.tokenize_examples
-    monkeypatch.setattr(runs, "tokenize_examples", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = data_module.tokenize_examples
+    counted = lambda *a, **k: calls.append(1) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(data_module, "tokenize_examples", counted)
     tok = char_tokenizer()
     path = _write(tmp_path / "t.json", [{"question": "q1", "answer": "a1"}])
-    first = runs.prepare_data(tok, str(path), None, 64)
-    again = runs.prepare_data(tok, str(path), None, 64)
+    first = data_module.prepare_data(tok, str(path), None, 64)
+    again = data_module.prepare_data(tok, str(path), None, 64)
     assert again.train is first.train and len(calls) == 1
-    runs.prepare_data(tok, str(path), None, 32)  # another max length: tokenized again
+    data_module.prepare_data(tok, str(path), None, 32)  # another max length: tokenized again
     assert len(calls) == 2
     _write(path, [{"question": "q1", "answer": "a longer answer"}])
-    changed = runs.prepare_data(tok, str(path), None, 64)
+    changed = data_module.prepare_data(tok, str(path), None, 64)
     assert len(calls) == 3 and changed.train.input_ids != first.train.input_ids
 
 
