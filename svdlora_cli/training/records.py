@@ -94,27 +94,31 @@ def comparable_identity(model_ref: str, data: Datasets, memo: Any = None) -> dic
 
 
 def run_key(
-    kind: str, model_ref: str, data: Datasets, config: TrainConfig, memo: Any = None, **extra: Any
+    kind: str,
+    model_ref: str,
+    data: Datasets,
+    config: TrainConfig,
+    content: dict[str, Any],
+    **extra: Any,
 ) -> str:
     """Content key of a training run: weights, config and tokenizer, data files and the
     fields read from them, hyperparameters, extras (the student's init, ranks, alpha,
-    dropout and factors).
+    dropout and factors). `content` is the run's `comparable_identity`.
 
     A finished run whose record holds the same key can be reused instead of retrained.
     """
-    from ..models.checkpoints import fingerprint, open_checkpoint
     from ..store.cache import content_key
 
     folder = resolve_model_path(model_ref)
     tokenizer = {
         f: _small_file_digest(folder / f) for f in SMALL_MODEL_FILES if (folder / f).is_file()
     }
-    files = {"train": _small_file_digest(data.train_path)}
+    files = {"train": content["train_data_sha256"]}
     if data.eval_path is not None:
-        files["eval"] = _small_file_digest(data.eval_path)
+        files["eval"] = content["eval_data_sha256"]
     return content_key(
         kind,
-        weights=fingerprint(open_checkpoint(folder), memo),
+        weights=content["base_fingerprint"],
         tokenizer=tokenizer,
         data=files,
         fields=[data.fields.prompt, data.fields.answer],
@@ -149,12 +153,14 @@ def reuse_or_key(
     reuse: bool,
     memo: Any = None,
     **extra: Any,
-) -> tuple[str | None, dict[str, Any] | None]:
-    """The run's content key (when it is wanted) and a finished run to reuse, if any."""
+) -> tuple[str | None, dict[str, Any] | None, dict[str, Any]]:
+    """The run's content key (when it is wanted), a finished run to reuse (if any) and the
+    run's `comparable_identity` (for its record): base and data are read once."""
+    content = comparable_identity(model_ref, data, memo)
     if not (reuse or memo is not None):
-        return None, None
-    key = run_key(kind, model_ref, data, config, memo, **extra)
-    return key, reusable_summary(model_dir, key) if reuse else None
+        return None, None, content
+    key = run_key(kind, model_ref, data, config, content, **extra)
+    return key, reusable_summary(model_dir, key) if reuse else None, content
 
 
 def save_hyperparameters(folder: Path, record: dict[str, Any]) -> None:

@@ -25,7 +25,6 @@ from .inits import LoraPlan, check_factors_fit, check_plan, plan_lora
 from .loop import StepProgress
 from .records import (
     arm_summary,
-    comparable_identity,
     reuse_or_key,
     save_hyperparameters,
     write_run_files,
@@ -151,7 +150,7 @@ def train_student(
         "factors": factors_digest(factors) if method.needs_teacher else None,
         **({"init_batches": INIT_BATCHES} if method.needs_data else {}),
     }
-    key, found = reuse_or_key(
+    key, found, content = reuse_or_key(
         "student-run",
         base_model,
         data,
@@ -220,9 +219,7 @@ def train_student(
             final = folder / f"final_model_{name}"
             paths = {"adapter": final, **write_run_files(folder, name, result, config.to_dict())}
             summary = arm_summary(name, result, paths) | extra
-            record = _record(base_model, init, plan, data, config) | comparable_identity(
-                base_model, data, memo
-            )
+            record = _record(base_model, init, plan, data, config) | content
             with atomic_dir(final) as tmp:
                 unwrapped = accelerator.unwrap_model(model)
                 conversion = (

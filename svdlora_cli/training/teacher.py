@@ -14,7 +14,6 @@ from .config import TrainConfig
 from .loop import StepProgress
 from .records import (
     arm_summary,
-    comparable_identity,
     reuse_or_key,
     save_hyperparameters,
     write_run_files,
@@ -42,7 +41,7 @@ def train_teacher(
     tokenizer = load_tokenizer(model_name, config.trust_remote_code)
     data = prepare_data(tokenizer, data_path, eval_path, config.max_length, fields)
     final = Path(output_dir) / "final_model"
-    key, found = reuse_or_key("teacher-run", model_name, data, config, final, reuse, memo)
+    key, found, content = reuse_or_key("teacher-run", model_name, data, config, final, reuse, memo)
     if found is not None:
         return found
     accelerator = make_accelerator(config.device, config.precision)
@@ -61,7 +60,7 @@ def train_teacher(
             **write_run_files(folder, "teacher", result, config.to_dict()),
         }
         summary = arm_summary("teacher", result, paths)
-        record = _record(model_name, data, config) | comparable_identity(model_name, data, memo)
+        record = _record(model_name, data, config) | content
         with atomic_dir(final) as tmp:
             # fp32 on purpose: rounding W + dW to bf16 would bury a small dW in noise.
             accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
