@@ -130,9 +130,11 @@ def write_compare_outputs(
     log_y: bool = False,
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """comparison_random_vs_svd.png, comparison_report.txt/.md and comparison.json."""
+    """comparison_random_vs_svd.png, comparison_report.txt/.md and comparison.json, with
+    lr_sensitivity.png for a learning-rate grid and teacher_budget.png for svd@k arms."""
     from .reporting.compare_views import comparison_markdown, comparison_png, comparison_text
     from .reporting.protocol_views import lr_sensitivity_png
+    from .reporting.teacher_budget_plot import teacher_budget_png
 
     folder = ensure_writable_dir(output_dir)
     paths = {
@@ -143,6 +145,8 @@ def write_compare_outputs(
     }
     if _several_learning_rates(doc):
         paths["lr_sensitivity"] = folder / "lr_sensitivity.png"
+    if doc.get("teacher_budget"):
+        paths["teacher_budget"] = folder / "teacher_budget.png"
     _announce(doc, paths)
     with staged(folder, paths["json"]) as at:
         comparison_png(curves, doc, at(paths["plot"]), log_y)
@@ -150,6 +154,8 @@ def write_compare_outputs(
         write_text(at(paths["markdown"]), comparison_markdown(doc))
         if "lr_sensitivity" in paths:
             lr_sensitivity_png(doc["protocol"], at(paths["lr_sensitivity"]))
+        if "teacher_budget" in paths:
+            teacher_budget_png(doc["teacher_budget"], at(paths["teacher_budget"]))
         return _finish(doc, at(paths["json"]), "compare", options, {})
 
 

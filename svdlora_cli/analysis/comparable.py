@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import SvdloraError
+from ..training.teacher_checkpoints import init_label
 
 # What runs must share to be compared: (label, content fingerprint field, fallback field).
 # The fingerprint is used when every recorded run carries it, else the recorded reference.
@@ -143,18 +144,23 @@ def _drop_copies(runs: Sequence[Any], selection: Selection) -> list[Any]:
     return kept
 
 
+def _label(run: Any) -> str:
+    """The run's init as compare tells arms apart (svd@k: from the teacher's checkpoint)."""
+    return init_label(run.record) if run.record.get("init") else run.arm
+
+
 def _split_arms(group: Sequence[Any], selection: Selection) -> list[Any]:
     """Runs sharing a name but not an init and learning rate become one arm per setting."""
     settings: dict[str, set[tuple[Any, Any]]] = {}
     for run in group:
-        init = run.record.get("init", run.arm)
+        init = _label(run)
         settings.setdefault(run.arm, set()).add((init, run.record.get("learning_rate")))
     out = []
     for run in group:
         if len(settings[run.arm]) == 1:
             out.append(run)
             continue
-        init, lr = run.record.get("init", run.arm), run.record.get("learning_rate")
+        init, lr = _label(run), run.record.get("learning_rate")
         out.append(replace(run, arm=init if lr is None else f"{init}_lr{lr:g}"))
     for arm, found in settings.items():
         if len(found) > 1:

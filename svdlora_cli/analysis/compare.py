@@ -19,7 +19,9 @@ from ..errors import StepLogError, SvdloraError
 from ..files import is_utf8, printable
 from ..training.init_registry import REFERENCE_INIT, flagged
 from ..training.steplog import StepRow, read_step_log
+from ..training.teacher_checkpoints import init_label
 from .comparable import Selection, select_comparable
+from .compute_matched import arm_flops, compute_matched, flops_warnings, run_flops
 from .curve_stats import (
     area_under_curve,
     gap_recovered,
@@ -30,6 +32,7 @@ from .curve_stats import (
     steps_to_target,
     value_at_step,
 )
+from .grid_checks import eval_loss_warnings, grid_warnings
 from .protocol import protocol
 
 LOG_NAME = re.compile(r"^training_log_(?P<name>.+)\.csv$")
@@ -220,6 +223,7 @@ def run_figures(
         if run.is_teacher
         else gap_recovered(final_eval, base_eval, teacher_eval),
         "oscillation": oscillation(losses),
+        "flops": run_flops(run),  # {training, init, teacher, total}
         **{key: summary.get(key) for key in RUN_SUMMARY},
     }
 
@@ -262,8 +266,12 @@ def compare_selection(selection: Selection, target_loss: float | None = None) ->
             "seeds": [r.seed for r, _ in items],
             "n_runs": len(items),
         }
-        doc["init"] = items[0][0].record.get("init", "teacher" if arm == "teacher" else arm)
-        doc["learning_rate"] = items[0][0].record.get("learning_rate")
+        record = items[0][0].record
+        # svd@k (the teacher's checkpoint after k steps) is an init of its own here
+        doc["init"] = init_label(record) if record.get("init") else arm
+        doc["learning_rate"] = record.get("learning_rate")
+        for key in ("teacher_step", "teacher_steps_total"):
+            doc[key] = record.get(key)
         spreads = {}
         for name in FIGURES:
             s = spread([f[name] for _, f in items])
@@ -273,6 +281,7 @@ def compare_selection(selection: Selection, target_loss: float | None = None) ->
             sum(f["steps_to_target"] is None for _, f in items) if target is not None else None
         )
         doc["spread"] = spreads
+        doc["flops"] = arm_flops([f["flops"] for _, f in items])
         doc["runs"] = [
             {
                 "name": r.name,
@@ -288,6 +297,7 @@ def compare_selection(selection: Selection, target_loss: float | None = None) ->
     notes = eval_loss_warnings(runs)
     if fair["no_verdict"] and len(fair["grid"]) > 1 and not notes:
         notes.append(f"no verdict: {fair['no_verdict']}")
+    notes += grid_warnings(fair) + flops_warnings(arm_docs)
     return {
         "target_loss": target,
         "target_source": source,
@@ -295,33 +305,10 @@ def compare_selection(selection: Selection, target_loss: float | None = None) ->
         "L_base is the random arm's step-0 eval loss, L_teacher the teacher's final one",
         "arms": arm_docs,
         "protocol": fair,
+        "compute_matched": compute_matched(arm_docs, fair, runs),
         "set_apart": selection.set_apart,
         "warnings": [*selection.warnings, *notes],
     }
-
-
-def eval_loss_warnings(runs: Sequence[Any]) -> list[str]:
-    """Student runs without any eval loss: no learning rate is chosen and no verdict given."""
-    students = [r for r in runs if not r.is_teacher]
-    missing = [r for r in students if all(row.eval_loss is None for row in r.rows)]
-    if not missing:
-        return []
-    unset = all("eval_data" in r.record and r.record["eval_data"] is None for r in missing)
-    cause = " (trained without an eval set: --train-data without --eval-data)" if unset else ""
-    fix = (
-        "rerun `svdlora train` with --eval-data FILE (held-out rows; the eval loss is taken "
-        "at the first and last step, and every N steps with --eval-every N)"
-    )
-    if len(missing) == len(students):
-        return [
-            f"no run has an eval loss{cause}: no learning rate is chosen, no verdict is given "
-            f"and no gap recovered is computed; {fix}"
-        ]
-    return [
-        f"{len(missing)} of {len(students)} runs have no eval loss{cause}: "
-        f"{', '.join(r.name for r in missing)}; they are left out of the learning-rate "
-        f"choice and the verdicts; {fix}"
-    ]
 
 
 def curves_for_plot(runs: Sequence[RunLog]) -> dict[str, list[dict[str, list[float]]]]:

@@ -56,6 +56,48 @@ def _verdict_reading(row: dict[str, Any]) -> str:
     )
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _compute_reading(row: dict[str, Any]) -> str:
+    """One init's verdict at equal total compute (teacher + init + training FLOPs)."""
+    against, verdict = row["against"], row["verdict"]
+    if row.get("mean_difference") is not None and row.get("seeds"):
+        interval = (
+            f"95% CI [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+            if row.get("ci_low") is not None
+            else "no confidence interval with one seed"
+        )
+        return (
+            f"against {against}, at a matched budget of {row['budget']:.3g} FLOPs, eval loss "
+            f"differs by {row['mean_difference']:+.3f} ({interval}, {row['seeds']} "
+            f"seed{'s' if row['seeds'] != 1 else ''}): {verdict}"
+        )
+    unmatched = [p for p in row.get("pairs", []) if not p.get("matched")]
+    if not unmatched:
+        return f"against {against}: {verdict}"
+    cheap = _mean([p["cheaper_final_eval_loss"] for p in unmatched])
+    dear = _mean([p["costlier_initial_eval_loss"] for p in unmatched])
+    first = unmatched[0]
+    return (
+        f"against {against}: {verdict}; over {len(unmatched)} "
+        f"seed{'s' if len(unmatched) != 1 else ''} {first['cheaper']}'s whole run ends at an "
+        f"eval loss of {cheap:.3f}, where {first['costlier']} starts at {dear:.3f}"
+    )
+
+
+def _compute_matched_reading(comparison: dict[str, Any]) -> str:
+    matched = comparison.get("compute_matched") or {}
+    rows = matched.get("verdicts") or []
+    if not rows:
+        return ""
+    return (
+        "At equal total compute (the teacher's FLOPs up to the checkpoint behind an svd init, "
+        "the init's and the training's): " + "; ".join(_compute_reading(r) for r in rows) + "."
+    )
+
+
 def reading(spectra: dict[str, Any], comparison: dict[str, Any], rank: int) -> str:
     """A plain-language paragraph on whether the two hypotheses held in this run.
 
@@ -81,7 +123,8 @@ def reading(spectra: dict[str, Any], comparison: dict[str, Any], rank: int) -> s
     others = " ".join(_verdict_reading(v) for k, v in verdicts.items() if k != REFERENCE_INIT)
     return (
         f"{first} Hypothesis 2 (an SVD-initialised LoRA ends closer to the teacher than a "
-        f"standard LoRA) {held} in this run. {_verdict_reading(random)} {description} "
-        f"{others}".rstrip()
+        f"standard LoRA) {held} in this run, at equal student steps. "
+        f"{_verdict_reading(random)} {description} {others}".rstrip()
+        + f" {_compute_matched_reading(comparison)}".rstrip()
         + " Learning rates were chosen per arm on held-out eval loss; one small model."
     )

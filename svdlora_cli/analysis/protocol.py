@@ -50,7 +50,9 @@ def budgets(arms: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def grid(arms: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """init -> {cells: [{learning_rate, arm, mean, ci_low, ci_high, n}], chosen: lr | None}."""
+    """init -> {cells: [{learning_rate, arm, mean, ci_low, ci_high, n}], chosen: lr | None,
+    chosen_arm, edge_of_grid}: edge_of_grid says whether the chosen rate is the smallest or
+    largest of the init's own grid (None with fewer than two rates, or none chosen)."""
     out: dict[str, dict[str, Any]] = {}
     for arm in arms:
         if arm["arm"] == "teacher":
@@ -67,10 +69,14 @@ def grid(arms: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             best = min(known, key=lambda c: c["mean"])
             best["chosen"] = True
             entry["chosen"], entry["chosen_arm"] = best["learning_rate"], best["arm"]
+        rates = sorted({c["learning_rate"] for c in entry["cells"]} - {None})
+        known_rate = entry["chosen"] is not None and len(rates) >= 2
+        entry["edge_of_grid"] = entry["chosen"] in (rates[0], rates[-1]) if known_rate else None
     return out
 
 
-def _verdict(low: float | None, high: float | None) -> str:
+def verdict_word(low: float | None, high: float | None) -> str:
+    """better / worse when the 95% CI of focus - other excludes 0, else no difference."""
     if low is not None and high is not None:
         if high < 0:
             return "better"
@@ -93,7 +99,7 @@ def paired(focus: dict[str, Any], other: dict[str, Any], figure: str) -> dict[st
         "ci_low": s.ci_low,
         "ci_high": s.ci_high,
         "seeds": s.n,
-        "verdict": _verdict(s.ci_low, s.ci_high),
+        "verdict": verdict_word(s.ci_low, s.ci_high),
     }
 
 

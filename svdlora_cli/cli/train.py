@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import typer
+
 from ..workflows.train import TrainOptions
 from ._groups import options_from
 from ._options import JsonOpt
@@ -13,15 +15,23 @@ from ._output import emit, hooks
 
 
 @options_from(TrainOptions)
-def train(json_output: JsonOpt = False, options: Any = None) -> None:
+def train(ctx: typer.Context, json_output: JsonOpt = False, options: Any = None) -> None:
     """Train LoRA arms on identical batches; writes final_model_{init}/, training_log_{init}.csv."""
     from ..reporting.tables import training_table
     from ..workflows import train as workflow
 
+    workflow.check_one_learning_rate(_given(ctx, "learning_rate"), _given(ctx, "learning_rates"))
     # The first seed is the config's; every run replaces it with its own.
     config = dataclasses.replace(options.config, seed=options.seeds[0])
     options = dataclasses.replace(options, config=config)
     emit(workflow.run(options, hooks()), json_output, training_table)
+
+
+def _given(ctx: Any, name: str) -> bool:
+    """Whether option `name` was set: on the command line, in the environment or in
+    svdlora.toml (not left at its default)."""
+    source = ctx.get_parameter_source(name) if ctx is not None else None
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "DEFAULT_MAP")
 
 
 RESUMABLE = ("train", "train-teacher")

@@ -60,6 +60,11 @@ def rate(value: float | None) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+def flop_count(value: float | None) -> str:
+    """A FLOP count in scientific notation, three significant digits: 1.23e+15."""
+    return "-" if value is None else f"{value:.3g}"
+
+
 def count(value: Any) -> str:
     return "-" if value is None else str(value)
 
@@ -323,4 +328,6 @@ COMPARE_ARMS = (
     TOKENS_PER_S,
     TFLOPS,
     MFU,
+    # Total FLOPs (teacher + init + training; mean over seeds), None when a part is unknown.
+    Column("FLOPs", "flops", flop_count, get=lambda a: (a.get("flops") or {}).get("total")),
 )

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..training.init_registry import REFERENCE_INIT
-from .columns import COMPARE_ARMS, SEED_METRICS, Column, pct, text_rows
+from .columns import COMPARE_ARMS, SEED_METRICS, Column, flop_count, loss, pct, text_rows
 from .plots import pyplot, save_figure
 from .protocol_views import protocol_lines
 from .text import fixed_width, heading
@@ -113,6 +113,8 @@ def comparison_text(doc: Mapping[str, Any]) -> str:
                     lines.append(f"{a['arm']:>12} {key:<18} {interval} (n={s['n']})")
     if doc.get("protocol"):
         lines += protocol_lines(doc["protocol"])
+    if doc.get("compute_matched"):
+        lines += compute_matched_lines(doc["compute_matched"])
     lines += ["", f"gap recovered: {doc['recovered_basis']}"]
     for note in doc.get("warnings", []):
         lines.append(f"note: {note}")
@@ -142,11 +144,92 @@ def comparison_markdown(doc: Mapping[str, Any]) -> str:
     lines += table(*_detail_rows(doc))
     if doc.get("protocol"):
         lines += protocol_lines(doc["protocol"], markdown=True)
+    if doc.get("compute_matched"):
+        lines += compute_matched_lines(doc["compute_matched"], markdown=True)
     lines += ["", f"Gap recovered: {doc['recovered_basis']}.", ""]
     if doc.get("warnings"):
         lines += ["## Warnings (runs set apart, missing figures)", ""]
         lines += [f"- {note}" for note in doc["warnings"]] + [""]
     return "\n".join(lines)
+
+
+def compute_matched_rows(section: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per verdict: mean FLOPs, the matched budget, both losses there, the paired
+    difference with its 95% CI, and the verdicts at equal compute and at equal steps."""
+    focus = section["focus"]
+    header = [
+        "vs",
+        f"{focus} FLOPs",
+        "other FLOPs",
+        "matched at",
+        f"{focus} loss",
+        "other loss",
+        "difference",
+        "95% CI",
+        "seeds",
+        "verdict",
+        "at equal steps",
+    ]
+    rows = []
+    for v in section["verdicts"]:
+        low, high, diff = v.get("ci_low"), v.get("ci_high"), v.get("mean_difference")
+        rows.append(
+            [
+                v["against"],
+                flop_count(v.get("focus_flops")),
+                flop_count(v.get("other_flops")),
+                flop_count(v.get("budget")),
+                loss(v.get("focus_eval_loss")),
+                loss(v.get("other_eval_loss")),
+                "-" if diff is None else f"{diff:+.4f}",
+                "-" if low is None else f"[{low:+.4f}, {high:+.4f}]",
+                str(v.get("seeds", 0)),
+                v["verdict"],
+                v.get("equal_steps_verdict") or "-",
+            ]
+        )
+    return header, rows
+
+
+def _unmatched(section: Mapping[str, Any]) -> list[str]:
+    """The pairs that could not be matched: why, and the figures reported instead."""
+    lines = []
+    for v in section["verdicts"]:
+        for p in v.get("pairs", []):
+            if p["matched"]:
+                continue
+            lines.append(
+                f"{section['focus']} vs {v['against']}, seed {p['seed']}: not matched: "
+                f"{p['why']}; instead, {p['cheaper']}'s final eval loss "
+                f"{loss(p['cheaper_final_eval_loss'])} at {flop_count(p['cheaper_final_flops'])} "
+                f"FLOPs against {p['costlier']}'s step-0 eval loss "
+                f"{loss(p['costlier_initial_eval_loss'])} at "
+                f"{flop_count(p['costlier_start_flops'])} FLOPs"
+            )
+        if v.get("unknown_seeds"):
+            seeds = ", ".join(map(str, v["unknown_seeds"]))
+            lines.append(f"{section['focus']} vs {v['against']}: FLOPs unknown for seeds {seeds}")
+    return lines
+
+
+def compute_matched_lines(section: Mapping[str, Any], markdown: bool = False) -> list[str]:
+    """The compute-matched verdict table (text or markdown lines), its basis and the
+    pairs that were not matched."""
+    header, rows = compute_matched_rows(section)
+    title = "Compute-matched verdict (equal total FLOPs: teacher + init + training)"
+    notes = _unmatched(section)
+    if not rows:
+        notes.append(f"no verdict: no init to compare with {section['focus']}")
+    if markdown:
+        lines = ["", f"## {title}", ""]
+        if rows:
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines += ["", f"Basis: {section['basis']}.", ""]
+        return [*lines, *(f"- {n}" for n in notes), ""]
+    lines = ["", title, "-" * 50]
+    lines += fixed_width([header, *rows]) if rows else []
+    return [*lines, f"basis: {section['basis']}", *notes]
 
 
 def comparison_png(

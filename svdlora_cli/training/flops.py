@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,7 @@ from torch import nn
 
 from .device_peak import Peak, checked_peak, device_peak
 
-__all__ = ["ModelFlops", "run_utilisation", "utilisation"]
+__all__ = ["ModelFlops", "linear_shapes", "run_utilisation", "utilisation"]
 log = logging.getLogger("svdlora")
 
 
@@ -78,14 +78,36 @@ def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def _weights(module: nn.Module, skip: nn.Module | None = None) -> Iterator[Weight]:
-    """Every per-token weight under `module` except `skip`; PEFT LoRA layers as base + A + B."""
+def linear_shapes(model: nn.Module, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """(out, in) of the named linear layers (a PEFT LoRA layer's base) of a transformers
+    model or its PEFT model, named as in the base model; a ValueError for any other."""
+    root = _unwrap(model)
+    inner = getattr(getattr(root, "base_model", None), "model", None)  # a PeftModel's base
+    shapes = {}
+    for name in names:
+        try:
+            module = root.get_submodule(name)
+        except AttributeError:
+            module = inner.get_submodule(name) if isinstance(inner, nn.Module) else None
+        base = getattr(module, "base_layer", module)
+        shape = _linear_shape(base) if base is not None else None
+        if shape is None:
+            raise ValueError(f"{name} is not a linear layer of the model")
+        shapes[name] = (shape[1], shape[0])
+    return shapes
+
+
+def _weights(
+    module: nn.Module, skip: nn.Module | None = None, adapters: bool = True
+) -> Iterator[Weight]:
+    """Every per-token weight under `module` except `skip`; PEFT LoRA layers as base + A + B
+    (the base alone without `adapters`)."""
     if module is skip:
         return
     if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
-        yield from _weights(module.base_layer, skip)
+        yield from _weights(module.base_layer, skip, adapters)
         merged = set(getattr(module, "merged_adapters", ()))
-        if not getattr(module, "disable_adapters", False):
+        if adapters and not getattr(module, "disable_adapters", False):
             for name in module.active_adapters:
                 if name in module.lora_A and name not in merged:
                     yield from _weights(module.lora_A[name], skip)
@@ -97,14 +119,14 @@ def _weights(module: nn.Module, skip: nn.Module | None = None) -> Iterator[Weigh
         active = [n for n in getattr(module, "active_adapters", ()) if n in copies]
         disabled = getattr(module, "disable_adapters", False)
         inner = module.original_module if disabled or not active else copies[active[0]]
-        yield from _weights(inner, skip)
+        yield from _weights(inner, skip, adapters)
         return
     shape = _linear_shape(module)
     if shape is not None:
         yield Weight(*shape, trainable=bool(module.weight.requires_grad))
         return
     for child in module.children():
-        yield from _weights(child, skip)
+        yield from _weights(child, skip, adapters)
 
 
 def _total(weights: Sequence[Weight], training: bool) -> int:
@@ -126,8 +148,9 @@ class ModelFlops:
     attention_width: int
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> ModelFlops:
-        """Read a transformers causal LM (possibly a PeftModel, possibly DDP-wrapped)."""
+    def from_model(cls, model: nn.Module, adapters: bool = True) -> ModelFlops:
+        """Read a transformers causal LM (possibly a PeftModel, possibly DDP-wrapped); without
+        `adapters`, a PEFT model counts as its base (what an init's passes run through)."""
         model = _unwrap(model)
         config = model.config
         if hasattr(config, "get_text_config"):
@@ -136,7 +159,7 @@ class ModelFlops:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         head_module = model.get_output_embeddings()
         return cls(
-            weights=tuple(_weights(model, skip=head_module)),
+            weights=tuple(_weights(model, head_module, adapters)),
             head=tuple(_weights(head_module)) if head_module is not None else (),
             layers=int(config.num_hidden_layers),
             attention_width=heads * int(head_dim),

@@ -16,7 +16,8 @@ With scale s = alpha / r, PEFT computes W' = W + s * B @ A. The SVD inits set s 
 the teacher's rank-r truncation U_r S_r Vh_r, so the student starts at base + best rank-r
 approximation of dW whatever alpha is. Teacher-free baselines see only the base and the
 data: `olora` (Buyukakyuz 2024, arXiv:2406.01775: Q, R = qr(W), B = Q[:, :r], A = R[:r]),
-`pissa` (top-r SVD of W), and the data-driven `lora-ga`, `eva` and `corda` (data_inits.py).
+`pissa` (top-r SVD of W), and the data-driven `lora-ga`, `eva` and `corda` (data_inits.py)
+and `lora-one` (lora_one.py).
 
 This module imports no ML stack (the CLI help lists the inits); builders import it when run.
 """
@@ -84,6 +85,7 @@ class InitMethod:
     costly: bool = False  # a seedless start worth computing once per process and reusing
     peft_options: Callable[[], dict[str, Any]] | None = None  # more LoraConfig fields
     conv1d: bool = True  # PEFT can apply it to Conv1D (GPT-2 style) weights
+    cost: str = "none"  # how its FLOPs are counted: a kind of init_cost.py (COSTS)
 
     def lora_config(self, plan: LoraPlan, dropout: float = 0.0) -> Any:
         """PEFT's LoraConfig for an arm of this init on the shared plan."""
@@ -219,6 +221,12 @@ def _lora_ga(start: InitStart) -> Any:
     return lora_ga_model(start)
 
 
+def _lora_one(start: InitStart) -> Any:
+    from .lora_one import lora_one_model
+
+    return lora_one_model(start)
+
+
 def _eva(start: InitStart) -> Any:
     from .data_inits import eva_model
 
@@ -261,6 +269,7 @@ for _method in (
         build=FromFactors(svd_rule),
         needs_teacher=True,
         seedless=True,
+        cost="delta-svd",
     ),
     InitMethod(
         "svd-sqrt",
@@ -268,6 +277,7 @@ for _method in (
         build=FromFactors(svd_sqrt_rule),
         needs_teacher=True,
         seedless=True,
+        cost="delta-svd",
     ),
     InitMethod(
         "subspace",
@@ -275,6 +285,7 @@ for _method in (
         build=FromFactors(subspace_rule),
         needs_teacher=True,
         base_start=True,
+        cost="delta-svd",
     ),
     InitMethod(
         "pissa",
@@ -283,6 +294,7 @@ for _method in (
         rewrites_base=True,
         seedless=True,
         costly=True,
+        cost="weight-svd",
     ),
     InitMethod(
         "olora",
@@ -292,6 +304,7 @@ for _method in (
         seedless=True,
         costly=True,
         conv1d=False,
+        cost="weight-qr",
     ),
     InitMethod(
         "lora-ga",
@@ -302,6 +315,15 @@ for _method in (
         needs_data=True,
         rewrites_base=True,
         peft_options=_lora_ga_options,
+        cost="gradient-lowrank-svd",
+    ),
+    InitMethod(
+        "lora-one",
+        "LoRA-One, the SVD of the one-step full gradient: starts one normalised rank-r "
+        "gradient step from the base",
+        build=_lora_one,
+        needs_data=True,
+        cost="gradient-svd",
     ),
     InitMethod(
         "eva",
@@ -310,6 +332,7 @@ for _method in (
         build=_eva,
         needs_data=True,
         peft_options=_eva_options,
+        cost="forward-pca",
     ),
     InitMethod(
         "corda",
@@ -319,6 +342,7 @@ for _method in (
         needs_data=True,
         rewrites_base=True,
         peft_options=_corda_options,
+        cost="forward-covariance",
     ),
 ):
     register_init(_method)

@@ -119,6 +119,7 @@ def fit(
     checkpoint_dir: Path | None = None,
     starts: dict[Any, Any] | None = None,
     start_key: str | None = None,
+    after_step: Callable[[StepRow], None] | None = None,
 ) -> FitResult:
     """Train `model`'s trainable parameters; row 0 is the loss before any update.
 
@@ -131,6 +132,8 @@ def fit(
     identical (the caller's `start_key` says so: same weights, data and precision): the
     train loss for runs with the same first batch, the eval loss for all of them. The
     runs of a learning-rate grid, or B = 0 inits over seeds, compute each once.
+    `after_step` sees each step's row once it is logged, on every process (the teacher
+    keeps its weights there: `train-teacher --save-steps`).
     """
     from transformers import get_scheduler
 
@@ -197,6 +200,7 @@ def fit(
     if restored is not None:
         done, rows, tokens, train_seconds = restored
         start -= rows[-1].elapsed_s
+        run_flops = rows[-1].flops  # None: a checkpoint from before the flops column
     else:
 
         def remembered(kind: str, batches: Any, compute: Callable[[], Any]) -> Any:
@@ -217,8 +221,10 @@ def fit(
             ),
             eval_loss=remembered("eval", eval_batches, evaluate),
             elapsed_s=0.0,
+            flops=0.0,
         )
         rows = [first]
+        run_flops = 0.0
         done, train_seconds, tokens = 0, 0.0, 0
     saved = done if restored is not None else None  # the step of the checkpoint on disk
     try:
@@ -233,7 +239,7 @@ def fit(
                 torch.tensor(float(answer_tokens), device=accelerator.device), "sum"
             )
             step_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-            step_tokens = 0
+            step_tokens, step_flops = 0, 0.0
             for host_batch, weight in batches:
                 batch = _to(host_batch, accelerator.device)
                 with accelerator.autocast():
@@ -245,26 +251,31 @@ def fit(
                 step_loss += summed.detach().double()
                 if weight:
                     step_tokens += real_tokens(host_batch)
-                    flops += counter.micro_batch(row_lengths(host_batch), logit_count(host_batch))
+                    step_flops += counter.micro_batch(
+                        row_lengths(host_batch), logit_count(host_batch)
+                    )
             grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            flops += step_flops
+            # Tokens and FLOPs of every process, as the whole run's: summed like the loss.
+            counts = torch.tensor([float(step_tokens), step_flops], dtype=torch.float64)
             summed_stats = accelerator.reduce(
-                torch.stack([step_loss, torch.tensor(float(step_tokens), device=step_loss.device)]),
-                "sum",
+                torch.cat([step_loss.reshape(1), counts.to(step_loss.device)]), "sum"
             )
             norm = (
                 torch.as_tensor(grad_norm, dtype=torch.float64, device=step_loss.device).reshape(1)
                 if grad_norm is not None
                 else torch.full((1,), float("nan"), dtype=torch.float64, device=step_loss.device)
             )
-            # One read back to the host per step: loss, tokens, answer tokens and norm together.
+            # One read back to the host per step: loss, tokens, FLOPs, answer tokens and norm.
             answers = total_answer.reshape(1).double()
-            loss_total, step_total, answer_total, norm_value = torch.cat(
+            loss_total, step_total, flops_total, answer_total, norm_value = torch.cat(
                 [summed_stats, answers, norm]
             ).tolist()
+            run_flops = None if run_flops is None else run_flops + flops_total
             counted_tokens += step_tokens
             tokens += int(step_total)
             train_seconds += time.perf_counter() - tic
@@ -281,8 +292,11 @@ def fit(
                     eval_loss=evaluate() if (due or last) else None,
                     tokens=tokens,
                     elapsed_s=round(time.perf_counter() - start, 3),
+                    flops=run_flops,
                 )
             )
+            if after_step is not None:
+                after_step(rows[-1])
             if (
                 checkpoint_dir is not None
                 and config.save_every
@@ -316,6 +330,7 @@ def fit(
     result.extras.update(
         attention=batching.attention,
         flops_per_token=round(per_token),
+        training_flops=rows[-1].flops,  # the whole run's (all processes); None: unknown
         **run_utilisation(
             per_token * tokens, train_seconds, accelerator.device, dtype, accelerator.num_processes
         ),

@@ -1,4 +1,8 @@
-"""The seed's training_log_{name}.csv: one row per optimizer step, row 0 before any update."""
+"""The seed's training_log_{name}.csv: one row per optimizer step, row 0 before any update.
+
+The `flops` column (cumulative training FLOPs of the whole run, all processes) came later:
+a log without it reads with flops None (unknown), never 0.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from pathlib import Path
 from ..errors import StepLogError
 from ..files import write_text
 
-COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "eval_loss", "tokens", "elapsed_s")
+COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "eval_loss", "tokens", "elapsed_s", "flops")
 REQUIRED = ("step", "epoch", "loss")
 log = logging.getLogger("svdlora")
 
@@ -30,6 +34,7 @@ class StepRow:
     eval_loss: float | None = None
     tokens: int = 0
     elapsed_s: float = 0.0
+    flops: float | None = None  # training FLOPs of steps 1..step (flops.py); None: unknown
 
 
 def _cell(value: object) -> str:
@@ -47,8 +52,15 @@ def write_step_log(path: Path, rows: Sequence[StepRow]) -> Path:
     writer.writerow(COLUMNS)
     for row in rows:
         record = asdict(row)
-        writer.writerow([_cell(record[c]) for c in COLUMNS])
+        writer.writerow([(_whole if c == "flops" else _cell)(record[c]) for c in COLUMNS])
     return write_text(path, buffer.getvalue())
+
+
+def _whole(value: float | None) -> str:
+    """A FLOP count in full (every digit, no exponent): `_cell`'s 6 digits would round it."""
+    if value is None or not math.isfinite(value):
+        return ""
+    return f"{value:.0f}"
 
 
 def _number(record: dict[str, str], key: str) -> float | None:
@@ -87,6 +99,7 @@ def _row(header: list[str], cells: list[str]) -> StepRow:
         eval_loss=_number(record, "eval_loss"),
         tokens=int(_number(record, "tokens") or 0),
         elapsed_s=_number(record, "elapsed_s") or 0.0,
+        flops=_number(record, "flops"),
     )
 
 

@@ -20,6 +20,7 @@ from .accelerator import make_accelerator, storage_dtype
 from .arm import ArmRun
 from .config import TrainConfig
 from .data_inits import INIT_BATCHES, init_batches
+from .init_cost import arm_init_flops
 from .init_registry import InitStart, get_init
 from .inits import LoraPlan, check_factors_fit, check_plan, plan_lora
 from .loop import StepProgress
@@ -30,6 +31,7 @@ from .records import (
     write_run_files,
 )
 from .shared import SharedSetup
+from .teacher_checkpoints import teacher_fields, teacher_identity
 
 
 def svd_factors_for(
@@ -126,15 +128,19 @@ def train_student(
     reuse: bool = False,
     memo: Any = None,
     shared: SharedSetup | None = None,
+    teacher: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one LoRA arm; write final_model_{name}/ (a PEFT adapter) and its step log.
 
     With `reuse`, a finished arm in `output_dir` with the same inputs is returned as is.
     `shared` lends the base model, tokenizer and step-0 rows of the other runs of a grid.
+    `teacher`: the checkpoint marker of the teacher the factors came from (teacher_checkpoints
+    .py); an SVD init read from a non-final one is the arm `svd@<step>` (the default name).
     """
     config.validate()
-    name = name or init
     method = get_init(init)
+    labels = teacher_fields(init, teacher)
+    name = name or labels["init_label"]
     if method.needs_teacher and factors is None:
         raise InvalidOptionError(
             f"--init {init} needs SVD factors", "pass --svd-factors or --teacher-model"
@@ -149,6 +155,8 @@ def train_student(
         "dropout": dropout,
         "factors": factors_digest(factors) if method.needs_teacher else None,
         **({"init_batches": INIT_BATCHES} if method.needs_data else {}),
+        # Which of the teacher's checkpoints the factors came from: svd@1 never reuses svd.
+        **({"teacher": teacher_identity(teacher)} if method.needs_teacher and teacher else {}),
     }
     key, found, content = reuse_or_key(
         "student-run",
@@ -193,6 +201,14 @@ def train_student(
             factors,
             cached=(shared, start) if lend else None,
         )
+        # What the start cost (its passes over the init rows and its decompositions), counted
+        # from the shapes for every run, also where a cached start is reused.
+        batches = (
+            init_batches(len(data.train), config.batch_size, config.seed)
+            if method.needs_data
+            else []
+        )
+        init_cost = arm_init_flops(method, model, plan, data.train, batches, tokenizer.pad_token_id)
         if method.rewrites_base:
             # These inits rewrite the base weights (W - s B0 A0); keep the starting adapter so
             # the saved one can be converted into a plain LoRA on the untouched base (rank 2r).
@@ -212,14 +228,20 @@ def train_student(
         result.extras["trainable_parameters"] = sum(
             p.numel() for p in model.parameters() if p.requires_grad
         )
-        extra = {"init": init, "seed": config.seed, "learning_rate": config.learning_rate}
+        extra = {
+            "init": init,
+            "seed": config.seed,
+            "learning_rate": config.learning_rate,
+            "init_flops": init_cost,
+            **labels,
+        }
         summary = arm_summary(name, result, {}) | extra
         if accelerator.is_main_process:
             folder = ensure_writable_dir(output_dir)
             final = folder / f"final_model_{name}"
             paths = {"adapter": final, **write_run_files(folder, name, result, config.to_dict())}
             summary = arm_summary(name, result, paths) | extra
-            record = _record(base_model, init, plan, data, config) | content
+            record = _record(base_model, init, plan, data, config) | content | labels
             with atomic_dir(final) as tmp:
                 unwrapped = accelerator.unwrap_model(model)
                 conversion = (

@@ -107,6 +107,7 @@ def run(
         curves_for_plot,
         find_logs,
     )
+    from ..analysis.teacher_budget import teacher_budget
     from ..artifacts import write_compare_outputs
     from .common import record
 
@@ -144,6 +145,7 @@ def run(
                 )
         if not is_primary_process():
             return None
+        doc["teacher_budget"] = teacher_budget(doc)
         return write_compare_outputs(
             doc, curves_for_plot(runs), options.folder, options.log_y, record(options)
         )

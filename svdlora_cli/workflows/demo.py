@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..models.builtin import SMOLLM2, TINY
 from .common import CacheOptions, Document, Hooks, cache_session, same_named
-from .flags import nested, option
+from .flags import check, nested, option
+from .protocols import PROTOCOLS
 from .vocabulary import (
     BASE_MODEL,
     BATCH_SIZE,
@@ -30,6 +31,7 @@ from .vocabulary import (
     MAX_LENGTH,
     OUTPUT_DIR,
     RANK,
+    SAVE_STEPS,
     SEEDS,
     check_learning_rate,
     check_rank,
@@ -38,26 +40,6 @@ from .vocabulary import (
 
 if TYPE_CHECKING:
     from ..store.cache import ArtifactCache
-
-
-# The student grids. small: about 17 minutes on 2 CPU cores with SmolLM2-135M (12 short
-# runs: the question's two arms plus PiSSA, the strongest teacher-free SVD init, each at
-# two learning rates a factor 5 apart, over two seeds). full: every teacher-free baseline,
-# three learning rates, three seeds, whole epochs.
-PROTOCOLS: dict[str, dict[str, Any]] = {
-    "small": {
-        "inits": ("random", "svd", "pissa"),
-        "learning_rates": (2e-4, 1e-3),
-        "seeds": (0, 1),
-        "student_max_steps": 12,
-    },
-    "full": {
-        "inits": ("random", "svd", "subspace", "pissa", "olora", "lora-ga", "eva"),
-        "learning_rates": (1e-4, 3e-4, 1e-3),
-        "seeds": (0, 1, 2),
-        "student_max_steps": None,
-    },
-}
 
 
 @dataclass
@@ -84,8 +66,9 @@ class DemoSettings:
     protocol: str = option(
         "small",
         help="small (the default): random/svd/pissa x 2 learning rates x 2 seeds, 12 steps "
-        "each (about 17 min on 2 CPU cores); full: every baseline x 3 learning rates x 3 "
-        "seeds.",
+        "each (about 17 min on 2 CPU cores); medium: random/pissa/lora-ga/lora-one/svd@1/svd "
+        "x 3 learning rates x 3 seeds, students as long as the teacher (about an hour); "
+        "full: every init, svd@1 and svd@5 x 5 learning rates x 3 seeds.",
     )
     inits: tuple[str, ...] = INIT.field(
         PROTOCOLS["small"]["inits"],
@@ -98,6 +81,11 @@ class DemoSettings:
     )
     seeds: tuple[int, ...] = SEEDS.field(
         PROTOCOLS["small"]["seeds"], help="The students' seeds (default: the protocol's)."
+    )
+    save_steps: tuple[int, ...] = SAVE_STEPS.field(
+        (),
+        help="Keep the teacher's checkpoints after these steps; each gives an svd@k arm per "
+        "teacher-reading init (default: the protocol's).",
     )
     student_max_steps: int | None = PROTOCOLS["small"]["student_max_steps"]
     teacher_epochs: int = option(2, help="Teacher epochs (default: the protocol's).")
@@ -164,6 +152,23 @@ class DemoSettings:
         return cls(**{**base, **overrides})
 
     @property
+    def teacher_readers(self) -> tuple[str, ...]:
+        """The inits that read the teacher's SVD: each gets an arm per saved teacher step."""
+        from ..training.init_registry import flagged
+
+        return tuple(i for i in self.inits if flagged(i, "needs_teacher"))
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        """Every student arm's label: the inits, then `svd@k` per saved teacher step."""
+        early = (f"{i}@{k}" for k in self.save_steps for i in self.teacher_readers)
+        return (*self.inits, *early)
+
+    @property
+    def student_runs(self) -> int:
+        return len(self.arms) * len(self.learning_rates) * len(self.seeds)
+
+    @property
     def folder(self) -> Path:
         """The run folder; a name can never point outside the runs root."""
         if self.output_dir is not None:
@@ -191,6 +196,12 @@ class DemoSettings:
         self.train_config(self.teacher_epochs, self.teacher_lr).validate()
         for lr in self.learning_rates:
             self.train_config(self.student_epochs, lr, self.student_max_steps).validate()
+        check(
+            len(self.learning_rates) < 2 or bool(self.eval_data) or not self.train_data,
+            f"the demo's learning-rate grid needs eval rows to choose among its rates, but "
+            f"--train-data {self.train_data} comes without --eval-data",
+            "pass --eval-data FILE with held-out rows (or a single --learning-rates value)",
+        )
 
     def train_config(self, epochs: int, learning_rate: float, max_steps: int | None = None) -> Any:
         from ..training.config import TrainConfig
@@ -235,6 +246,7 @@ def run(settings: DemoSettings, hooks: Hooks | None = None) -> Document:
 def _steps(settings: DemoSettings, hooks: Hooks, cache: ArtifactCache) -> Document:
     from ..analysis.plain_verdict import reading
     from ..models.refs import resolve_model_path
+    from ..training.teacher_checkpoints import checkpoint_dir
     from . import compare, delta, layer_report, svd, train, train_teacher
 
     say = hooks.announce
@@ -252,6 +264,7 @@ def _steps(settings: DemoSettings, hooks: Hooks, cache: ArtifactCache) -> Docume
             train_data=settings.train_data,
             eval_data=settings.eval_data,
             output_dir=teacher_dir,
+            save_steps=settings.save_steps,
             reuse=True,
         )
         teacher = train_teacher.run(teacher_options, _numbered(hooks, "1/6"), cache)["arms"][0]
@@ -266,6 +279,19 @@ def _steps(settings: DemoSettings, hooks: Hooks, cache: ArtifactCache) -> Docume
         svd_options = svd.SvdOptions(**pair, rank=settings.rank, method="exact")
         svd_doc = svd.run(svd_options, _numbered(hooks, "3/6"), cache)
         assert svd_doc is not None  # the demo runs in one process
+        early_factors = {}  # teacher step -> the factors of its checkpoint's dW
+        for step in settings.save_steps if settings.teacher_readers else ():
+            say(f"[3/6] svd --rank {settings.rank} of the teacher after {step} steps")
+            early = svd.SvdOptions(
+                base_model=base,
+                teacher_model=str(checkpoint_dir(teacher_dir, step)),
+                output_dir=folder / f"svd_results_step{step}",
+                rank=settings.rank,
+                method="exact",
+            )
+            early_doc = svd.run(early, _numbered(hooks, "3/6"), cache)
+            assert early_doc is not None
+            early_factors[step] = early_doc["artifacts"]["factors"]
     with _timed(timings, "students"):
         train_options = train.TrainOptions(
             base_model=base,
@@ -282,13 +308,16 @@ def _steps(settings: DemoSettings, hooks: Hooks, cache: ArtifactCache) -> Docume
             output_dir=folder / "training_results",
             reuse=True,
         )
-        grid = len(settings.inits) * len(settings.learning_rates) * len(settings.seeds)
         say(
-            f"[4/6] train: {grid} runs (inits {','.join(settings.inits)} x learning rates "
-            f"{','.join(f'{lr:g}' for lr in settings.learning_rates)} x seeds "
+            f"[4/6] train: {settings.student_runs} runs (inits {','.join(settings.arms)} x "
+            f"learning rates {','.join(f'{lr:g}' for lr in settings.learning_rates)} x seeds "
             f"{','.join(map(str, settings.seeds))})"
         )
         students = train.run(train_options, _numbered(hooks, "4/6"), cache)["arms"]
+        readers = settings.teacher_readers
+        for step, factors in early_factors.items():
+            early_train = dataclasses.replace(train_options, inits=readers, svd_factors=factors)
+            students += train.run(early_train, _numbered(hooks, f"4/6 @{step}"), cache)["arms"]
     with _timed(timings, "compare"):
         say(f"[5/6] compare (greedy decoding on {settings.generate_limit} eval problems)")
         compare_options = compare.CompareOptions(

@@ -90,8 +90,19 @@ class TrainOptions:
             get_init(init)  # registered, or an error that lists the registered inits
         for lr in self.learning_rates:
             check_learning_rate(lr)
+        check(
+            len(self.grid) < 2 or self.has_eval_set,
+            f"a learning-rate grid ({len(self.grid)} rates) needs eval rows to choose among "
+            f"them, but --train-data {self.train_data} comes without --eval-data",
+            "pass --eval-data FILE with held-out rows (or a single --learning-rates value)",
+        )
         self.config.validate()
         self.check_run_names()
+
+    @property
+    def has_eval_set(self) -> bool:
+        """Whether the runs get eval rows: --eval-data, or the built-in set's own."""
+        return bool(self.eval_data) or self.train_data in (None, "builtin")
 
     @property
     def grid(self) -> tuple[float, ...]:
@@ -99,7 +110,8 @@ class TrainOptions:
         return self.learning_rates or (self.config.learning_rate,)
 
     def run_name(self, init: str, learning_rate: float, seed: int) -> str:
-        """`svd`, `svd_seed1`, `svd_lr0.0003` or `svd_lr0.0003_seed1`: unique per run."""
+        """`svd`, `svd_seed1`, `svd_lr0.0003` or `svd_lr0.0003_seed1`: unique per run.
+        `init` may be an arm label: `svd@5_lr0.0003` reads the teacher after step 5."""
         name = f"{init}_lr{learning_rate_text(learning_rate)}" if len(self.grid) > 1 else init
         return f"{name}_seed{seed}" if len(self.seeds) > 1 else name
 
@@ -118,6 +130,18 @@ class TrainOptions:
                             "list each --init, --learning-rates and --seeds value once",
                         )
                     seen[name] = (init, lr, seed)
+
+
+def check_one_learning_rate(rate_given: bool, grid_given: bool) -> None:
+    """--learning-rate and --learning-rates both given (on the command line, in the
+    environment or in svdlora.toml): refused, since the grid would silently replace it."""
+    check(
+        not (rate_given and grid_given),
+        "--learning-rate and --learning-rates are both given, and the grid would replace "
+        "the single rate",
+        "pass one of them: --learning-rates 1e-4,3e-4 for a grid (a single value is one "
+        "run), or --learning-rate 1e-4 alone",
+    )
 
 
 def learning_rate_text(learning_rate: float) -> str:
@@ -161,6 +185,7 @@ def _train_grid(
     from ..training.records import throughput_line
     from ..training.shared import SharedSetup
     from ..training.student import base_plan, svd_factors_for, train_student
+    from ..training.teacher_checkpoints import checkpoint_label, factors_teacher
 
     factors = None
     warnings: list[str] = []
@@ -176,6 +201,13 @@ def _train_grid(
                 allow_other_base=options.allow_other_base,
                 warnings=warnings,
             )
+    # The teacher checkpoint the factors came from: its SVD arms are svd@<step> unless final.
+    teacher, notes = (
+        factors_teacher(options.svd_factors, options.teacher_model, cache.memo)
+        if factors is not None
+        else (None, [])
+    )
+    warnings += notes
     # Every arm shares one plan (modules and ranks), so only the init differs.
     plan = base_plan(options.base_model, options.rank, options.lora_alpha, options.include, factors)
     warnings = list(dict.fromkeys([*warnings, *clamp_warnings(plan)]))  # svd's, once each
@@ -191,7 +223,7 @@ def _train_grid(
     memo = cache.memo if cache.memo is not None else {}
     # Every run of one seed sees the same batches in the same order, whatever its init or lr.
     for seed, lr, init in runs:
-        name = options.run_name(init, lr, seed)
+        name = options.run_name(checkpoint_label(init, teacher), lr, seed)
         hooks.announce(f"train {_setting(init, lr, seed)}")
         with hooks.steps(f"{name} ({len(arms) + 1}/{len(runs)})") as update:
             arms.append(
@@ -211,6 +243,7 @@ def _train_grid(
                     reuse=options.reuse or options.config.resume,
                     memo=memo,
                     shared=shared,
+                    teacher=teacher,
                 )
             )
         hooks.announce(throughput_line(arms[-1]))

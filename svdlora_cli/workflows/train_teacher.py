@@ -10,7 +10,15 @@ from ..data import FieldNames
 from ..training.config import TrainConfig
 from .common import CacheOptions, Document, Hooks, cache_session, is_primary_process
 from .flags import nested
-from .vocabulary import BASE_MODEL, EVAL_DATA, FIELD_NAMES, OUTPUT_DIR, TRAIN_DATA, TRAINING
+from .vocabulary import (
+    BASE_MODEL,
+    EVAL_DATA,
+    FIELD_NAMES,
+    OUTPUT_DIR,
+    SAVE_STEPS,
+    TRAIN_DATA,
+    TRAINING,
+)
 
 if TYPE_CHECKING:
     from ..store.cache import ArtifactCache
@@ -22,6 +30,8 @@ class TeacherOptions:
 
     `workspace`: the svdlora.toml to record base and teacher in (None: none). `reuse`: return
     a finished run with the same inputs instead of training again (the demo reuses).
+    `save_steps`: keep the full weights after these optimizer steps (checkpoints/step_K/);
+    they do not change the result, so they are no part of the run's key.
     """
 
     base_model: str = BASE_MODEL.field()
@@ -32,6 +42,7 @@ class TeacherOptions:
     output_dir: Path = OUTPUT_DIR.field(
         Path("svdlora-runs") / "teacher", help="Run folder (default: ./svdlora-runs/teacher)."
     )
+    save_steps: tuple[int, ...] = SAVE_STEPS.field(())
     workspace: Path | None = None
     reuse: bool = False
     cache: CacheOptions = nested(CacheOptions, "cache_size", "no_cache", factory=CacheOptions)
@@ -68,6 +79,7 @@ def run(
             update,
             reuse=options.reuse,
             memo=shared.memo,
+            save_steps=options.save_steps,
         )
     hooks.announce(throughput_line(summary))
     doc: Document = {

@@ -135,6 +135,24 @@ def parse_learning_rates(text: str) -> tuple[float, ...]:
     return values
 
 
+def parse_save_steps(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """`1,5,20` (or the svdlora.toml list [1, 5, 20]) -> (1, 5, 20): positive integers,
+    sorted, each once."""
+    from ..errors import InvalidOptionError
+
+    hint = "use e.g. --save-steps 1,5,20 (optimizer steps after which to keep the weights)"
+    parts = text if isinstance(text, (list, tuple)) else str(text).strip("[] ").split(",")
+    try:
+        steps = [int(str(part).strip()) for part in parts if str(part).strip()]
+    except ValueError:
+        raise InvalidOptionError(
+            f"--save-steps {text!r} is not a list of whole numbers", hint
+        ) from None
+    if not steps or min(steps) < 1:
+        raise InvalidOptionError(f"--save-steps {text!r} must list positive whole numbers", hint)
+    return tuple(sorted(set(steps)))
+
+
 def check_rank(rank: int) -> None:
     """A LoRA rank (train, demo): at least 1."""
     check(rank >= 1, f"--rank must be at least 1, got {rank}", "use e.g. --rank 16")
@@ -154,9 +172,16 @@ INIT = Flag(help=init_help, type=str, parse=parse_inits, name="init")
 SEEDS = Flag(help="One run per seed, e.g. 0,1,2.", type=str, parse=parse_seeds)
 LEARNING_RATES = Flag(
     help="A learning-rate grid, e.g. 1e-4,3e-4,1e-3: one run per (init, learning rate, "
-    "seed); replaces --learning-rate.",
+    "seed); instead of --learning-rate (not with it). With --train-data, needs --eval-data.",
     type=str,
     parse=parse_learning_rates,
+)
+SAVE_STEPS = Flag(
+    help="Keep the teacher's full weights after these optimizer steps, e.g. 1,5,20: each "
+    "goes to checkpoints/step_K/, a model folder `svd` and `train --teacher-model` read "
+    "(students from it are labelled svd@K).",
+    type=str,
+    parse=parse_save_steps,
 )
 EVAL_LIMIT = Flag(help="Use only the first N eval rows (default: all).")
 GENERATE_LIMIT = Flag(help="Eval problems greedy-decoded for exact-match accuracy.")

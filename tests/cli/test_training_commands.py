@@ -96,6 +96,7 @@ def test_teacher_then_svd_then_students(tiny_llm, tiny_data, tmp_path):
             "eval_loss",
             "tokens",
             "elapsed_s",
+            "flops",
         ]
         assert rows[0]["step"] == "0" and len(rows) == 1 + 2 * 3
     orders = [json.loads((out / f"batch_order_{n}.json").read_text()) for n in ("svd", "random")]

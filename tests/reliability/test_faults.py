@@ -508,7 +508,7 @@ def test_partial_last_line_is_skipped_with_a_warning(tail, tmp_path, caplog):
 def test_malformed_line_before_the_last_is_an_error(tmp_path):
     path = _write_log(tmp_path / "training_log_a.csv", [2.0, 1.5, 1.0, 0.8])
     lines = path.read_text().splitlines()
-    lines[2] = "1,0.25,oops,,,,10,0"
+    lines[2] = "1,0.25,oops,,,,10,0,0"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(StepLogError, match=r"line 3: loss 'oops' is not a number"):
         read_step_log(path)

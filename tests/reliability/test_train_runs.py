@@ -204,8 +204,9 @@ def test_learning_rates_keep_their_usual_names_and_never_share_one():
 def test_rates_that_print_alike_train_into_two_folders(tiny_llm, tiny_data, tmp_path):
     out = tmp_path / "runs"
     result = invoke(
-        "train", "-b", tiny_llm, "--train-data", tiny_data[0], "-o", out, *FAST,
+        "train", "-b", tiny_llm, "--train-data", tiny_data[0], "-o", out, *FAST[:-2],
         "--max-steps", "1", "--learning-rates", "1e-4,1.0000001e-4", "--json",
+        "--eval-data", tiny_data[1],  # a grid needs eval rows; no --learning-rate beside it
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     names = {a["name"]: a["learning_rate"] for a in json.loads(result.stdout)["arms"]}
@@ -339,8 +340,9 @@ def test_ctrl_c_in_a_grid_then_the_printed_command_keeps_finished_runs_and_resum
     out = tmp_path / "grid"
     steps = Steps(monkeypatch, stop_at=7)  # the second run's step 3, after its checkpoint at 2
     result = invoke(
-        "train", "-b", tiny_llm, "--train-data", tiny_data[0], "-o", out, *FAST,
+        "train", "-b", tiny_llm, "--train-data", tiny_data[0], "-o", out, *FAST[:-2],
         "--max-steps", "4", "--save-every", "2", "--learning-rates", "1e-3,3e-3",
+        "--eval-data", tiny_data[1],  # a grid needs eval rows; no --learning-rate beside it
     )  # fmt: skip
     assert result.exit_code == 130, result.output
     assert "Interrupted. The checkpoint at step 2 is kept. To resume from it, run:" in (

@@ -329,8 +329,8 @@ def test_compare_shows_throughput_and_mfu_when_the_summaries_have_them():
     assert rows["TFLOP/s"][1:] == ["8.12", "6.9", "-15.1%", "227"]
     assert rows["MFU"][1:] == ["0.8%", "0.7%", "-0.1 pp", "23.0%"]
     detail = _text_grid(comparison_text(doc), "Per arm (mean ± std over seeds)")
-    assert detail[0][-3:] == ["tokens/s", "TFLOP/s", "MFU"]
-    assert detail[1][-3:] == ["1290", "8.12", "0.8%"]
+    assert detail[0][-4:] == ["tokens/s", "TFLOP/s", "MFU", "FLOPs"]
+    assert detail[1][-4:] == ["1290", "8.12", "0.8%", "-"]  # no FLOPs recorded: unknown
     assert "| MFU | 0.8% | 0.7% |" in comparison_markdown(doc)
 
 
@@ -338,7 +338,7 @@ def test_runs_from_before_mfu_accounting_show_blanks():
     rows = {r[0]: r for r in _rich_grids(compare_table(COMPARE_DOC))[0]}
     assert not {"Tokens/s", "TFLOP/s", "MFU"} & set(rows)  # no arm has them: no rows
     detail = _text_grid(comparison_text(COMPARE_DOC), "Per arm (mean ± std over seeds)")
-    assert detail[1][-3:] == ["-", "-", "-"]
+    assert detail[1][-4:] == ["-", "-", "-", "-"]
     arms = [
         {"name": "random", "tokens_per_s": 2475.0, "tflops": 16.1, "mfu": 0.0163, "artifacts": {}},
         {"name": "svd", "tokens_per_s": 2400.0, "artifacts": {}},  # an old run's summary

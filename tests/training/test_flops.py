@@ -257,3 +257,81 @@ def test_run_utilisation_counts_every_process_and_warns_above_the_peak(monkeypat
     with caplog.at_level(logging.WARNING, logger="svdlora"):
         doc = flops_module.run_utilisation(8e13, 2.0, torch.device("cpu"), torch.float32, 4)
     assert doc["mfu"] == 1.0 and "MFU above" not in caplog.text
+
+
+def _tiny_rows(n: int = 6, seed: int = 0):
+    """Rows of different lengths, each a prompt (labels ignored) then an answer."""
+    from svdlora_cli.data import IGNORE_INDEX, TokenizedSet
+
+    g = torch.Generator().manual_seed(seed)
+    ids, labels = [], []
+    for i in range(n):
+        length, prompt = 5 + (3 * i) % 7, 2 + i % 3
+        row = torch.randint(1, 96, (length,), generator=g).tolist()
+        ids.append(row)
+        labels.append([IGNORE_INDEX] * prompt + row[prompt:])
+    return TokenizedSet(ids, labels, truncated=0, dropped=0)
+
+
+def _padded_hand_count(data, indices, **counts) -> int:
+    """A padded micro-batch by hand: each row's real length; the head at every row of each
+    position where some row predicts an answer token."""
+    from svdlora_cli.data import IGNORE_INDEX
+
+    positions = {
+        j for i in indices for j, label in enumerate(data.labels[i][1:]) if label != IGNORE_INDEX
+    }
+    rows = [len(data.input_ids[i]) for i in indices]
+    return _hand_count(**LLAMA, rows=rows, logits=len(positions) * len(indices), **counts)
+
+
+def test_every_step_log_row_carries_the_runs_cumulative_training_flops(tmp_path):
+    """A real `fit` of a tiny LoRA: row k's flops are the hand count of steps 1..k."""
+    from svdlora_cli.training.accelerator import make_accelerator
+    from svdlora_cli.training.config import TrainConfig
+    from svdlora_cli.training.loop import fit
+    from svdlora_cli.training.schedule import training_schedule
+    from svdlora_cli.training.steplog import read_step_log, write_step_log
+
+    data = _tiny_rows()
+    config = TrainConfig(
+        epochs=2, batch_size=2, grad_accum=2, max_length=32, device="cpu", packing=False
+    )
+    model = _lora(_llama(), ["q_proj", "v_proj"])
+    result = fit(model, data, None, config, 0, make_accelerator("cpu", "no"))
+    lora = {"q_proj": 4, "v_proj": 4}
+    expected, total = [0], 0
+    for step in training_schedule(data, config, config.epochs, config.max_steps):
+        total += sum(
+            _padded_hand_count(data, mb, base=4, lm_head=4, lora=lora) for mb in step.micro_batches
+        )
+        expected.append(total)
+    assert len(expected) == 5  # micro-batches of 2 rows, 2 per step: 2 steps per epoch, row 0
+    assert [r.flops for r in result.rows] == expected
+    assert result.extras["training_flops"] == expected[-1]
+    # The hand count is not a tautology: the same rows at full length, or with the head at
+    # every token, count differently.
+    assert expected[-1] != sum(
+        _hand_count(**LLAMA, rows=[len(data.input_ids[i]) for i in s.indices], logits=0, base=4)
+        for s in training_schedule(data, config, config.epochs, None)
+    )
+    # The CSV keeps every digit of the count, and a log from before the column reads None.
+    path = write_step_log(tmp_path / "training_log_x.csv", result.rows)
+    assert [r.flops for r in read_step_log(path)] == expected
+    count = 2**57 + 2**12  # a float exactly; 6 significant digits would round it
+    big = write_step_log(tmp_path / "big.csv", [dataclasses.replace(result.rows[-1], flops=count)])
+    assert str(count) in big.read_text() and read_step_log(big)[0].flops == count
+    old = tmp_path / "training_log_old.csv"
+    old.write_text("step,epoch,loss,lr,grad_norm,eval_loss,tokens,elapsed_s\n0,0,2.5,,,2.4,0,0\n")
+    assert read_step_log(old)[0].flops is None
+
+
+def test_a_peft_model_without_its_adapters_counts_as_its_base():
+    student = _lora(_llama(), ["q_proj", "v_proj"])
+    base = ModelFlops.from_model(student, adapters=False)
+    assert base.micro_batch(ROWS, ANSWERS) == _hand_count(
+        **LLAMA, rows=ROWS, logits=ANSWERS, base=4, lm_head=4
+    )
+    assert ModelFlops.from_model(student).micro_batch(ROWS, ANSWERS) != base.micro_batch(
+        ROWS, ANSWERS
+    )

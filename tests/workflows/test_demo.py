@@ -124,3 +124,34 @@ def _same_bytes_as_the_commands(doc: dict, monkeypatch) -> None:
     second = invoke_json(*args, "--eval-limit", "2", "--max-new-tokens", "8")
     assert len(calls) == 5
     assert second["accuracy"] == first["accuracy"]
+
+
+def test_teacher_checkpoints_give_svd_at_k_arms_and_the_teacher_budget(tmp_path):
+    """--save-steps 1: the teacher's checkpoint after one step gives svd@1 and subspace@1,
+    compared with the final teacher's arms at equal steps and at equal compute."""
+    doc = invoke_json(
+        "demo", "--quick", "--save-steps", "1", "--init", "random,svd", "--name", "budget"
+    )
+    run = tmp_path / "svdlora-runs" / "budget"
+    assert (run / "teacher_full_sft" / "checkpoints" / "step_1" / "model.safetensors").is_file()
+    assert (run / "svd_results_step1" / "svd_factors_rank16.safetensors").is_file()
+    assert (run / "teacher_budget.png").read_bytes().startswith(b"\x89PNG")
+    comparison = doc["comparison"]
+    arms = {a["arm"]: a for a in comparison["arms"]}
+    assert set(arms) == {"teacher", "random", "svd", "svd@1"}
+    assert (arms["svd@1"]["teacher_step"], arms["svd"]["teacher_step"]) == (
+        1,
+        arms["svd"]["teacher_steps_total"],
+    )
+    # the final teacher's FLOPs stand behind svd, one step's behind svd@1, none behind random
+    flops = {name: arms[name]["flops"] for name in ("random", "svd", "svd@1")}
+    assert flops["random"]["teacher"] == 0 and flops["random"]["init"] == 0
+    assert 0 < flops["svd@1"]["teacher"] < flops["svd"]["teacher"]
+    assert flops["svd"]["init"] > 0
+    for part in flops.values():
+        assert part["total"] == part["training"] + part["init"] + part["teacher"]
+    budget = comparison["teacher_budget"]["families"]["svd"]
+    assert [p["init"] for p in budget] == ["svd@1", "svd"]
+    against = {v["against"] for v in comparison["compute_matched"]["verdicts"]}
+    assert against == {"random", "svd@1"}
+    assert "At equal total compute" in doc["reading"]
