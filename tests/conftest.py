@@ -145,6 +145,10 @@ def tiny_data(tmp_path_factory) -> tuple[Path, Path]:
     return write_rows(root / "train.json", 12), write_rows(root / "eval.json", 6, offset=50)
 
 
+# The training options every tiny-model command test passes: short rows, small batches, CPU.
+TINY_RUN = ("--batch-size", "4", "--max-length", "64", "--device", "cpu")
+
+
 def invoke(*args: object):
     """`svdlora ARGS` in this process through CliRunner (stdout and stderr kept apart)."""
     from typer.testing import CliRunner

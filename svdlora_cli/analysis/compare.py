@@ -298,6 +298,10 @@ def compare_selection(selection: Selection, target_loss: float | None = None) ->
     if fair["no_verdict"] and len(fair["grid"]) > 1 and not notes:
         notes.append(f"no verdict: {fair['no_verdict']}")
     notes += grid_warnings(fair) + flops_warnings(arm_docs)
+    for arm in arm_docs:  # each arm names its init's chosen rate and whether it is an edge
+        entry = fair["grid"].get(arm["init"], {})
+        arm["chosen_learning_rate"] = entry.get("chosen")
+        arm["edge_of_grid"] = entry.get("edge_of_grid")
     return {
         "target_loss": target,
         "target_source": source,

@@ -101,5 +101,11 @@ def test_compare_json_carries_edge_of_grid_and_the_report_the_warning(tmp_path):
         "subspace": None,
         "svd": True,
     }
+    # every arm (init x learning rate) names its init's chosen rate and the edge flag
+    for arm in doc["arms"]:
+        if arm["arm"] != "teacher":
+            entry = doc["protocol"]["grid"][arm["init"]]
+            assert arm["chosen_learning_rate"] == entry["chosen"]
+            assert arm["edge_of_grid"] is entry["edge_of_grid"]
     report = (tmp_path / "comparison_report.md").read_text()
     assert "svd: chosen learning rate 0.0001 is at the edge of the grid" in report

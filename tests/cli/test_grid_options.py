@@ -7,9 +7,9 @@ import csv
 
 import pytest
 
-from tests.conftest import assert_user_error, invoke, invoke_json
+from tests.conftest import TINY_RUN, assert_user_error, invoke, invoke_json
 
-FAST = ["--rank", "4", "--batch-size", "4", "--max-length", "64", "--device", "cpu"]
+FAST = ["--rank", "4", *TINY_RUN]
 
 
 def test_learning_rate_and_a_grid_together_are_refused(tiny_llm, tiny_data, tmp_path):

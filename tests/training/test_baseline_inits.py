@@ -17,63 +17,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from svdlora_cli.data import collate, prepare_data
-from svdlora_cli.models.loading import load_model, load_tokenizer
+from svdlora_cli.data import collate
+from svdlora_cli.models.loading import load_model
 from svdlora_cli.training import arm as arm_module
-from svdlora_cli.training.accelerator import make_accelerator
-from svdlora_cli.training.config import TrainConfig
 from svdlora_cli.training.data_inits import INIT_BATCHES, init_batches
 from svdlora_cli.training.init_registry import parse_inits
-from svdlora_cli.training.student import base_plan, build_student, train_student
-from tests.conftest import invoke_json
+from svdlora_cli.training.student import base_plan, train_student
+from tests.conftest import TINY_RUN, invoke_json
+from tests.training.init_scaffold import CONFIG, RANK, init_setup, start_model
+from tests.training.init_scaffold import logits as model_logits
 
-RANK = 4
-CONFIG = TrainConfig(
-    epochs=3, learning_rate=3e-3, batch_size=4, max_length=64, device="cpu", max_steps=3
-)
 HAS_ATTRS = find_spec("attr") is not None  # PEFT's CorDA module imports attrs
 BASELINES = ("olora", "lora-ga", "eva", *(("corda",) if HAS_ATTRS else ()))
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_llm, tiny_data):
-    tokenizer = load_tokenizer(str(tiny_llm))
-    data = prepare_data(tokenizer, str(tiny_data[0]), None, CONFIG.max_length)
-    plan = base_plan(str(tiny_llm), RANK, None)
-    batches = init_batches(len(data.train), CONFIG.batch_size, CONFIG.seed)
-    probe = collate([i for b in batches for i in b], data.train, tokenizer.pad_token_id)
-    base = load_model(str(tiny_llm)).eval()
-    with torch.no_grad():
-        base_logits = base(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"])
-    return {
-        "tokenizer": tokenizer,
-        "train": data.train,
-        "plan": plan,
-        "batches": batches,
-        "probe": probe,
-        "base": base,
-        "base_logits": base_logits.logits,
-    }
+    return init_setup(tiny_llm, tiny_data)
 
 
 def _start(tiny_llm, setup, init):
-    """The arm's model at step 0, as train_student builds it."""
-    model = build_student(
-        load_model(str(tiny_llm)),
-        setup["plan"],
-        init,
-        CONFIG,
-        0.0,
-        setup["train"],
-        setup["tokenizer"].pad_token_id,
-        make_accelerator("cpu", "no"),
-    )
-    return model.eval()
-
-
-def _logits(model, probe):
-    with torch.no_grad():
-        return model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
+    return start_model(tiny_llm, setup, init)
 
 
 def _layers(model, plan):
@@ -119,7 +83,7 @@ def test_olora_factors_are_the_qr_of_w_and_the_model_starts_at_the_base(tiny_llm
         residual = layer.get_base_layer().weight
         torch.testing.assert_close(residual, W - scale * B @ A, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(
-        _logits(model, setup["probe"]), setup["base_logits"], atol=1e-5, rtol=0
+        model_logits(model, setup["probe"]), setup["base_logits"], atol=1e-5, rtol=0
     )
 
 
@@ -177,7 +141,7 @@ def test_lora_ga_factors_come_from_the_gradient_svd_and_the_model_starts_at_the_
         W = _base_weight(setup, module)
         torch.testing.assert_close(residual, W - setup["plan"].scale * B @ A, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(
-        _logits(model, setup["probe"]), setup["base_logits"], atol=1e-5, rtol=0
+        model_logits(model, setup["probe"]), setup["base_logits"], atol=1e-5, rtol=0
     )
 
 
@@ -193,7 +157,7 @@ def _layer_inputs(setup):
 
         hooks.append(base.get_submodule(module).register_forward_hook(hook))
     try:
-        _logits(base, probe)
+        model_logits(base, probe)
     finally:
         for h in hooks:
             h.remove()
@@ -215,7 +179,7 @@ def test_eva_rows_are_the_principal_directions_of_layer_inputs_and_b_is_zero(tin
             layer.get_base_layer().weight, _base_weight(setup, module), atol=0, rtol=0
         )
     torch.testing.assert_close(
-        _logits(model, setup["probe"]), setup["base_logits"], atol=1e-5, rtol=0
+        model_logits(model, setup["probe"]), setup["base_logits"], atol=1e-5, rtol=0
     )
 
 
@@ -234,7 +198,7 @@ def _row_covariances(setup):
     rows = [i for b in setup["batches"] for i in b]
     try:
         for i in rows:
-            _logits(base, collate([i], setup["train"], pad))
+            model_logits(base, collate([i], setup["train"], pad))
     finally:
         for h in hooks:
             h.remove()
@@ -259,7 +223,7 @@ def test_corda_ipm_factors_come_from_w_times_the_input_covariance(tiny_llm, setu
         residual = layer.get_base_layer().weight
         torch.testing.assert_close(residual, (W - got).float(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(
-        _logits(model, setup["probe"]), setup["base_logits"], atol=1e-5, rtol=0
+        model_logits(model, setup["probe"]), setup["base_logits"], atol=1e-5, rtol=0
     )
 
 
@@ -281,7 +245,7 @@ def trained(tiny_llm, tiny_data, setup, tmp_path_factory):
 
     def recording_fit(model, *args, **kwargs):
         result = real_fit(model, *args, **kwargs)
-        logits[current] = _logits(model.eval(), setup["probe"])
+        logits[current] = model_logits(model.eval(), setup["probe"])
         return result
 
     summaries = {}
@@ -322,7 +286,7 @@ def test_saved_adapters_reload_on_the_plain_base(init, tiny_llm, setup, trained)
     summaries, logits = trained
     base = load_model(str(tiny_llm)).eval()
     model = PeftModel.from_pretrained(base, summaries[init]["artifacts"]["adapter"]).eval()
-    reloaded = _logits(model, setup["probe"])
+    reloaded = model_logits(model, setup["probe"])
     torch.testing.assert_close(reloaded, logits[init], atol=1e-4, rtol=0)
     assert (reloaded - setup["base_logits"]).abs().max() > 1e-4  # training moved it
 
@@ -344,12 +308,7 @@ def test_cli_trains_the_baseline_arms(tiny_llm, tiny_data, tmp_path):
         tmp_path,
         "--epochs",
         "2",
-        "--batch-size",
-        "4",
-        "--max-length",
-        "64",
-        "--device",
-        "cpu",
+        *TINY_RUN,
     )
     names = [a["name"] for a in doc["arms"]]
     assert names == ["random", "olora", "lora-ga", "eva"]

@@ -19,7 +19,6 @@ from svdlora_cli.errors import SvdloraError
 from svdlora_cli.models.loading import load_model, load_tokenizer
 from svdlora_cli.training import arm as arm_module
 from svdlora_cli.training.accelerator import make_accelerator
-from svdlora_cli.training.config import TrainConfig
 from svdlora_cli.training.data_inits import init_batches
 from svdlora_cli.training.init_registry import INITS, get_init, init_help
 from svdlora_cli.training.init_start import InitStart
@@ -29,51 +28,18 @@ from svdlora_cli.training.lora_one import (
     lora_one_gradient_tokens,
 )
 from svdlora_cli.training.student import base_plan, build_student
-from tests.conftest import invoke_json
-
-RANK = 4
-CONFIG = TrainConfig(
-    epochs=3, learning_rate=3e-3, batch_size=4, max_length=64, device="cpu", max_steps=3
-)
+from tests.conftest import TINY_RUN, invoke_json
+from tests.training.init_scaffold import CONFIG, RANK, init_setup, start_model
+from tests.training.init_scaffold import logits as model_logits
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_llm, tiny_data):
-    tokenizer = load_tokenizer(str(tiny_llm))
-    data = prepare_data(tokenizer, str(tiny_data[0]), None, CONFIG.max_length)
-    plan = base_plan(str(tiny_llm), RANK, None)
-    batches = init_batches(len(data.train), CONFIG.batch_size, CONFIG.seed)
-    probe = collate([i for b in batches for i in b], data.train, tokenizer.pad_token_id)
-    base = load_model(str(tiny_llm)).eval()
-    return {
-        "tokenizer": tokenizer,
-        "train": data.train,
-        "plan": plan,
-        "batches": batches,
-        "probe": probe,
-        "base": base,
-        "base_logits": _logits(base, probe),
-    }
+    return init_setup(tiny_llm, tiny_data)
 
 
 def _start(tiny_llm, setup, config=CONFIG, plan=None):
-    """The arm's model at step 0, as train_student builds it."""
-    model = build_student(
-        load_model(str(tiny_llm)),
-        plan or setup["plan"],
-        "lora-one",
-        config,
-        0.0,
-        setup["train"],
-        setup["tokenizer"].pad_token_id,
-        make_accelerator("cpu", "no"),
-    )
-    return model.eval()
-
-
-def _logits(model, probe):
-    with torch.no_grad():
-        return model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
+    return start_model(tiny_llm, setup, "lora-one", config, plan)
 
 
 def _gradients(base, setup, batches):
@@ -139,8 +105,8 @@ def test_step_zero_is_the_base_moved_by_the_reference_update(tiny_llm, setup, ex
     with torch.no_grad():
         for module, (ref_B, ref_A, ref_scale) in expected.items():
             moved.get_submodule(module).weight.add_((ref_scale * ref_B @ ref_A).float())
-    logits = _logits(model, setup["probe"])
-    torch.testing.assert_close(logits, _logits(moved, setup["probe"]), atol=1e-5, rtol=0)
+    logits = model_logits(model, setup["probe"])
+    torch.testing.assert_close(logits, model_logits(moved, setup["probe"]), atol=1e-5, rtol=0)
     assert (logits - setup["base_logits"]).abs().max() > 1e-3  # not the base
 
 
@@ -235,7 +201,7 @@ def test_cli_trains_lora_one_and_its_adapter_reloads_on_the_plain_base(
 
     def recording_fit(model, *args, **kwargs):
         result = real_fit(model, *args, **kwargs)
-        trained["logits"] = _logits(model.eval(), setup["probe"])
+        trained["logits"] = model_logits(model.eval(), setup["probe"])
         return result
 
     monkeypatch.setattr(arm_module, "fit", recording_fit)
@@ -255,18 +221,13 @@ def test_cli_trains_lora_one_and_its_adapter_reloads_on_the_plain_base(
         tmp_path,
         "--epochs",
         "2",
-        "--batch-size",
-        "4",
-        "--max-length",
-        "64",
-        "--device",
-        "cpu",
+        *TINY_RUN,
     )
     assert [a["name"] for a in doc["arms"]] == ["lora-one"]
     assert (tmp_path / "training_log_lora-one.csv").is_file()
     adapter = tmp_path / "final_model_lora-one"
     model = PeftModel.from_pretrained(load_model(str(tiny_llm)).eval(), adapter).eval()
-    reloaded = _logits(model, setup["probe"])
+    reloaded = model_logits(model, setup["probe"])
     torch.testing.assert_close(reloaded, trained["logits"], atol=1e-4, rtol=0)
     assert (reloaded - setup["base_logits"]).abs().max() > 1e-4
 

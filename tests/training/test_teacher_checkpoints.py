@@ -21,7 +21,7 @@ from svdlora_cli.training.teacher_checkpoints import (
     init_label,
     teacher_checkpoint,
 )
-from tests.conftest import assert_user_error, invoke, invoke_json
+from tests.conftest import TINY_RUN, assert_user_error, invoke, invoke_json
 from tests.launching import launch, needs_torchrun
 
 # 12 rows in batches of 4 for 2 epochs: 6 steps. Padded batches, so FLOPs recount by hand.
@@ -318,12 +318,7 @@ def test_the_cli_refuses_a_step_past_the_run(tiny_llm, tiny_data, tmp_path):
         "2,40",
         "--epochs",
         "2",
-        "--batch-size",
-        "4",
-        "--max-length",
-        "64",
-        "--device",
-        "cpu",
+        *TINY_RUN,
         "-o",
         tmp_path / "t",
         "--no-workspace",
@@ -339,7 +334,7 @@ def test_two_processes_keep_the_same_checkpoints_as_one(tiny_llm, tiny_data, tmp
     """Under DDP every rank takes part in the save; rank 0 writes the folder once, with the
     FLOPs and tokens of both ranks."""
     args = ["train-teacher", "-b", str(tiny_llm), "--train-data", str(tiny_data[0])]
-    args += ["--epochs", "1", "--batch-size", "4", "--max-length", "64", "--device", "cpu"]
+    args += ["--epochs", "1", *TINY_RUN]
     args += ["--learning-rate", "1e-3", "--save-steps", "2", "--no-workspace", "--json"]
     markers, weights = [], []
     for processes in (1, 2):
