@@ -155,3 +155,33 @@ def test_teacher_checkpoints_give_svd_at_k_arms_and_the_teacher_budget(tmp_path)
     against = {v["against"] for v in comparison["compute_matched"]["verdicts"]}
     assert against == {"random", "svd@1"}
     assert "At equal total compute" in doc["reading"]
+
+
+def test_the_medium_protocol_runs_its_arms_end_to_end(tmp_path):
+    """--protocol medium on the tiny model, cut to one rate and one seed: its six arms (svd
+    from the final teacher and from its checkpoint after one step, four teacher-free)."""
+    doc = invoke_json(
+        "demo",
+        "--protocol",
+        "medium",
+        "--base-model",
+        "tiny",
+        "--learning-rates",
+        "1e-3",
+        "--seeds",
+        "0",
+        "--generate-limit",
+        "1",
+        "--max-length",
+        "128",
+    )
+    assert doc["settings"]["save_steps"] == [1] and doc["settings"]["teacher_epochs"] == 1
+    arms = {a["arm"] for a in doc["comparison"]["arms"]}
+    assert arms == {"teacher", "random", "pissa", "lora-ga", "lora-one", "svd", "svd@1"}
+    # students as long as the teacher
+    steps = {a["arm"]: a["runs"][0]["steps"] for a in doc["comparison"]["arms"]}
+    assert len(set(steps.values())) == 1
+    assert (Path(doc["run_dir"]) / "teacher_budget.png").is_file()
+    assert {v["against"] for v in doc["comparison"]["compute_matched"]["verdicts"]} == (
+        arms - {"teacher", "svd"}
+    )
