@@ -26,9 +26,12 @@ class SharedSetup:
     trust_remote_code: bool = False
     starts: dict[Any, Any] = field(default_factory=dict)
     loads: int = 0
-    # The starting state of costly seedless inits (pissa's SVD of every target weight):
-    # LoRA weights and rewritten base weights, on the host, by the arm's start key.
+    # The starting state of costly inits, on the host, by the arm's start key: LoRA weights
+    # and rewritten base weights. Seedless ones (pissa's SVD of every target weight) are
+    # kept for the whole grid; data-driven ones (LoRA-GA, LoRA-One, EVA, CorDA: a pass over
+    # the seed's init rows) for the learning rates of one seed, which the grid runs in a row.
     inits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    _seeded: dict[str, int] = field(default_factory=dict)  # start key -> seed
     _tokenizer: Any = None
     _model: Any = None
     _dtype: torch.dtype | None = None
@@ -73,13 +76,21 @@ class SharedSetup:
             p.requires_grad_(True)  # as loaded: PEFT froze them; the next run freezes again
         self._model = base
 
-    def remember_init(self, key: str, model: Any) -> None:
-        """Keep a PEFT model's starting LoRA and base-layer weights under `key`."""
+    def remember_init(
+        self, key: str, model: Any, rewrites_base: bool = True, seed: int | None = None
+    ) -> None:
+        """Keep a PEFT model's starting LoRA weights under `key`, and its base-layer weights
+        when the init rewrote them. A start of one `seed` replaces those of other seeds, so
+        at most one seed's data-driven starts are held at a time."""
+        for old in [k for k, s in self._seeded.items() if seed is not None and s != seed]:
+            del self.inits[old], self._seeded[old]
         self.inits[key] = {
             name: p.detach().to("cpu", copy=True)
             for name, p in model.named_parameters()
-            if "lora_" in name or ".base_layer." in name
+            if "lora_" in name or (rewrites_base and ".base_layer." in name)
         }
+        if seed is not None:
+            self._seeded[key] = seed
 
     def restore_init(self, key: str, model: Any) -> None:
         """Give a freshly wrapped PEFT model the starting weights kept under `key`."""

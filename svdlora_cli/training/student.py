@@ -290,7 +290,8 @@ def build_student(
     The data-driven inits read the first INIT_BATCHES micro-batches of this seed's
     schedule; `fit` recomputes the schedule from the seed, so training order is unchanged.
     `cached` (a shared setup and the arm's start key) reuses the start of an earlier run
-    with the same costly seedless init instead of computing it again.
+    with the same costly seedless init, or the same data-driven init and seed (another
+    learning rate), instead of computing it again.
     """
     import torch
     from peft import get_peft_model
@@ -298,8 +299,9 @@ def build_student(
     method = get_init(init)
     peft_config = method.lora_config(plan, dropout)
     if cached is not None and cached[1] in cached[0].inits:
-        # The same seedless start as an earlier run of this process: skip the costly init
-        # (pissa: an SVD of every target weight) and copy its result, bit for bit.
+        # The same start as an earlier run of this process: skip the costly init (pissa: an
+        # SVD of every target weight; lora-one: a gradient pass and SVDs) and copy its
+        # result, bit for bit.
         peft_config.init_lora_weights = True
         model = get_peft_model(base, peft_config)
         cached[0].restore_init(cached[1], model)
@@ -314,9 +316,12 @@ def build_student(
         torch.manual_seed(config.seed)
         start = InitStart(base, peft_config, plan, config.seed, factors, train, batches, pad_id)
         model = method.build(start) if method.build else get_peft_model(base, peft_config)
-        if cached is not None and method.costly:
-            cached[0].remember_init(cached[1], model)
+        if cached is not None and (method.costly or method.needs_data):
+            seed = None if method.seedless else config.seed
+            cached[0].remember_init(cached[1], model, method.rewrites_base, seed)
     check_plan(model, plan)
+    # Training draws (dropout) start from the seed, however the start was obtained.
+    torch.manual_seed(config.seed)
     return model
 
 

@@ -210,3 +210,66 @@ def test_steps_sized_by_tokens_are_the_same_for_every_arm(tiny_llm, tiny_data, t
     assert orders[0]["steps"] == [[list(m) for m in s.micro_batches] for s in expected]
     assert doc["config"]["tokens_per_step"] == 200
     assert all(a["tokens"] >= 2 * 200 for a in doc["arms"])  # each step reached its budget
+
+
+def test_data_driven_starts_are_computed_once_per_seed_and_equal_a_run_of_their_own(
+    tiny_llm, tiny_data, tmp_path, monkeypatch
+):
+    """lora-one and lora-ga read the seed's init rows: one gradient pass per seed serves
+    every learning rate, only one seed's starts are held at a time, and the second rate's
+    run ends exactly where a run of its own does (dropout on: its draws start from the seed)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from svdlora_cli.training import data_inits, lora_one
+    from svdlora_cli.training.config import TrainConfig
+    from svdlora_cli.training.shared import SharedSetup
+    from svdlora_cli.workflows import train
+
+    built: list[str] = []
+    for module, name in ((lora_one, "lora_one_model"), (data_inits, "lora_ga_model")):
+        real = getattr(module, name)
+        monkeypatch.setattr(
+            module, name, lambda start, real=real, name=name: built.append(name) or real(start)
+        )
+    held: list[int] = []
+    remember = SharedSetup.remember_init
+
+    def counting_remember(self, *args, **kwargs):
+        remember(self, *args, **kwargs)
+        held.append(len(self.inits))
+
+    monkeypatch.setattr(SharedSetup, "remember_init", counting_remember)
+    train_file, eval_file = (str(p) for p in tiny_data)
+    config = TrainConfig(max_steps=2, batch_size=4, max_length=64, device="cpu", eval_limit=4)
+
+    def options(inits, rates, out, seeds=(0,)):
+        return train.TrainOptions(
+            base_model=str(tiny_llm),
+            config=config,
+            inits=inits,
+            learning_rates=rates,
+            seeds=seeds,
+            rank=4,
+            lora_dropout=0.1,
+            train_data=train_file,
+            eval_data=eval_file,
+            output_dir=out,
+        )
+
+    train.run(options(("lora-one", "lora-ga"), (1e-3, 3e-3), tmp_path / "grid", (0, 1)))
+    # one build per init and seed, not per learning rate
+    assert sorted(built) == sorted(["lora_one_model", "lora_ga_model"] * 2)
+    assert max(held) == 2  # the two inits of one seed; seed 0's starts go when seed 1 comes
+    for init in ("lora-one", "lora-ga"):
+        out = tmp_path / f"alone_{init}"
+        train.run(options((init,), (3e-3,), out, (1,)))
+        name = f"{init}_lr0.003_seed1"
+        grid_rows = (tmp_path / "grid" / f"training_log_{name}.csv").read_text().splitlines()
+        alone_rows = (out / f"training_log_{init}.csv").read_text().splitlines()
+        # Same losses, tokens, norms and FLOPs; elapsed seconds (8th column) differ.
+        cells = [[r.split(",") for r in rows] for rows in (grid_rows, alone_rows)]
+        assert [c[:7] + c[8:] for c in cells[0]] == [c[:7] + c[8:] for c in cells[1]]
+        a = load_file(tmp_path / "grid" / f"final_model_{name}" / "adapter_model.safetensors")
+        b = load_file(out / f"final_model_{init}" / "adapter_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
