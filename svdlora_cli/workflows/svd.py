@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .common import (
     Document,
@@ -77,12 +77,18 @@ def run(
     options.validate()
     refuse_output_in_model(options.output_dir)
     settings = same_named(run_svd, options, "cache")  # rank, method, ... sketch_seed
+    opened: list[ArtifactCache] = []  # the cache the step ran on: it keeps the verdicts too
+
+    def compute(c: ArtifactCache, update: Any) -> Any:
+        opened.append(c)
+        return run_svd(cache=c, progress=update, **settings)
+
     return extraction_step(
         options,
         hooks,
         cache,
         "SVD",
-        lambda c, update: run_svd(cache=c, progress=update, **settings),
+        compute,
         lambda result: write_svd_outputs(
             result,
             options.output_dir,
@@ -91,7 +97,7 @@ def run(
             options.split,
             record(options),
             plot=options.plot,
-            verify=lambda adapter: verification(options, result, adapter),
+            verify=lambda adapter: verification(options, result, adapter, opened[-1]),
         ),
     )
 
@@ -111,11 +117,16 @@ def refuse_output_in_model(output_dir: Path) -> None:
         )
 
 
-def verification(options: SvdOptions, result: SvdResult, adapter: Path) -> dict:
+def verification(
+    options: SvdOptions, result: SvdResult, adapter: Path, cache: ArtifactCache | None = None
+) -> dict:
     """The structural check always; the logits probe with --probe (default: small models).
 
     The probe merges the SVD's own rank-r deltas, not the adapter file's: a wrong scale,
-    orientation or split in the adapter shows up as a mismatch.
+    orientation or split in the adapter shows up as a mismatch. A passed verdict is kept
+    in the cache under the adapter's bytes, the factors it must equal, the base (weights
+    and config) and the probe setting: a warm run that writes the same bytes is not checked
+    twice (`"cached": true`); any other byte is checked afresh.
     """
     from ..adapters.checks import LazyDeltas
     from ..adapters.verify import VERIFY_MAX_PARAMETERS, parameter_count, verify_adapter
@@ -132,9 +143,20 @@ def verification(options: SvdOptions, result: SvdResult, adapter: Path) -> dict:
         reason = f"{count:,} parameters: " + (
             "on by default below 250M" if probe else "off by default from 250M (pass --probe)"
         )
+    key = None
+    if cache is not None and cache.enabled:
+        from ..adapters.verify import verdict_key
+
+        base = result.fingerprints["base"]
+        key = verdict_key(adapter, base, options.base_model, result.factors("b"), probe)
+        found = cache.get_json(key) if key else None
+        if isinstance(found, dict):
+            return {**found, "probe_reason": reason, "cached": True}
     expected = None
     if probe:
         expected = LazyDeltas(result.factors("b"), lambda f: f.B @ f.A)
     doc = verify_adapter(adapter, options.base_model, probe=probe, expected=expected)
     doc["probe_reason"] = reason
-    return doc
+    if key is not None and cache is not None and cache.writable:
+        cache.put_json(key, doc, label="adapter verdict")
+    return {**doc, "cached": False}

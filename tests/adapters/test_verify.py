@@ -370,3 +370,37 @@ def test_the_module_map_is_built_once_per_config_and_keys(pairs, tmp_path, monke
     (moved / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
     assert "model.layers.1.mlp.down_proj.weight" in module_map.module_map(moved, keys, cache).absent
     assert len(built) == 3
+
+
+def test_a_verdict_is_kept_by_the_adapters_bytes_and_a_changed_byte_is_checked_again(
+    pairs, tmp_path, monkeypatch
+):
+    """A warm run that writes the same adapter bytes reuses the passed verdict; an adapter
+    with another byte (here a doubled alpha) is checked afresh and still refused."""
+    from svdlora_cli.adapters import factors as adapters
+    from svdlora_cli.adapters import verify
+
+    checks = []
+    real_verify = verify.verify_adapter
+    monkeypatch.setattr(
+        verify, "verify_adapter", lambda *a, **k: checks.append(1) or real_verify(*a, **k)
+    )
+    base, tuned = pairs["llama"]
+    args = ("svd", "-b", base, "-t", tuned, "-r", RANK, "--no-plot", "--probe")
+    first = invoke_json(*args, "-o", tmp_path / "a")
+    second = invoke_json(*args, "-o", tmp_path / "b")
+    assert len(checks) == 1
+    assert first["verification"]["cached"] is False and second["verification"]["cached"]
+    for key in ("structural", "probe"):
+        assert second["verification"][key] == first["verification"][key]
+    # --no-probe is another verdict (the probe setting is part of the key)
+    assert (
+        invoke_json(*args[:-1], "--no-probe", "-o", tmp_path / "c")["verification"]["cached"]
+        is False
+    )
+    real = adapters.adapter_config
+    monkeypatch.setattr(
+        adapters, "adapter_config", lambda *a, **k: {**real(*a, **k), "lora_alpha": 2 * int(RANK)}
+    )
+    result = invoke(*args, "-o", tmp_path / "d")
+    assert_user_error(result, "is not its rank-r delta", "differ: model.layers.0.")
