@@ -71,6 +71,25 @@ def _weights(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _grid_options(tiny_llm, tiny_data, inits, rates, out, seeds=(0,), **more):
+    """A `train` grid on the tiny model: 2 steps per run, 4 eval rows."""
+    from svdlora_cli.training.config import TrainConfig
+    from svdlora_cli.workflows import train
+
+    train_file, eval_file = (str(p) for p in tiny_data)
+    return train.TrainOptions(
+        base_model=str(tiny_llm),
+        config=TrainConfig(max_steps=2, batch_size=4, max_length=64, device="cpu", eval_limit=4),
+        inits=inits,
+        learning_rates=rates,
+        seeds=seeds,
+        train_data=train_file,
+        eval_data=eval_file,
+        output_dir=out,
+        **more,
+    )
+
+
 def test_a_grid_loads_its_base_once_and_starts_every_run_from_the_weights_on_disk(
     tiny_llm, tiny_data, tmp_path, monkeypatch
 ):
@@ -81,7 +100,6 @@ def test_a_grid_loads_its_base_once_and_starts_every_run_from_the_weights_on_dis
 
     from svdlora_cli.models.loading import load_model
     from svdlora_cli.training import loop
-    from svdlora_cli.training.config import TrainConfig
     from svdlora_cli.training.shared import SharedSetup
     from svdlora_cli.workflows import train
 
@@ -123,20 +141,9 @@ def test_a_grid_loads_its_base_once_and_starts_every_run_from_the_weights_on_dis
     monkeypatch.setattr(packing, "_check_kernels", counting_check)
     monkeypatch.setattr(SharedSetup, "take", recording_take)
     monkeypatch.setattr(loop, "mean_loss", counting_mean_loss)
-    train_file, eval_file = (str(p) for p in tiny_data)
-    config = TrainConfig(max_steps=2, batch_size=4, max_length=64, device="cpu", eval_limit=4)
 
     def options(inits, rates, out, seeds=(0,)):
-        return train.TrainOptions(
-            base_model=str(tiny_llm),
-            config=config,
-            inits=inits,
-            learning_rates=rates,
-            seeds=seeds,
-            train_data=train_file,
-            eval_data=eval_file,
-            output_dir=out,
-        )
+        return _grid_options(tiny_llm, tiny_data, inits, rates, out, seeds)
 
     doc = train.run(options(("pissa", "random"), (1e-3, 3e-3), tmp_path / "grid"))
     assert doc["base_loads"] == 1
@@ -222,7 +229,6 @@ def test_data_driven_starts_are_computed_once_per_seed_and_equal_a_run_of_their_
     from safetensors.torch import load_file
 
     from svdlora_cli.training import data_inits, lora_one
-    from svdlora_cli.training.config import TrainConfig
     from svdlora_cli.training.shared import SharedSetup
     from svdlora_cli.workflows import train
 
@@ -240,21 +246,10 @@ def test_data_driven_starts_are_computed_once_per_seed_and_equal_a_run_of_their_
         held.append(len(self.inits))
 
     monkeypatch.setattr(SharedSetup, "remember_init", counting_remember)
-    train_file, eval_file = (str(p) for p in tiny_data)
-    config = TrainConfig(max_steps=2, batch_size=4, max_length=64, device="cpu", eval_limit=4)
 
     def options(inits, rates, out, seeds=(0,)):
-        return train.TrainOptions(
-            base_model=str(tiny_llm),
-            config=config,
-            inits=inits,
-            learning_rates=rates,
-            seeds=seeds,
-            rank=4,
-            lora_dropout=0.1,
-            train_data=train_file,
-            eval_data=eval_file,
-            output_dir=out,
+        return _grid_options(
+            tiny_llm, tiny_data, inits, rates, out, seeds, rank=4, lora_dropout=0.1
         )
 
     train.run(options(("lora-one", "lora-ga"), (1e-3, 3e-3), tmp_path / "grid", (0, 1)))
