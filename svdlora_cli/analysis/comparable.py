@@ -144,7 +144,7 @@ def _drop_copies(runs: Sequence[Any], selection: Selection) -> list[Any]:
     return kept
 
 
-def _label(run: Any) -> str:
+def arm_init(run: Any) -> str:
     """The run's init as compare tells arms apart (svd@k: from the teacher's checkpoint)."""
     return init_label(run.record) if run.record.get("init") else run.arm
 
@@ -153,14 +153,14 @@ def _split_arms(group: Sequence[Any], selection: Selection) -> list[Any]:
     """Runs sharing a name but not an init and learning rate become one arm per setting."""
     settings: dict[str, set[tuple[Any, Any]]] = {}
     for run in group:
-        init = _label(run)
+        init = arm_init(run)
         settings.setdefault(run.arm, set()).add((init, run.record.get("learning_rate")))
     out = []
     for run in group:
         if len(settings[run.arm]) == 1:
             out.append(run)
             continue
-        init, lr = _label(run), run.record.get("learning_rate")
+        init, lr = arm_init(run), run.record.get("learning_rate")
         out.append(replace(run, arm=init if lr is None else f"{init}_lr{lr:g}"))
     for arm, found in settings.items():
         if len(found) > 1:

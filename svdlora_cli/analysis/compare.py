@@ -19,8 +19,7 @@ from ..errors import StepLogError, SvdloraError
 from ..files import is_utf8, printable
 from ..training.init_registry import REFERENCE_INIT, flagged
 from ..training.steplog import StepRow, read_step_log
-from ..training.teacher_checkpoints import init_label
-from .comparable import Selection, select_comparable
+from .comparable import Selection, arm_init, select_comparable
 from .compute_matched import arm_flops, compute_matched, flops_warnings, run_flops
 from .curve_stats import (
     area_under_curve,
@@ -268,7 +267,7 @@ def compare_selection(selection: Selection, target_loss: float | None = None) ->
         }
         record = items[0][0].record
         # svd@k (the teacher's checkpoint after k steps) is an init of its own here
-        doc["init"] = init_label(record) if record.get("init") else arm
+        doc["init"] = arm_init(items[0][0])
         doc["learning_rate"] = record.get("learning_rate")
         for key in ("teacher_step", "teacher_steps_total"):
             doc[key] = record.get(key)

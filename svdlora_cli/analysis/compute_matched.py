@@ -28,7 +28,7 @@ from typing import Any
 
 from ..training.init_registry import INITS
 from .curve_stats import spread
-from .protocol import verdict_word
+from .protocol import against_focus, verdict_word
 
 PARTS = ("training", "init", "teacher")
 BASIS = (
@@ -229,20 +229,13 @@ def compute_matched(
     by_arm = {a["arm"]: a for a in arms}
     logs = {str(r.path): r for r in runs}
     equal_steps = {v["against"]: v["verdict"] for v in protocol["verdicts"]}
-    chosen = grid.get(focus, {}).get("chosen_arm")
     verdicts = []
-    for init, entry in grid.items():
-        if init == focus or chosen is None:
-            continue
-        row: dict[str, Any] = {
-            "against": init,
-            "focus_learning_rate": grid[focus]["chosen"],
-            "other_learning_rate": entry["chosen"],
-            "equal_steps_verdict": equal_steps.get(init),
-        }
-        if entry["chosen_arm"] is None:
-            row["verdict"] = f"not ranked: no {init} run has a final eval loss"
-        else:
-            row.update(_compare(focus, init, by_arm[chosen], by_arm[entry["chosen_arm"]], logs))
+    for row, chosen, other in against_focus(grid, focus):
+        init, not_ranked = row["against"], row.pop("verdict", None)
+        row["equal_steps_verdict"] = equal_steps.get(init)
+        if not_ranked is not None:
+            row["verdict"] = not_ranked
+        if other is not None:
+            row.update(_compare(focus, init, by_arm[chosen], by_arm[other], logs))
         verdicts.append(row)
     return {"basis": BASIS, "focus": focus, "verdicts": verdicts}

@@ -11,7 +11,7 @@ detected".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -103,32 +103,41 @@ def paired(focus: dict[str, Any], other: dict[str, Any], figure: str) -> dict[st
     }
 
 
-def protocol(arms: Sequence[dict[str, Any]], focus: str = FOCUS_INIT) -> dict[str, Any]:
-    """The grid with the chosen learning rates, the budget check and the paired verdicts."""
-    table = grid(arms)
-    budget = budgets(arms)
-    by_arm = {a["arm"]: a for a in arms}
-    verdicts = []
+def against_focus(
+    table: Mapping[str, Mapping[str, Any]], focus: str
+) -> Iterator[tuple[dict[str, Any], str, str | None]]:
+    """Each other init of the grid against the focus, at their chosen learning rates: the
+    verdict row's head, the focus's chosen arm and the other's (None: no eval loss, and the
+    row already says so). Nothing when the focus has no chosen arm."""
     chosen = table.get(focus, {}).get("chosen_arm")
+    if chosen is None:
+        return
     for init, entry in table.items():
-        if init == focus or chosen is None:
+        if init == focus:
             continue
         row: dict[str, Any] = {
             "against": init,
             "focus_learning_rate": table[focus]["chosen"],
             "other_learning_rate": entry["chosen"],
         }
-        if entry["chosen_arm"] is None or not budget["equal"]:
-            row["verdict"] = (
-                f"not ranked: no {init} run has a final eval loss"
-                if entry["chosen_arm"] is None
-                else "not ranked: the arms' budgets differ"
-            )
+        if entry["chosen_arm"] is None:
+            row["verdict"] = f"not ranked: no {init} run has a final eval loss"
+        yield row, chosen, entry["chosen_arm"]
+
+
+def protocol(arms: Sequence[dict[str, Any]], focus: str = FOCUS_INIT) -> dict[str, Any]:
+    """The grid with the chosen learning rates, the budget check and the paired verdicts."""
+    table = grid(arms)
+    budget = budgets(arms)
+    by_arm = {a["arm"]: a for a in arms}
+    verdicts = []
+    for row, chosen, other in against_focus(table, focus):
+        if other is None or not budget["equal"]:
+            row.setdefault("verdict", "not ranked: the arms' budgets differ")
             verdicts.append(row)
             continue
         row["figures"] = {
-            figure: paired(by_arm[chosen], by_arm[entry["chosen_arm"]], figure)
-            for figure, _ in VERDICT_FIGURES
+            figure: paired(by_arm[chosen], by_arm[other], figure) for figure, _ in VERDICT_FIGURES
         }
         row["verdict"] = row["figures"][SELECTION_FIGURE]["verdict"]
         row["seeds"] = row["figures"][SELECTION_FIGURE]["seeds"]
