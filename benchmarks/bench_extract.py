@@ -5,8 +5,11 @@ r"""Time `svdlora svd` against the naive seed-style extraction, side by side in 
 Each repeat runs the naive baseline and svdlora as separate processes, in
 alternating order, under /usr/bin/time for wall time and peak RSS. svdlora runs
 cold (a fresh cache each repeat), then warm at a smaller rank on the same
-cache. Accuracy: svdlora's per-module energy against the exact SVD's, and the
-relative error of the top-r singular values.
+cache, then that warm command again (its adapter verdict is cached: the warm path).
+On a GPU machine, `--device cuda --also-cpu` adds svdlora on the same machine's CPU
+in the same repeats, and mergekit runs with the same --device. Accuracy: svdlora's
+per-module energy against the exact SVD's, the relative error of the top-r singular
+values, and the certificate's worst bound on the energy a randomized module misses.
 
 Optional third column: mergekit's `mergekit-extract-lora` (tried with mergekit
 0.1.5 in its own virtualenv, /work/mergekit-venv), timed the same way in the
@@ -240,7 +243,13 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--warm-rank", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="svdlora's and mergekit's device")
+    parser.add_argument(
+        "--also-cpu",
+        action="store_true",
+        help="with --device cuda: time svdlora on the same machine's CPU too, in the same "
+        "repeats (the GPU-over-CPU ratio)",
+    )
     parser.add_argument("--method", default="auto")
     parser.add_argument("--no-naive", action="store_true", help="skip the baseline (it cannot fit)")
     parser.add_argument(
@@ -253,7 +262,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="svdlora-bench-"))
-    naive, cold, warm, merged, exact, ours = [], [], [], [], None, None
+    naive, cold, warm, again, merged, on_cpu = [], [], [], [], [], []
+    exact, ours = None, None
     mergekit_exe = None if args.no_mergekit else find_mergekit(args.mergekit)
     if not args.no_mergekit and mergekit_exe is None:
         where = args.mergekit or f"PATH or {MERGEKIT_VENV_EXE}"
@@ -268,7 +278,7 @@ def main() -> None:
         "--out",
         str(work / "naive.json"),
     ]
-    runs = {"ours": cold, "naive": naive, "mergekit": merged}
+    runs = {"ours": cold, "naive": naive, "mergekit": merged, "ours_cpu": on_cpu}
     for repeat in range(args.repeats):
         cache = work / f"cache{repeat}"
         commands = {
@@ -278,7 +288,11 @@ def main() -> None:
         if mergekit_exe:
             out = work / f"mergekit{repeat}"
             commands["mergekit"] = mergekit(mergekit_exe, args.pair, args.rank, out, args.device)
-        order = ["ours", "naive", "mergekit"]
+        if args.also_cpu and args.device != "cpu":
+            commands["ours_cpu"] = svdlora(
+                args.pair, args.rank, work / f"cpucache{repeat}", work / "cpu", "cpu", args.method
+            )
+        order = ["ours", "naive", "mergekit", "ours_cpu"]
         order = order if repeat % 2 == 0 else order[::-1]
         for name in order:
             if (name == "naive" and args.no_naive) or name not in commands:
@@ -294,7 +308,13 @@ def main() -> None:
             args.pair, args.warm_rank, cache, work / "warm", args.device, args.method
         )
         warm.append(timed(warm_cmd, "svdlora warm"))
-        print(f"repeat {repeat + 1} warm rank {args.warm_rank}: {warm[-1]['wall_s']} s", flush=True)
+        # the same command again: its adapter verdict is cached too (the warm path)
+        again.append(timed(warm_cmd, "svdlora warm again"))
+        print(
+            f"repeat {repeat + 1} warm rank {args.warm_rank}: {warm[-1]['wall_s']} s, "
+            f"again {again[-1]['wall_s']} s",
+            flush=True,
+        )
     if not args.no_naive:
         exact = json.loads((work / "naive.json").read_text())
 
@@ -312,10 +332,22 @@ def main() -> None:
         "svdlora_warm_s": median(warm, "wall_s"),
         "warm_rank": args.warm_rank,
         "cold_over_warm": round(median(cold, "wall_s") / median(warm, "wall_s"), 2),
+        "svdlora_warm_again_s": median(again, "wall_s"),
+        "svdlora_warm_again_rss_mb": median(again, "rss_mb"),
+        "cold_over_warm_again": round(median(cold, "wall_s") / median(again, "wall_s"), 2),
         "fingerprint_repeat_s": round(fingerprint_repeat(args.pair, work / "cache0"), 3),
         "modules": len(ours["modules"]) if ours else None,
         "svdlora_mean_energy": statistics.fmean(m["energy"] for m in ours["modules"]),
+        # the certificate: worst bound on the top-k energy a randomized module misses
+        "svdlora_worst_gap_bound": ours["summary"]["worst_energy_gap"],
+        "svdlora_max_power_iterations": ours["summary"]["max_power_iterations"],
     }
+    if on_cpu:
+        figures.update(
+            svdlora_cpu_cold_s=median(on_cpu, "wall_s"),
+            svdlora_cpu_cold_rss_mb=median(on_cpu, "rss_mb"),
+            device_over_cpu=round(median(on_cpu, "wall_s") / median(cold, "wall_s"), 2),
+        )
     if naive:
         figures.update(
             naive_s=median(naive, "wall_s"),

@@ -78,9 +78,15 @@ def test_make_pair_and_bench_extract_run(tmp_path):
     wall = time.monotonic() - start
     figures = json.loads(out.read_text())
     assert figures["modules"] == 14 and figures["rank"] == 8 and figures["warm_rank"] == 4
-    assert_seconds(figures, ("svdlora_cold_s", "svdlora_warm_s", "naive_s"), wall)
+    assert_seconds(
+        figures, ("svdlora_cold_s", "svdlora_warm_s", "svdlora_warm_again_s", "naive_s"), wall
+    )
     assert_ratio(figures["speedup"], figures["naive_s"], figures["svdlora_cold_s"])
     assert_ratio(figures["cold_over_warm"], figures["svdlora_cold_s"], figures["svdlora_warm_s"])
+    assert_ratio(
+        figures["cold_over_warm_again"], figures["svdlora_cold_s"], figures["svdlora_warm_again_s"]
+    )
+    assert 0.0 <= figures["svdlora_worst_gap_bound"] <= 1e-5
     assert_ratio(figures["rss_ratio"], figures["naive_rss_mb"], figures["svdlora_cold_rss_mb"])
     assert figures["max_energy_diff_pp"] < 0.05
 
