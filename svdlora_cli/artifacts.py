@@ -5,17 +5,20 @@ Each set is staged and moved into place with the document last (see `output_sets
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .adapters.factors import save_factors, write_peft_adapter
+from .adapters.factors import LowRankFactors, save_factors, write_peft_adapter
 from .files import ensure_writable_dir, write_json, write_run_config, write_text
 from .output_sets import staged
 from .reporting.plots import svd_analysis_png
 from .reporting.text import delta_report, svd_report
-from .spectra.delta import DeltaResult
-from .spectra.svd_step import SvdResult
+from .spectra.settings import svd_label
+
+if TYPE_CHECKING:  # the warm `svd` path writes through here without importing torch
+    from .spectra.delta import DeltaResult
+    from .spectra.svd_step import SvdResult
 
 
 def _announce(doc: dict[str, Any], paths: dict[str, Path]) -> None:
@@ -58,14 +61,41 @@ def write_svd_outputs(
     plot: bool = True,
     verify: Callable[[Path], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Factors, PEFT adapter, analysis JSON, text report and PNG; returns the document.
+    """Factors, PEFT adapter, analysis JSON, text report and PNG; returns the document."""
+    return write_svd_files(
+        svd_document(result, base_model, tuned_model, split),
+        output_dir,
+        result.factors("b"),
+        result.factors(split),
+        result.candidates,
+        result.fan_in_fan_out,
+        options,
+        plot,
+        verify,
+    )
+
+
+def write_svd_files(
+    doc: dict[str, Any],
+    output_dir: Path,
+    factors: Mapping[str, LowRankFactors],
+    adapter_factors: Mapping[str, LowRankFactors],
+    candidates: Sequence[str],
+    fan_in_fan_out: bool,
+    options: dict[str, Any] | None = None,
+    plot: bool = True,
+    verify: Callable[[Path], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The `svd` output set of a document and its factors (split b for the factors file,
+    the document's split for the adapter), written by the full and the warm path alike.
 
     `verify` checks the staged adapter before anything reports on it; when it raises,
     nothing is moved into place.
     """
     folder = ensure_writable_dir(output_dir)
-    label = result.label
-    doc = svd_document(result, base_model, tuned_model, split)
+    label = svd_label(doc["rank"], doc["energy_target"])
+    base_model, tuned_model = doc["base_model"], doc["tuned_model"]
+    fingerprints = doc["fingerprints"]
     paths = {
         "factors": folder / f"svd_factors_{label}.safetensors",
         "adapter": folder / f"adapter_{label}",
@@ -79,19 +109,15 @@ def write_svd_outputs(
     metadata = {
         "base_model": base_model,
         "tuned_model": tuned_model,
-        "base_fingerprint": result.fingerprints["base"] or "",
-        "tuned_fingerprint": result.fingerprints["tuned"] or "",
+        "base_fingerprint": fingerprints["base"] or "",
+        "tuned_fingerprint": fingerprints["tuned"] or "",
         "truncation": label,
     }
-    inputs = {"base_model": base_model, "tuned_model": tuned_model, **result.fingerprints}
+    inputs = {"base_model": base_model, "tuned_model": tuned_model, **fingerprints}
     with staged(folder, paths["analysis"]) as at:
-        save_factors(at(paths["factors"]), result.factors("b"), metadata)
+        save_factors(at(paths["factors"]), factors, metadata)
         write_peft_adapter(
-            at(paths["adapter"]),
-            result.factors(split),
-            result.candidates,
-            base_model,
-            result.fan_in_fan_out,
+            at(paths["adapter"]), adapter_factors, candidates, base_model, fan_in_fan_out
         )
         if verify is not None:
             doc["verification"] = verify(at(paths["adapter"]))

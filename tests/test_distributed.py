@@ -212,6 +212,28 @@ def _payloads(cache: Path) -> int:
 
 
 @needs_torchrun
+def _children(pid: int) -> list[int]:
+    """The processes `pid` started (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _wait_dead(pids: list[int], seconds: float = 30.0) -> None:
+    """Until each process is gone or a zombie (a zombie holds no file, so no lock)."""
+    deadline = time.monotonic() + seconds
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                break
+            if state in ("Z", "X"):
+                break
+            time.sleep(0.01)
+
+
 def test_killed_launch_resumes_from_the_cache(qwen2_pair, tmp_path):
     """SIGKILL to the whole torchrun launch mid-way; the rerun reuses what both ranks
     stored and writes the same adapter bytes as an uninterrupted single process."""
@@ -231,8 +253,13 @@ def test_killed_launch_resumes_from_the_cache(qwen2_pair, tmp_path):
     while run.poll() is None and _payloads(tmp_path / "cache") < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert run.poll() is None, "the launch ended before it could be killed"
+    workers = _children(run.pid)  # torchrun starts each worker in a session of its own
     os.killpg(run.pid, signal.SIGKILL)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     run.wait()
+    _wait_dead(workers)
     stored = _payloads(tmp_path / "cache")
     assert 4 <= stored < 14
     rerun = launch(args, 2)

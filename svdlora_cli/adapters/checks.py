@@ -5,14 +5,16 @@ The adapter's config and tensor header are read through the checked reader first
 PEFT then injects the config into the model transformers builds from the base (no
 weights read): the modules it wraps must be exactly the adapter's, each with the right
 in/out features (PEFT itself would only warn, drop weights or leave modules at their
-init), and PEFT's delta of each module must be the rank-r delta the adapter was made from.
+init), and PEFT's delta of each module must be the rank-r delta the adapter was made from
+(compared through r x r Gram products, never as dense matrices, but for one witness module
+per layer class that pins PEFT's own `get_delta_weight`).
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,9 @@ from .factors import (
     ADAPTER_WEIGHTS,
     AdapterLayout,
     read_adapter_layout,
-    read_peft_adapter,
 )
 from .factors import name_examples as _examples
+from .low_rank import LazyDeltas, file_deltas, low_rank_gap
 
 TOLERANCE = 1e-4
 _KEY_WARNING = re.compile(r"(missing|unexpected)[\w ]*keys?", re.I)
@@ -160,33 +162,10 @@ def _coverage(adapter: Sequence[str], base: Sequence[str]) -> str:
     return ""
 
 
-class LazyDeltas(Mapping[str, torch.Tensor]):
-    """module -> its dense delta, formed from the module's factors when asked, so a
-    model's deltas never exist all at once (a 0.5B model's would take 1.4 GB in fp32)."""
-
-    def __init__(self, factors: Mapping[str, Any], form: Callable[[Any], torch.Tensor]) -> None:
-        self._factors = factors
-        self._form = form
-
-    def __getitem__(self, module: str) -> torch.Tensor:
-        return self._form(self._factors[module])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._factors)
-
-    def __len__(self) -> int:
-        return len(self._factors)
-
-
-def file_deltas(adapter: str | Path) -> LazyDeltas:
-    """Each module's scale * B @ A as this package reads the adapter file (formed lazily)."""
-    return LazyDeltas(read_peft_adapter(adapter), lambda weights: weights.delta())
-
-
 def structural_check(
     adapter: str | Path,
     base_folder: str | Path,
-    expected: Mapping[str, torch.Tensor] | None = None,
+    expected: LazyDeltas | None = None,
     tolerance: float = TOLERANCE,
 ) -> dict[str, Any]:
     """The modules PEFT's LoRA wraps in the built model are exactly the adapter's, each
@@ -194,9 +173,12 @@ def structural_check(
     the expected one.
 
     The model is built without weights (uninitialized host memory that is never read, so
-    it costs no resident memory); PEFT loads the adapter's tensors into it and
-    `get_delta_weight` gives each module's delta, compared with `expected` (e.g. the SVD's
-    U_r S_r Vh_r), else with scale * B @ A as this package reads the file.
+    it costs no resident memory); PEFT loads the adapter's tensors into it. Each module's
+    delta as PEFT holds it (its scaling times its lora_B @ lora_A) is compared with
+    `expected` (e.g. the SVD's U_r S_r Vh_r), else with scale * B @ A as this package reads
+    the file, through r x r Gram products (`low_rank_gap`: relative Frobenius gap); the
+    smallest module of each layer class is also compared densely with PEFT's own
+    `get_delta_weight`, which pins PEFT's formula for the rest.
     """
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.lora import LoraLayer
@@ -279,12 +261,39 @@ def structural_check(
     }
 
 
+def _dense_witnesses(wrapped: Mapping[str, Any], modules: Sequence[str]) -> list[str]:
+    """The smallest module of each LoRA layer class: its delta is also checked densely through
+    PEFT's own `get_delta_weight`, which proves that this PEFT version's delta of that class
+    is scale * B @ A in PEFT's orientation, the reading the Gram check of every module uses."""
+    smallest: dict[type, str] = {}
+    for module in sorted(modules, key=lambda m: _size(wrapped[m])):
+        smallest.setdefault(type(wrapped[module]), module)
+    return sorted(smallest.values())
+
+
+def _size(layer: Any) -> int:
+    return int(layer.out_features * layer.in_features)
+
+
+def _dense_agrees(layer: Any, expected: torch.Tensor, fan_in_fan_out: bool, tol: float) -> bool:
+    """PEFT's dense delta of one layer against the expected one, elementwise."""
+    with torch.no_grad():
+        theirs = layer.get_delta_weight("default").float()
+    theirs = theirs.T if fan_in_fan_out else theirs
+    mine = expected.float()
+    if theirs.shape != mine.shape:
+        return False
+    scale = float(mine.abs().max()) if mine.numel() else 0.0
+    gap = float((theirs - mine).abs().max()) / max(scale, 1e-30)
+    return gap <= tol and (scale > 0) == bool(theirs.abs().max() > 0)
+
+
 def _delta_check(
     folder: Path,
     model: Any,
     wrapped: Mapping[str, Any],
     modules: Sequence[str],
-    expected: Mapping[str, torch.Tensor],
+    expected: LazyDeltas,
     config: Any,
     tolerance: float,
     hint: str = "regenerate the adapter with `svdlora svd`",
@@ -320,22 +329,29 @@ def _delta_check(
             hint,
         )
     missing = sorted(set(modules) - set(expected))
-    bad, worst = [], 0.0
-    for module in modules:
-        if module in missing:
-            continue
-        with torch.no_grad():
-            theirs = wrapped[module].get_delta_weight("default").float()
-        theirs = theirs.T if config.fan_in_fan_out else theirs
-        mine = expected[module].float()
-        scale = float(mine.abs().max()) if mine.numel() else 0.0
-        if theirs.shape != mine.shape:
+    present = [m for m in modules if m not in missing]
+    bad = [
+        m
+        for m in _dense_witnesses(wrapped, present)
+        if not _dense_agrees(wrapped[m], expected[m], config.fan_in_fan_out, tolerance)
+    ]
+    worst = 0.0
+    for module in present:
+        layer = wrapped[module]
+        theirs = (
+            layer.scaling["default"] * layer.lora_B["default"].weight,
+            layer.lora_A["default"].weight,
+        )
+        mine = expected.low_rank(module)
+        if (theirs[0].shape[0], theirs[1].shape[1]) != (mine[0].shape[0], mine[1].shape[1]):
             bad.append(module)
             continue
-        gap = float((theirs - mine).abs().max()) / max(scale, 1e-30)
-        worst = max(worst, gap)
-        if gap > tolerance or (scale > 0) != bool(theirs.abs().max() > 0):
+        gap, theirs_norm, mine_norm = low_rank_gap(*theirs, *mine)
+        relative = gap / max(mine_norm, 1e-30)
+        worst = max(worst, relative)
+        if relative > tolerance or (mine_norm > 0) != (theirs_norm > 0):
             bad.append(module)
+    bad = sorted(set(bad))
     if bad or missing:
         what = f"{len(bad)} module(s) differ: {_examples(bad)}" if bad else ""
         if missing:
@@ -348,6 +364,7 @@ def _delta_check(
     return {
         "checked": len(modules),
         "max_rel_diff": worst,
+        "norm": "frobenius",
         "tolerance": tolerance,
         "warnings": notes,
     }

@@ -15,14 +15,19 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 from safetensors import safe_open
-from safetensors.torch import save as save_safetensors
+from safetensors.numpy import save as save_safetensors
 
 from ..errors import CheckpointError, InvalidOptionError
 from ..files import atomic_path, write_json
+
+if TYPE_CHECKING:
+    import torch
+
+    Matrix = torch.Tensor | np.ndarray
 
 SPLITS = ("b", "sqrt")
 FACTORS_LAYOUT = "B = U_r diag(S_r) (out, r); A = Vh_r (r, in); W' = W + B @ A"
@@ -30,34 +35,54 @@ FACTORS_LAYOUT = "B = U_r diag(S_r) (out, r); A = Vh_r (r, in); W' = W + B @ A"
 
 @dataclass(frozen=True)
 class LowRankFactors:
-    """One module's LoRA factors in PEFT's orientation, with its singular values."""
+    """One module's LoRA factors in PEFT's orientation, with its singular values: torch
+    tensors, or numpy arrays on the warm `svd` path (which imports no torch)."""
 
-    B: torch.Tensor
-    A: torch.Tensor
-    S: torch.Tensor
+    B: Matrix
+    A: Matrix
+    S: Matrix
 
     @property
     def rank(self) -> int:
         return int(self.A.shape[0])
 
 
-def split_factors(
-    U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, split: str = "b"
-) -> LowRankFactors:
-    """LoRA factors from a truncated SVD, with Sigma on B (`b`) or shared as sqrt (`sqrt`)."""
-    if split == "b":
-        return LowRankFactors(B=U * S, A=Vh.clone(), S=S.clone())
-    if split == "sqrt":
-        root = S.sqrt()
-        return LowRankFactors(B=U * root, A=root[:, None] * Vh, S=S.clone())
-    raise InvalidOptionError(f"unknown --split {split!r}", f"use one of: {', '.join(SPLITS)}")
+def split_factors(U: Matrix, S: Matrix, Vh: Matrix, split: str = "b") -> LowRankFactors:
+    """LoRA factors from a truncated SVD, with Sigma on B (`b`) or shared as sqrt (`sqrt`).
+
+    The arithmetic runs in numpy for torch tensors too (which come back as tensors): its
+    float32 products and sqrt are correctly rounded, whereas torch's vectorised sqrt can be
+    an ulp off, so the full path and the torch-free warm path get the same bits.
+    """
+    if split not in SPLITS:
+        raise InvalidOptionError(f"unknown --split {split!r}", f"use one of: {', '.join(SPLITS)}")
+    u, s, vh = as_array(U), as_array(S), as_array(Vh)
+    root = s if split == "b" else np.sqrt(s)
+    B, A = u * root, (vh.copy() if split == "b" else root[:, None] * vh)
+    if not hasattr(U, "detach"):
+        return LowRankFactors(B=B, A=A, S=s.copy())
+    import torch
+
+    B, A, S = (torch.from_numpy(x).to(U.device) for x in (B, A, s.copy()))
+    return LowRankFactors(B=B, A=A, S=S)
 
 
-def require_finite(tensors: Mapping[str, torch.Tensor], what: str, hint: str) -> None:
+def as_array(x: Matrix) -> np.ndarray:
+    """A C-contiguous numpy array of a tensor (on the CPU) or an array: what writers write."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().contiguous().numpy()
+    return np.ascontiguousarray(x)
+
+
+def _finite(x: Matrix) -> bool:
+    return bool(x.isfinite().all()) if hasattr(x, "isfinite") else bool(np.isfinite(x).all())
+
+
+def require_finite(tensors: Mapping[str, Matrix], what: str, hint: str) -> None:
     """Refuse to write NaN or Inf: name the first bad tensor and how many there are."""
     from ..errors import NonFiniteOutputError
 
-    bad = [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
+    bad = [name for name, t in tensors.items() if not _finite(t)]
     if bad:
         raise NonFiniteOutputError(
             f"{what} hold NaN or Inf in {len(bad)} tensor(s), e.g. {bad[0]}; nothing was written",
@@ -65,14 +90,17 @@ def require_finite(tensors: Mapping[str, torch.Tensor], what: str, hint: str) ->
         )
 
 
-def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
-    """A safetensors file whose bytes depend only on its content.
+def safetensors_bytes(tensors: Mapping[str, Matrix], metadata: Mapping[str, str]) -> bytes:
+    """A safetensors file whose bytes depend only on its content (tensors or arrays).
 
     safetensors writes the metadata in hash-map order, which changes from process to
-    process; the header is rewritten with sorted keys (offsets are unaffected).
+    process; the header is rewritten with sorted keys (offsets are unaffected). Every
+    writer here goes through numpy (`as_array`), so the warm `svd` path (numpy only) and
+    the full one write the same bytes by construction.
     """
     require_finite(tensors, "the factors", "check the models for NaN/Inf weights")
-    data = save_safetensors(dict(tensors), metadata=dict(metadata))
+    arrays = {k: as_array(v) for k, v in tensors.items()}
+    data = save_safetensors(arrays, metadata=dict(metadata))
     size = struct.unpack("<Q", data[:8])[0]
     header = json.dumps(
         json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":"), ensure_ascii=False
@@ -87,9 +115,9 @@ def save_factors(
     """`{module}.B`, `{module}.A` and `{module}.S` in one safetensors file, written atomically."""
     tensors = {}
     for module, f in factors.items():
-        tensors[f"{module}.B"] = f.B.contiguous()
-        tensors[f"{module}.A"] = f.A.contiguous()
-        tensors[f"{module}.S"] = f.S.contiguous()
+        tensors[f"{module}.B"] = f.B
+        tensors[f"{module}.A"] = f.A
+        tensors[f"{module}.S"] = f.S
     meta = {"format": "pt", "layout": FACTORS_LAYOUT, **{k: str(v) for k, v in metadata.items()}}
     data = safetensors_bytes(tensors, meta)
     with atomic_path(path, size=len(data)) as tmp:
@@ -98,7 +126,7 @@ def save_factors(
 
 
 def load_factors(path: str | Path) -> dict[str, LowRankFactors]:
-    """Read a factors file written by `save_factors`."""
+    """Read a factors file written by `save_factors` (as torch tensors)."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             keys = list(handle.keys())
@@ -179,11 +207,12 @@ def write_peft_adapter(
     )
     tensors = {}
     for module, f in factors.items():
-        tensors[f"base_model.model.{module}.lora_A.weight"] = f.A.contiguous()
-        tensors[f"base_model.model.{module}.lora_B.weight"] = f.B.contiguous()
+        tensors[f"base_model.model.{module}.lora_A.weight"] = f.A
+        tensors[f"base_model.model.{module}.lora_B.weight"] = f.B
     require_finite(tensors, "the adapter weights", "check the models for NaN/Inf weights")
     folder.mkdir(parents=True, exist_ok=True)
-    data = save_safetensors(tensors, metadata={"format": "pt"})
+    arrays = {k: as_array(v) for k, v in tensors.items()}
+    data = save_safetensors(arrays, metadata={"format": "pt"})
     with atomic_path(folder / "adapter_model.safetensors", size=len(data)) as tmp:
         tmp.write_bytes(data)
     write_json(folder / "adapter_config.json", config)

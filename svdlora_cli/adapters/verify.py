@@ -1,7 +1,7 @@
 """Prove a PEFT LoRA adapter does what its factors say: structure, logits and (with a
 teacher) how much of the base-to-teacher gap it closes.
 
-1. Structural and per-module deltas (adapter_check.py, no weights read): PEFT injects
+1. Structural and per-module deltas (checks.py, no weights read): PEFT injects
    the adapter's config into the model transformers builds; every adapter key must land
    on a wrapped module of the right shape, and PEFT's delta of each module (loaded by
    PEFT) must be the rank-r delta the adapter was made from.
@@ -27,11 +27,11 @@ from .checks import (
     TOLERANCE,
     AdapterCheckError,
     _examples,
-    file_deltas,
     made_for_hint,
     peft_warnings,
     structural_check,
 )
+from .low_rank import LazyDeltas, file_deltas
 
 PROBE_TOKENS = 8
 # `svd`'s logits probe is on by default below this size: it loads the base in fp32 (4 bytes
@@ -248,7 +248,7 @@ def verify_adapter(
     eval_data: str | None = None,
     max_rows: int = 32,
     tolerance: float = TOLERANCE,
-    expected: Mapping[str, torch.Tensor] | None = None,
+    expected: LazyDeltas | None = None,
 ) -> dict[str, Any]:
     """Checked read and structural check, then (optionally) the gap to a teacher and the
     logits probe. `warnings` holds what PEFT warned about that is not an error."""
@@ -272,48 +272,3 @@ def verify_adapter(
         out["gap"] = gap_check(peft_model, teacher_ref, str(base_folder), eval_data, max_rows)
     out["probe"] = probe_check(peft_model, adapter, tolerance, expected) if probe else None
     return out
-
-
-# Bump when the checks change what they accept: cached verdicts of older checks no longer match.
-VERDICT_VERSION = 1
-
-
-def verdict_key(
-    adapter: str | Path,
-    base_fingerprint: str | None,
-    base_ref: str,
-    factors: Mapping[str, Any],
-    probe: bool,
-) -> str | None:
-    """The cache key of an adapter's verdict: the sha256 of every file in the adapter folder,
-    of the factors it must equal (each module's B and A), of the base's config.json, the
-    base's weights fingerprint and the probe setting. None without a fingerprint."""
-    import hashlib
-
-    from ..models.refs import resolve_model_path
-    from ..store.cache import content_key
-
-    if not base_fingerprint:
-        return None
-    folder = Path(adapter)
-    files = {
-        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
-        for f in sorted(folder.iterdir())
-        if f.is_file()
-    }
-    digest = hashlib.sha256()
-    for module in sorted(factors):
-        digest.update(module.encode())
-        for tensor in (factors[module].B, factors[module].A):
-            digest.update(str(tuple(tensor.shape)).encode())
-            digest.update(tensor.detach().float().contiguous().numpy().tobytes())
-    config = resolve_model_path(base_ref) / "config.json"
-    return content_key(
-        "adapter-verdict",
-        version=VERDICT_VERSION,
-        adapter=files,
-        factors=digest.hexdigest(),
-        base=base_fingerprint,
-        base_config=hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None,
-        probe=probe,
-    )

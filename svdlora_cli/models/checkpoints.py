@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +21,6 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import CheckpointError, ModelMismatchError
-from .formats import SAFETENSORS_DTYPES as SAFETENSORS_DTYPES  # re-exported
 from .formats import ShardReader, TensorFormat, TensorSource, format_for
 from .formats import TensorInfo as TensorInfo  # re-exported
 from .quantized import Quantization, read_quantization
@@ -149,31 +148,98 @@ class DigestMemo(Protocol):
     def __setitem__(self, key: str, value: Any) -> None: ...
 
 
-def fingerprint(checkpoint: Checkpoint, memo: DigestMemo | None = None) -> str:
-    """Content digest of a checkpoint's weight files, memoised on (path, size, mtime, inode)."""
-    digest = hashlib.sha256()
+def _digests(checkpoint: Checkpoint, memo: DigestMemo | None) -> list[tuple[Path, str, str | None]]:
+    """Per weight file: (file, memo key, its sha256 when the memo knows it, else None)."""
+    out = []
     for file in checkpoint.files:
         key = _memo_key(file)
-        file_hash = memo.get(key) if memo is not None else None
-        if file_hash is None:
-            file_hash = _file_digest(file)
-            if memo is not None:
-                memo[key] = file_hash
+        out.append((file, key, memo.get(key) if memo is not None else None))
+    return out
+
+
+def _combine(hashes: Iterable[tuple[Path, str]]) -> str:
+    digest = hashlib.sha256()
+    for file, file_hash in hashes:
         digest.update(f"{file.name}:{file_hash}\n".encode())
     return digest.hexdigest()
 
 
+def fingerprint(checkpoint: Checkpoint, memo: DigestMemo | None = None) -> str:
+    """Content digest of a checkpoint's weight files, memoised on (path, size, mtime, inode)."""
+    return PendingFingerprints([checkpoint], memo, background=False).result()[0]
+
+
+class PendingFingerprints:
+    """The fingerprints of some checkpoints, with the files the memo does not know hashed by
+    a background thread (file reads and sha256 release the GIL), so that a first look at a
+    model overlaps the work that does not need its digest (e.g. importing transformers for
+    the module map). The memo is read and written on the calling thread only."""
+
+    def __init__(
+        self, checkpoints: Sequence[Checkpoint], memo: DigestMemo | None, background: bool = True
+    ) -> None:
+        self._plans = [_digests(c, memo) for c in checkpoints]
+        self._memo = memo
+        self._done: list[str] | None = None
+        unknown = sorted({f for plan in self._plans for f, _, h in plan if h is None})
+        self._hashed: dict[Path, str] = {}
+        self._error: BaseException | None = None
+        self._thread = None
+        if background and unknown:
+            import threading
+
+            # a daemon: a command that fails meanwhile does not wait for the hashing
+            self._thread = threading.Thread(target=self._hash, args=(unknown,), daemon=True)
+            self._thread.start()
+        else:
+            self._hash(unknown)
+
+    def _hash(self, files: Sequence[Path]) -> None:
+        try:
+            self._hashed = {f: _file_digest(f) for f in files}
+        except BaseException as exc:  # re-raised where the result is read
+            self._error = exc
+
+    def result(self) -> list[str]:
+        """Each checkpoint's fingerprint, waiting for the thread if it still hashes."""
+        if self._done is None:
+            if self._thread is not None:
+                self._thread.join()
+            if self._error is not None:
+                raise self._error
+            hashed = self._hashed
+            self._done = []
+            for plan in self._plans:
+                hashes = []
+                for file, key, known in plan:
+                    if known is None:
+                        known = hashed[file]
+                        if self._memo is not None:
+                            self._memo[key] = known
+                    hashes.append((file, known))
+                self._done.append(_combine(hashes))
+        return self._done
+
+
 @dataclass
 class ModelPair:
-    """A base and a tuned checkpoint of the same architecture, with content fingerprints."""
+    """A base and a tuned checkpoint of the same architecture, with content fingerprints
+    (computed in the background from `open_pair`; reading one waits for them)."""
 
     base: Checkpoint
     tuned: Checkpoint
-    base_fingerprint: str | None
-    tuned_fingerprint: str | None
     names: list[str]
     only_base: list[str]
     only_tuned: list[str]
+    pending: PendingFingerprints | None = None
+
+    @property
+    def base_fingerprint(self) -> str | None:
+        return self.pending.result()[0] if self.pending is not None else None
+
+    @property
+    def tuned_fingerprint(self) -> str | None:
+        return self.pending.result()[1] if self.pending is not None else None
 
     def fingerprints(self) -> dict[str, str | None]:
         return {"base": self.base_fingerprint, "tuned": self.tuned_fingerprint}
@@ -221,8 +287,7 @@ def open_pair(
     return ModelPair(
         base=base,
         tuned=tuned,
-        base_fingerprint=fingerprint(base, memo) if with_fingerprints else None,
-        tuned_fingerprint=fingerprint(tuned, memo) if with_fingerprints else None,
+        pending=PendingFingerprints([base, tuned], memo) if with_fingerprints else None,
         names=both,
         only_base=sorted(set(base.tensors) - set(tuned.tensors)),
         only_tuned=sorted(set(tuned.tensors) - set(base.tensors)),

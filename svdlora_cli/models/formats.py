@@ -24,24 +24,36 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..errors import CheckpointError
 
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
+if TYPE_CHECKING:
+    import torch
+
+# safetensors dtype -> torch dtype name; torch is imported only to read tensors, so finding
+# and indexing weight files (model refs, headers) stays light.
+_TORCH_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
 }
+
+
+def torch_dtype(name: str) -> torch.dtype | None:
+    """The torch dtype of a safetensors dtype name, None for those torch reads otherwise."""
+    import torch
+
+    return getattr(torch, _TORCH_DTYPES[name]) if name in _TORCH_DTYPES else None
+
+
 _MAX_HEADER = 100 << 20
 _TRUNCATED = "re-download or re-save the checkpoint; the file is truncated or corrupt"
 
@@ -154,7 +166,9 @@ class SafetensorsFormat(TensorFormat):
 
     def read(self, handle: Any, info: TensorInfo) -> torch.Tensor:
         """One positioned read into a fresh buffer; other dtypes (fp8, ...) via safetensors."""
-        dtype = SAFETENSORS_DTYPES.get(info.dtype)
+        import torch
+
+        dtype = torch_dtype(info.dtype)
         if dtype is not None:
             buffer = bytearray(info.nbytes)
             handle.seek(info.offset)
@@ -179,7 +193,9 @@ class SafetensorsFormat(TensorFormat):
 
     def chunks(self, handle: Any, info: TensorInfo, size: int) -> Iterator[torch.Tensor]:
         """Block by block, each its own positioned read: a large tensor is never whole."""
-        dtype = SAFETENSORS_DTYPES.get(info.dtype)
+        import torch
+
+        dtype = torch_dtype(info.dtype)
         numel = math.prod(info.shape)
         if dtype is None or info.offset < 0 or numel <= size:
             yield from super().chunks(handle, info, size)
@@ -205,6 +221,8 @@ class TorchBinFormat(TensorFormat):
 
     def load(self, file: Path) -> dict[str, torch.Tensor]:
         """Load safely (weights_only), memory-mapped when the format allows."""
+        import torch
+
         try:
             try:
                 state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)

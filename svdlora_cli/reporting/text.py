@@ -143,7 +143,7 @@ def verification_rows(doc: Mapping[str, Any]) -> list[list[str]]:
                     "module deltas",
                     "ok",
                     f"PEFT's delta of each of {deltas['checked']} modules vs the rank-r "
-                    f"delta: max {deltas['max_rel_diff']:.2e} relative "
+                    f"delta: max {deltas['max_rel_diff']:.2e} relative, Frobenius "
                     f"(tolerance {deltas['tolerance']:g})",
                 ]
             )

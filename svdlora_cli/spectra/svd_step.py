@@ -12,13 +12,11 @@ import torch
 from ..adapters.factors import LowRankFactors, split_factors
 from ..devices import check_device, local_device
 from ..distributed import missing_warning, work_group
-from ..errors import InvalidOptionError
 from ..models.checkpoints import open_pair
 from ..models.module_map import map_targets
 from ..store.cache import DEFAULT_CACHE_RANK, ArtifactCache
 from .decompose import (
     ENERGY_LEVELS,
-    METHODS,
     POWER_ITERS,
     Decomposition,
     rank_for_energy,
@@ -34,6 +32,8 @@ from .delta import (
     summarize_deltas,
 )
 from .dtype_policy import DEFAULT_DTYPE_POLICY, check_policy
+from .settings import check_settings as check_settings  # re-exported
+from .settings import svd_label
 from .svd_job import SvdItem, SvdJob, svd_key
 
 
@@ -89,13 +89,13 @@ class SvdResult:
     compute: dict = field(default_factory=dict)
     coverage: dict = field(default_factory=dict)
     dtypes: dict = field(default_factory=dict)  # stored dtypes, --dtype-policy, rounding share
+    # per module: the cache keys looked up in order, the one that served it, its factor count
+    sources: dict[str, dict] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         """`rank16` or `energy90`: the suffix of every artifact name."""
-        if self.rank is not None:
-            return f"rank{self.rank}"
-        return f"energy{100 * (self.energy_target or 0):g}"
+        return svd_label(self.rank, self.energy_target)
 
     def factors(self, split: str = "b") -> dict[str, LowRankFactors]:
         """PEFT-oriented factors per module for the requested split of Sigma."""
@@ -116,56 +116,6 @@ class SvdResult:
             "dtypes": self.dtypes,
             "warnings": self.warnings,
         }
-
-
-def check_settings(
-    rank: int | None,
-    energy: float | None,
-    max_rank: int,
-    method: str,
-    cache_rank: int,
-    oversample: int | None,
-    power_iters: int,
-) -> None:
-    """The decomposition options, each checked here only (`svd` checks them before any work)."""
-    checks = [
-        (
-            rank is not None or energy is not None,
-            "no rank given",
-            "pass --rank R (e.g. 16) or --energy E (e.g. 0.9)",
-        ),
-        (rank is None or energy is None, "--rank and --energy are exclusive", "pass one of them"),
-        (
-            rank is None or rank > 0,
-            f"--rank must be a positive integer, got {rank}",
-            "use e.g. --rank 16",
-        ),
-        (  # NaN and inf fail the comparison too
-            energy is None or 0.0 < energy <= 1.0,
-            f"--energy must be in (0, 1], got {energy}",
-            "use e.g. --energy 0.9",
-        ),
-        (max_rank > 0, f"--max-rank must be positive, got {max_rank}", "use e.g. --max-rank 64"),
-        (
-            cache_rank >= 0,
-            f"--cache-rank must be >= 0, got {cache_rank}",
-            "use e.g. --cache-rank 64",
-        ),
-        (method in METHODS, f"unknown --method {method!r}", f"use one of: {', '.join(METHODS)}"),
-        (
-            oversample is None or oversample >= 0,
-            f"--oversample must be >= 0, got {oversample}",
-            "leave it out (k/2) or use e.g. --oversample 8",
-        ),
-        (
-            power_iters >= 0,
-            f"--power-iters must be >= 0, got {power_iters}",
-            "use e.g. --power-iters 3",
-        ),
-    ]
-    for ok, message, hint in checks:
-        if not ok:
-            raise InvalidOptionError(message, hint)
 
 
 def _round(values: torch.Tensor) -> list[float]:
@@ -228,6 +178,7 @@ def run_svd(
     keep = max(wanted, cache_rank)
     clamped = []
     decs: dict[str, Decomposition] = {}
+    sources: dict[str, dict] = {}
     hits_before, misses_before = cache.hits, cache.misses
     todo: list[SvdItem] = []
     for target in targets:
@@ -242,14 +193,16 @@ def run_svd(
             svd_key(pair, target, m, oversample, power_iters, sketch_seed, dtype_policy)
             for m in tried
         ]
-        dec = next(
-            (d for d in (cache.peek_decomposition(key, k) for key in keys) if d is not None), None
+        found = next(
+            ((key, d) for key in keys if (d := cache.peek_decomposition(key, k)) is not None),
+            None,
         )
-        cache.count(hit=dec is not None)
-        if dec is None:
+        cache.count(hit=found is not None)
+        if found is None:
             todo.append(SvdItem(target, resolved, k, keys[0], fallback=method == "auto"))
         else:
-            decs[target.tensor] = dec
+            decs[target.tensor] = found[1]
+        sources[target.module] = {"keys": keys, "key": found[0] if found else keys[0], "k": k}
     with work_group(cache.enabled) as group:
         if group.launch.distributed and not cache.enabled:
             warnings.append(
@@ -354,6 +307,7 @@ def run_svd(
         },
         coverage=coverage.to_dict(),
         dtypes=dtypes,
+        sources=sources,
     )
 
 

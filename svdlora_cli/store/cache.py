@@ -36,6 +36,7 @@ from .payloads import (
     payload_files,
     payload_path,
     read_payload,
+    read_payload_arrays,
 )
 
 if TYPE_CHECKING:
@@ -157,10 +158,34 @@ class ArtifactCache:
         self.count(hit=dec is not None)
         return dec
 
-    def peek_decomposition(self, key: str, min_k: int) -> Decomposition | None:
-        """Like get_decomposition, without counting; corrupt payloads are dropped."""
+    def svd_entry(self, key: str, min_k: int) -> dict[str, Any] | None:
+        """The index entry of a decomposition with at least `min_k` factors, or None."""
         entry = self._guard.get(key)
         if not isinstance(entry, dict) or entry.get("kind") != "svd" or int(entry["k"]) < min_k:
+            return None
+        return entry
+
+    def _touch(self, key: str, entry: dict[str, Any]) -> None:
+        if self.size_limit is not None:  # recency drives eviction
+            self._set(key, {**entry, "accessed": time.time()})
+
+    def peek_arrays(self, key: str, min_k: int) -> dict[str, Any] | None:
+        """A decomposition's U, S, Vh as numpy arrays (no torch), checked like
+        `peek_decomposition`; a corrupt payload gives None and is left for it to drop."""
+        entry = self.svd_entry(key, min_k)
+        if entry is None:
+            return None
+        try:
+            arrays = read_payload_arrays(self._payload_path(key), entry)
+        except Exception:  # any failure (safetensors raises its own type): not served here
+            return None
+        self._touch(key, entry)
+        return arrays
+
+    def peek_decomposition(self, key: str, min_k: int) -> Decomposition | None:
+        """Like get_decomposition, without counting; corrupt payloads are dropped."""
+        entry = self.svd_entry(key, min_k)
+        if entry is None:
             return None
         try:
             tensors = read_payload(self._payload_path(key), entry)
@@ -173,8 +198,7 @@ class ArtifactCache:
             )
             self._drop(key)
             return None
-        if self.size_limit is not None:  # recency drives eviction
-            self._set(key, {**entry, "accessed": time.time()})
+        self._touch(key, entry)
         from .decomposition import Decomposition
 
         return Decomposition(

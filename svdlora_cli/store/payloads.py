@@ -2,7 +2,8 @@
 
 A payload's metadata holds its index entry and the sha256 of its tensor bytes, so a lost
 index can be rebuilt from the payloads. Checks read the safetensors header as plain JSON
-(no torch); torch is imported only to encode or decode the tensors themselves.
+(no torch); torch is imported only to encode or decode the tensors themselves, and the
+warm `svd` path decodes them as numpy arrays instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from .decomposition import Decomposition
@@ -57,8 +59,9 @@ def file_fields(data: bytes) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
-    """A safetensors file's header (a JSON object) and its tensor bytes."""
+def _split(data: bytes) -> tuple[dict[str, Any], memoryview]:
+    """A safetensors file's header (a JSON object) and a view of its tensor bytes (no copy:
+    a payload is read on every cache hit)."""
     if len(data) < 8:
         raise ValueError("truncated header")
     (length,) = struct.unpack("<Q", data[:8])
@@ -67,7 +70,7 @@ def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
     header = json.loads(data[8 : 8 + length])
     if not isinstance(header, dict):
         raise ValueError("malformed header")
-    return header, data[8 + length :]
+    return header, memoryview(data)[8 + length :]
 
 
 def _factor_shapes(header: dict[str, Any], body_bytes: int) -> dict[str, list[int]]:
@@ -106,6 +109,13 @@ def check_payload(path: Path, entry: dict[str, Any]) -> bytes:
 def read_payload(path: Path, entry: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The payload's tensors after `check_payload` passes."""
     from safetensors.torch import load
+
+    return load(check_payload(path, entry))
+
+
+def read_payload_arrays(path: Path, entry: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The payload's tensors as numpy arrays after `check_payload` passes (no torch)."""
+    from safetensors.numpy import load
 
     return load(check_payload(path, entry))
 

@@ -122,12 +122,18 @@ def extraction_step(
     label: str,
     compute: Callable[[ArtifactCache, ItemProgress | None], R],
     write: Callable[[R], Document],
+    replay: Callable[[ArtifactCache], Document | None] | None = None,
 ) -> Document | None:
     """delta, svd and layer-report: `compute` over the cache under a progress bar labelled
     `label` (every rank its share), then `write` the outputs on the primary process only.
+    `replay`, when given, is tried first in the same frame (output folder locked, cache
+    open): a document from it ends the step, None runs the full one.
     `options` has `output_dir` and `cache` (CacheOptions)."""
     bar = (hooks or Hooks()).items(label)
     with extraction(options.output_dir, options.cache, shared) as cache:
+        done = replay(cache) if replay is not None else None
+        if done is not None:
+            return done
         with bar as update:
             result = compute(cache, update)
         if not is_primary_process():  # the other ranks computed their share

@@ -57,7 +57,7 @@ class SvdOptions(PairOptions):
         """Every option checked before any work: the decomposition's where the core checks
         them (spectra/svd_step.py), the split here."""
         from ..adapters.factors import SPLITS
-        from ..spectra.svd_step import check_settings
+        from ..spectra.settings import check_settings
 
         check_settings(**same_named(check_settings, self))
         check(
@@ -70,26 +70,27 @@ class SvdOptions(PairOptions):
 def run(
     options: SvdOptions, hooks: Hooks | None = None, cache: ArtifactCache | None = None
 ) -> Document | None:
-    """Factors, PEFT adapter, analysis JSON, report and plot; the document (None off rank 0)."""
+    """Factors, PEFT adapter, analysis JSON, report and plot; the document (None off rank 0).
+
+    A repeat whose decompositions and verdict are all cached takes the warm path first
+    (svd_warm.py: no torch); the full path runs whenever it cannot vouch for the outputs.
+    """
     from ..artifacts import write_svd_outputs
-    from ..spectra.svd_step import run_svd
+    from . import svd_warm
 
     options.validate()
     refuse_output_in_model(options.output_dir)
-    settings = same_named(run_svd, options, "cache")  # rank, method, ... sketch_seed
     opened: list[ArtifactCache] = []  # the cache the step ran on: it keeps the verdicts too
 
     def compute(c: ArtifactCache, update: Any) -> Any:
+        from ..spectra.svd_step import run_svd
+
         opened.append(c)
+        settings = same_named(run_svd, options, "cache")  # rank, method, ... sketch_seed
         return run_svd(cache=c, progress=update, **settings)
 
-    return extraction_step(
-        options,
-        hooks,
-        cache,
-        "SVD",
-        compute,
-        lambda result: write_svd_outputs(
+    def write(result: SvdResult) -> Document:
+        doc = write_svd_outputs(
             result,
             options.output_dir,
             options.base_model,
@@ -98,7 +99,12 @@ def run(
             record(options),
             plot=options.plot,
             verify=lambda adapter: verification(options, result, adapter, opened[-1]),
-        ),
+        )
+        svd_warm.remember(options, result, doc, opened[-1], lambda: probe_setting(options))
+        return doc
+
+    return extraction_step(
+        options, hooks, cache, "SVD", compute, write, replay=lambda c: svd_warm.replay(options, c)
     )
 
 
@@ -117,6 +123,20 @@ def refuse_output_in_model(output_dir: Path) -> None:
         )
 
 
+def probe_setting(options: SvdOptions) -> tuple[bool, str]:
+    """Whether the logits probe runs (--probe, --no-probe, else by the base's size), and why."""
+    from ..adapters.verify import VERIFY_MAX_PARAMETERS, parameter_count
+    from ..models.refs import resolve_model_path
+
+    if options.probe is not None:
+        return options.probe, "--probe" if options.probe else "--no-probe"
+    count = parameter_count(resolve_model_path(options.base_model))
+    probe = count < VERIFY_MAX_PARAMETERS
+    return probe, f"{count:,} parameters: " + (
+        "on by default below 250M" if probe else "off by default from 250M (pass --probe)"
+    )
+
+
 def verification(
     options: SvdOptions, result: SvdResult, adapter: Path, cache: ArtifactCache | None = None
 ) -> dict:
@@ -128,33 +148,25 @@ def verification(
     and config) and the probe setting: a warm run that writes the same bytes is not checked
     twice (`"cached": true`); any other byte is checked afresh.
     """
-    from ..adapters.checks import LazyDeltas
-    from ..adapters.verify import VERIFY_MAX_PARAMETERS, parameter_count, verify_adapter
-    from ..models.refs import resolve_model_path
+    from ..adapters.low_rank import LazyDeltas
+    from ..adapters.verify import verify_adapter
 
     if result.coverage.get("checked") is False:
         reason = result.coverage.get("reason")
         return {"structural": {"ok": None, "skipped": reason}, "probe": None}
-    probe = options.probe
-    reason = "--probe" if probe else "--no-probe"
-    if probe is None:
-        count = parameter_count(resolve_model_path(options.base_model))
-        probe = count < VERIFY_MAX_PARAMETERS
-        reason = f"{count:,} parameters: " + (
-            "on by default below 250M" if probe else "off by default from 250M (pass --probe)"
-        )
+    probe, reason = probe_setting(options)
     key = None
     if cache is not None and cache.enabled:
-        from ..adapters.verify import verdict_key
+        from ..adapters.verdict import verdict_key
 
         base = result.fingerprints["base"]
         key = verdict_key(adapter, base, options.base_model, result.factors("b"), probe)
         found = cache.get_json(key) if key else None
         if isinstance(found, dict):
             return {**found, "probe_reason": reason, "cached": True}
-    expected = None
-    if probe:
-        expected = LazyDeltas(result.factors("b"), lambda f: f.B @ f.A)
+    # Always against the SVD's own factors, never the file's (a wrong alpha read the same way
+    # by PEFT and by this package would agree with itself): cheap as r x r Gram products.
+    expected = LazyDeltas(result.factors("b"), lambda f: (f.B, f.A))
     doc = verify_adapter(adapter, options.base_model, probe=probe, expected=expected)
     doc["probe_reason"] = reason
     if key is not None and cache is not None and cache.writable:

@@ -182,3 +182,37 @@ def test_layout_reader_checks_per_module_ranks_against_rank_pattern(tmp_path):
     (folder / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(AdapterCheckError, match=r"m\.layers\.0\.v_proj \(config 4, tensors 3\)"):
         config_check(read_adapter_layout(folder))
+
+
+def test_torch_and_numpy_factors_split_and_write_the_same_bits(tmp_path):
+    """The full path (torch) and the warm path (numpy) share the split and the writers: the
+    same U, S, Vh give bit-equal factors and byte-equal files, for both splits (here, on
+    x86 with AVX2, torch's own sqrt is an ulp off numpy's for some of these values)."""
+    from svdlora_cli.adapters.factors import LowRankFactors, save_factors, write_peft_adapter
+
+    gen = torch.Generator().manual_seed(0)
+    U, S, Vh = torch.linalg.svd(torch.randn(48, 40, generator=gen), full_matrices=False)
+    S = S * torch.linspace(1e-3, 3.0, S.shape[0])
+    r = 6
+    for split in ("b", "sqrt"):
+        t = split_factors(U[:, :r], S[:r], Vh[:r], split)
+        n = split_factors(U.numpy()[:, :r], S.numpy()[:r], Vh.numpy()[:r], split)
+        assert isinstance(t.B, torch.Tensor) and isinstance(n.B, np.ndarray)
+        for name in ("B", "A", "S"):
+            assert np.array_equal(getattr(t, name).numpy(), getattr(n, name)), (split, name)
+        written = []
+        for kind, f in (("torch", t), ("numpy", n)):
+            factors: dict[str, LowRankFactors] = {"m.layers.0.q_proj": f}
+            save_factors(tmp_path / f"{kind}.safetensors", factors, {"truncation": "rank6"})
+            folder = write_peft_adapter(tmp_path / kind, factors, list(factors), "base")
+            written.append(
+                [
+                    (tmp_path / f"{kind}.safetensors").read_bytes(),
+                    (folder / "adapter_model.safetensors").read_bytes(),
+                    (folder / "adapter_config.json").read_bytes(),
+                ]
+            )
+        assert written[0] == written[1], split
+    # sqrt split: B @ A is the rank-r truncation, in the right orientation
+    f = split_factors(U[:, :r], S[:r], Vh[:r], "sqrt")
+    assert torch.allclose(f.B @ f.A, (U[:, :r] * S[:r]) @ Vh[:r], atol=1e-5)

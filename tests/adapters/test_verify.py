@@ -201,7 +201,11 @@ def test_file_named_adapter_is_refused_by_svd(pairs, tmp_path, monkeypatch):
     assert not list((tmp_path / "o").glob("adapter_*"))
 
 
-def test_wrong_scale_is_refused_with_the_module_names(pairs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("probe", ["--probe", "--no-probe"])
+def test_wrong_scale_is_refused_with_the_module_names(pairs, tmp_path, monkeypatch, probe):
+    """Without the probe too (the default from 250M parameters): the delta check compares
+    PEFT's reading with the SVD's factors, not with this package's reading of the file,
+    which would agree with a wrong alpha."""
     from svdlora_cli.adapters import factors as adapters
 
     real = adapters.adapter_config
@@ -212,7 +216,7 @@ def test_wrong_scale_is_refused_with_the_module_names(pairs, tmp_path, monkeypat
 
     monkeypatch.setattr(adapters, "adapter_config", doubled)
     base, tuned = pairs["llama"]
-    result = invoke("svd", "-b", base, "-t", tuned, "-r", RANK, "-o", tmp_path / "o")
+    result = invoke("svd", "-b", base, "-t", tuned, "-r", RANK, "-o", tmp_path / "o", probe)
     assert_user_error(result, "is not its rank-r delta", "differ: model.layers.0.")
 
 

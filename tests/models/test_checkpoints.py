@@ -89,3 +89,61 @@ def test_fingerprint_is_memoised_and_content_based(tmp_path, llama_pair, monkeyp
 def test_pair_of_different_architectures_is_refused(llama_pair, gpt2_pair):
     with pytest.raises(ModelMismatchError):
         open_pair(llama_pair.base, gpt2_pair.tuned, with_fingerprints=False)
+
+
+def test_open_pair_hashes_in_the_background_to_the_same_fingerprints(llama_pair):
+    """open_pair returns before hashing unknown files; the digests equal the synchronous
+    ones, reach the memo on the caller's thread, and the memo spares a second hashing."""
+    import hashlib
+    import threading
+
+    memo: dict[str, str] = {}
+    release = threading.Event()
+    real = checkpoints._file_digest
+    hashed_on: list[str] = []
+
+    def slow(file):
+        release.wait(10)  # open_pair must not wait for this
+        hashed_on.append(threading.current_thread().name)
+        return real(file)
+
+    checkpoints._file_digest = slow
+    try:
+        pair = open_pair(llama_pair.base, llama_pair.tuned, memo)
+        assert not memo and not hashed_on  # nothing hashed yet: open_pair did not wait
+        release.set()
+        got = pair.fingerprints()
+    finally:
+        checkpoints._file_digest = real
+    assert got == {
+        "base": fingerprint(open_checkpoint(llama_pair.base)),
+        "tuned": fingerprint(open_checkpoint(llama_pair.tuned)),
+    }
+    assert threading.main_thread().name not in hashed_on and len(memo) == len(hashed_on)
+    file = open_checkpoint(llama_pair.base).files[0]
+    assert hashlib.sha256(file.read_bytes()).hexdigest() in memo.values()
+    again = open_pair(llama_pair.base, llama_pair.tuned, memo)
+    assert again.pending is not None and again.pending._thread is None  # all known: no thread
+    assert again.fingerprints() == got
+
+
+def test_a_file_that_cannot_be_hashed_fails_where_the_fingerprint_is_read(
+    tmp_path, llama_pair, monkeypatch
+):
+    """The thread's error (a weight file deleted before it was read) is raised where the
+    fingerprint is read, and no digest reaches the memo."""
+    import threading
+
+    base = tmp_path / "base"
+    shutil.copytree(resolve_model_path(llama_pair.base), base)
+    release = threading.Event()
+    real = checkpoints._file_digest
+    monkeypatch.setattr(checkpoints, "_file_digest", lambda f: release.wait(10) and real(f))
+    memo: dict[str, str] = {}
+    pair = open_pair(base, llama_pair.tuned, memo)
+    for file in base.glob("*.safetensors"):
+        file.unlink()
+    release.set()
+    with pytest.raises(FileNotFoundError):
+        pair.fingerprints()
+    assert not memo

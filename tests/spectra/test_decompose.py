@@ -200,3 +200,9 @@ def test_sum_squares_is_exact_where_an_fp32_dot_is_not():
     assert abs(sum_squares(x) - exact) / exact < 1e-12
     assert abs(float(torch.dot(x, x)) - exact) / exact > 1e-6  # what it replaced
     assert frobenius_sq(x.view(4864, 896)) == sum_squares(x)
+
+
+def test_the_torch_free_settings_name_the_methods_decompose_implements():
+    from svdlora_cli.spectra import decompose, settings
+
+    assert settings.METHODS == decompose.METHODS

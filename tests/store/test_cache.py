@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,3 +143,27 @@ def test_disabled_cache_stores_nothing(llama_pair, tmp_path):
     result = run_svd(str(llama_pair.base), str(llama_pair.tuned), cache, rank=2)
     assert result.cache == {"hits": 0, "misses": 14} and cache.entries() == []
     assert result.fingerprints == {"base": None, "tuned": None}
+
+
+def test_numpy_reads_match_torch_reads_and_leave_a_corrupt_payload_to_them(tmp_path):
+    """`peek_arrays` (the warm svd path, no torch) gives the bits `peek_decomposition` gives;
+    a payload that fails its checksum gives None and stays for the torch read to drop."""
+    from svdlora_cli.spectra.decompose import Decomposition
+    from svdlora_cli.store.payloads import payload_path
+
+    cache = ArtifactCache(tmp_path / "cache")
+    g = torch.Generator().manual_seed(0)
+    U, S, Vh = torch.linalg.svd(torch.randn(6, 5, generator=g), full_matrices=False)
+    key = content_key("svd", tensor="w")
+    cache.put_decomposition(key, Decomposition(U[:, :3], S, Vh[:3], 1.0, "exact", True), tensor="w")
+    arrays, dec = cache.peek_arrays(key, 3), cache.peek_decomposition(key, 3)
+    assert arrays is not None and dec is not None
+    for name, tensor in (("U", dec.U), ("S", dec.S), ("Vh", dec.Vh)):
+        assert np.array_equal(arrays[name], tensor.numpy())
+    assert cache.peek_arrays(key, 4) is None and cache.svd_entry(key, 4) is None
+    path = payload_path(tmp_path / "cache", key)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    assert cache.peek_arrays(key, 3) is None and cache.svd_entry(key, 3) is not None
+    assert cache.peek_decomposition(key, 3) is None and cache.svd_entry(key, 3) is None

@@ -1,0 +1,234 @@
+"""The warm `svd` path: a repeated run rebuilt from the cache without torch, transformers or peft.
+
+After a full `svd` run that read every decomposition from the cache and whose adapter
+verdict is cached, a small run memo goes into the cache. Its key hashes everything that
+decides the outputs: the options (all but the output folder), the model refs as given
+with the stat signature (path, size, mtime_ns, inode) of every file their folders hold,
+the package versions and what sets torch's default thread count. Its value is the
+document (less what is per run) and, per module, where its factors came from.
+
+A warm run with the same key reads each module's U, S, Vh from the cache (numpy,
+sha256 checked), takes the same rank-r split as the full path, writes through the same
+writers (`artifacts.write_svd_files`), recomputes the verdict key from the bytes it
+wrote and requires that verdict in the cache. Anything missing, unreadable or different
+gives None: the full path then recomputes and checks everything.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .common import Document, record
+
+if TYPE_CHECKING:
+    from ..adapters.factors import LowRankFactors
+    from ..spectra.svd_step import SvdResult
+    from ..store.cache import ArtifactCache
+
+
+class SvdFields(Protocol):
+    """The fields of `svd.SvdOptions` read here (a dataclass: `record` takes all of them)."""
+
+    base_model: str
+    teacher_model: str
+    output_dir: Path
+    device: str
+    split: str
+    plot: bool
+
+
+MEMO_VERSION = 1
+_ENABLED = True  # tests switch replays off to run the full path on a warm cache
+_PER_RUN = ("artifacts", "verification")  # document fields each run writes afresh
+
+
+class _Cold(Exception):
+    """The warm path cannot vouch for this run: the full path runs instead."""
+
+
+def eligible(options: SvdFields, cache: ArtifactCache) -> bool:
+    """One CPU process on an open cache (a GPU's presence is only known to torch)."""
+    from ..distributed import Launch
+
+    return cache.enabled and options.device == "cpu" and not Launch.from_env().distributed
+
+
+def _folder_files(ref: str) -> dict[str, Any]:
+    """A model folder's path and every file it holds or reads, each with its stat signature."""
+    from ..models.refs import resolve_model_path
+    from ..models.weight_files import select_weight_files
+
+    folder = resolve_model_path(ref)
+    files = {f for f in folder.iterdir() if f.is_file()} | set(select_weight_files(folder).files)
+    rows = []
+    for f in sorted(files):
+        stat = f.stat()
+        name, target = str(f.relative_to(folder)), str(f.resolve())
+        rows.append([name, target, stat.st_size, stat.st_mtime_ns, stat.st_ino])
+    return {"folder": str(folder), "files": rows}
+
+
+def _threads() -> dict[str, Any]:
+    """What decides torch's default thread count (recorded in the document's `compute`)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return {
+        "env": {n: os.environ.get(n) for n in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "cpus": os.cpu_count(),
+        "affinity": len(affinity(0)) if affinity else None,
+    }
+
+
+def memo_key(options: SvdFields) -> str:
+    """The run memo's cache key: every input that decides the outputs (see the module doc)."""
+    from ..files import package_versions
+    from ..store.cache import content_key
+
+    settings = {k: v for k, v in record(options).items() if k != "output_dir"}
+    return content_key(
+        "svd-run-memo",
+        version=MEMO_VERSION,
+        options=settings,
+        base=_folder_files(options.base_model),
+        tuned=_folder_files(options.teacher_model),
+        versions=package_versions(),
+        threads=_threads(),
+    )
+
+
+def remember(
+    options: SvdFields,
+    result: SvdResult,
+    doc: Document,
+    cache: ArtifactCache,
+    probe_setting: Callable[[], tuple[bool, str]],
+) -> None:
+    """Keep the run memo of a full run whose every decomposition came from the cache and
+    whose written adapter has a cached verdict (`probe_setting`: the probe's and why)."""
+    from ..adapters.verdict import verdict_key
+    from ..errors import SvdloraError
+
+    if not (eligible(options, cache) and cache.writable) or doc["cache"]["misses"]:
+        return
+    try:
+        probe = probe_setting()
+        adapter = Path(doc["artifacts"]["adapter"])
+        factors = result.factors("b")
+        verdict = verdict_key(
+            adapter, result.fingerprints["base"], options.base_model, factors, probe[0]
+        )
+        if verdict is None or not isinstance(cache.get_json(verdict), dict):
+            return
+        modules = []
+        for m in result.modules:
+            source = result.sources[m.name]
+            entry = cache.svd_entry(source["key"], source["k"])
+            if entry is None:
+                return
+            modules.append({"name": m.name, **source, "sha256": entry["sha256"]})
+        memo = {
+            "version": MEMO_VERSION,
+            "document": {k: v for k, v in doc.items() if k not in _PER_RUN},
+            "modules": modules,
+            "candidates": list(result.candidates),
+            "fan_in_fan_out": result.fan_in_fan_out,
+            "probe": probe[0],
+            "probe_reason": probe[1],
+            "verdict": verdict,
+        }
+        cache.put_json(memo_key(options), memo, label="svd run memo")
+    except (OSError, KeyError, SvdloraError):  # a memo is an optimisation: never fail a run
+        return
+
+
+def replay(options: SvdFields, cache: ArtifactCache) -> Document | None:
+    """The outputs of a repeated run, from its memo and the cached factors; None when
+    anything is missing or differs (the full path then runs)."""
+    from ..errors import SvdloraError
+
+    if not (_ENABLED and eligible(options, cache)):
+        return None
+    try:
+        return _replay(options, cache)
+    except (_Cold, SvdloraError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _replay(options: SvdFields, cache: ArtifactCache) -> Document:
+    from ..adapters.factors import split_factors
+    from ..artifacts import write_svd_files
+
+    memo = cache.get_json(memo_key(options))
+    if not isinstance(memo, dict) or memo.get("version") != MEMO_VERSION:
+        raise _Cold
+    doc = memo["document"]
+    if "torch" in sys.modules:  # a caller's setting: the document records the thread count
+        import torch
+
+        if torch.get_num_threads() != doc["compute"]["threads"]:
+            raise _Cold
+    rows = doc["modules"]
+    if [m["name"] for m in memo["modules"]] != [row["name"] for row in rows]:
+        raise _Cold
+    factors: dict[str, LowRankFactors] = {}
+    adapter_factors: dict[str, LowRankFactors] = {}
+    for source, row in zip(memo["modules"], rows, strict=True):
+        U, S, Vh = _factors(cache, source)
+        r = int(row["rank"])
+        if not 0 < r <= U.shape[1]:
+            raise _Cold
+        factors[row["name"]] = split_factors(U[:, :r], S[:r], Vh[:r], "b")
+        if options.split != "b":
+            adapter_factors[row["name"]] = split_factors(U[:, :r], S[:r], Vh[:r], options.split)
+    written = write_svd_files(
+        doc,
+        options.output_dir,
+        factors,
+        adapter_factors or factors,
+        memo["candidates"],
+        bool(memo["fan_in_fan_out"]),
+        record(options),
+        plot=options.plot,
+        verify=lambda adapter: _cached_verdict(options, memo, doc, factors, adapter, cache),
+    )
+    for _ in rows:
+        cache.count(hit=True)  # what the full path counts on a repeat: every lookup a hit
+    return written
+
+
+def _factors(cache: ArtifactCache, source: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """U, S, Vh of one module: the entry the full path's lookup would take first, the one
+    the memo was made from (same payload sha256), read and checked."""
+    import numpy as np
+
+    k = int(source["k"])
+    first = next((key for key in source["keys"] if cache.svd_entry(key, k) is not None), None)
+    entry = cache.svd_entry(source["key"], k) if first == source["key"] else None
+    if entry is None or entry.get("sha256") != source["sha256"]:
+        raise _Cold
+    arrays = cache.peek_arrays(source["key"], k)
+    if arrays is None or any(arrays[n].dtype != np.float32 for n in ("U", "S", "Vh")):
+        raise _Cold
+    return arrays["U"], arrays["S"], arrays["Vh"]
+
+
+def _cached_verdict(
+    options: SvdFields,
+    memo: dict[str, Any],
+    doc: Document,
+    factors: dict[str, LowRankFactors],
+    adapter: Path,
+    cache: ArtifactCache,
+) -> dict[str, Any]:
+    """The verdict kept under the bytes just written (as the full path reports a cached one)."""
+    from ..adapters.verdict import verdict_key
+
+    base = doc["fingerprints"]["base"]
+    key = verdict_key(adapter, base, options.base_model, factors, bool(memo["probe"]))
+    found = cache.get_json(key) if key is not None and key == memo["verdict"] else None
+    if not isinstance(found, dict):
+        raise _Cold
+    return {**found, "probe_reason": memo["probe_reason"], "cached": True}
