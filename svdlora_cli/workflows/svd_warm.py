@@ -4,8 +4,9 @@ After a full `svd` run that read every decomposition from the cache and whose ad
 verdict is cached, a small run memo goes into the cache. Its key hashes everything that
 decides the outputs: the options (all but the output folder), the model refs as given
 with the stat signature (path, size, mtime_ns, inode) of every file their folders hold,
-the package versions and what sets torch's default thread count. Its value is the
-document (less what is per run) and, per module, where its factors came from.
+the package versions, the digest of this package's source files and what sets torch's
+default thread count. Its value is the document (less what is per run) and, per module,
+where its factors came from.
 
 A warm run with the same key reads each module's U, S, Vh from the cache (numpy,
 sha256 checked), takes the same rank-r split as the full path, writes through the same
@@ -82,6 +83,19 @@ def _threads() -> dict[str, Any]:
     }
 
 
+def _code_digest() -> str:
+    """sha256 of this package's own source files (about 5 ms): a memo replays a document
+    made by the code, so an edited or upgraded checkout (an editable install keeps its
+    version number) never replays what older code wrote."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for file in sorted(root.rglob("*.py")):
+        digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
 def memo_key(options: SvdFields) -> str:
     """The run memo's cache key: every input that decides the outputs (see the module doc)."""
     from ..files import package_versions
@@ -95,6 +109,7 @@ def memo_key(options: SvdFields) -> str:
         base=_folder_files(options.base_model),
         tuned=_folder_files(options.teacher_model),
         versions=package_versions(),
+        code=_code_digest(),
         threads=_threads(),
     )
 

@@ -228,3 +228,16 @@ def test_a_run_that_decomposed_keeps_no_memo(pair, tmp_path, full_runs):
     for expected in (1, 2, 2):
         _svd(pair, tmp_path / "out", "--rank", RANK)
         assert len(full_runs) == expected
+
+
+def test_edited_package_code_misses_the_memo(pair, tmp_path, monkeypatch, full_runs):
+    """An edited checkout keeps its version number: the memo key holds a digest of the
+    package's sources, so a change there runs the full path instead of replaying what the
+    older code wrote."""
+    out = tmp_path / "out"
+    _warmed(pair, out, monkeypatch, "--rank", RANK)
+    digest = svd_warm._code_digest()
+    assert len(digest) == 64 and digest == svd_warm._code_digest()
+    monkeypatch.setattr(svd_warm, "_code_digest", lambda: "0" * 64)
+    _svd(pair, out, "--rank", RANK)
+    assert len(full_runs) == 3
