@@ -121,6 +121,21 @@ def build_tiny_llm(folder: Path, arch: str = "llama", seed: int = 0) -> Path:
     return build_tiny_model(folder, arch, hidden=32, layers=2, seed=seed)
 
 
+def peft_made_adapter(base: Path, config: object, folder: Path) -> Path:
+    """A LoRA that PEFT itself makes and saves on `base` with `config` (a LoraConfig), its
+    lora_B drawn normal (seed 0) so that every module's delta is non-zero."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param)
+    model.save_pretrained(folder)
+    return folder
+
+
 def write_rows(path: Path, n: int = 12, offset: int = 0) -> Path:
     """Short arithmetic rows in the {question, answer} shape."""
     rows = [

@@ -45,21 +45,14 @@ def test_low_rank_gap_resolves_a_small_relative_difference():
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny Llama and a PEFT-made LoRA on four module types (non-zero B)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from peft import LoraConfig
 
-    from tests.conftest import build_tiny_llm
+    from tests.conftest import build_tiny_llm, peft_made_adapter
 
     root = tmp_path_factory.mktemp("checks")
     base = build_tiny_llm(root / "base")
     config = LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "up_proj"])
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param)
-    model.save_pretrained(root / "adapter")
-    return base, root / "adapter"
+    return base, peft_made_adapter(base, config, root / "adapter")
 
 
 def _bent_copy(adapter: Path, where: Path, key_part: str, factor: float) -> Path:

@@ -238,10 +238,9 @@ def test_the_logits_probe_is_a_second_line_behind_the_delta_check(pairs, tmp_pat
 def test_the_delta_check_reads_peft_conventions_like_peft(tmp_path):
     """A PEFT-made adapter with rsLoRA and per-module alpha/rank patterns passes `verify`:
     PEFT's get_delta_weight agrees with this package's reading of the file."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from peft import LoraConfig
 
-    from tests.conftest import build_tiny_llm
+    from tests.conftest import build_tiny_llm, peft_made_adapter
 
     base = build_tiny_llm(tmp_path / "base")
     config = LoraConfig(
@@ -252,12 +251,7 @@ def test_the_delta_check_reads_peft_conventions_like_peft(tmp_path):
         rank_pattern={"down_proj": 2},
         alpha_pattern={"v_proj": 3.0},
     )
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param)
-    model.save_pretrained(tmp_path / "adapter")
+    peft_made_adapter(base, config, tmp_path / "adapter")
     doc = invoke_json("verify", tmp_path / "adapter", "-b", base)
     deltas = doc["structural"]["deltas"]
     assert deltas["checked"] == 6 and deltas["max_rel_diff"] < 1e-6
