@@ -478,3 +478,26 @@ def test_grid_benchmark_runs_on_the_tiny_model(tmp_path):
     assert_seconds(figures, ("grid_seconds", "separate_seconds"), wall)
     assert_ratio(figures["ratio"], figures["grid_seconds"], figures["separate_seconds"])
     assert figures["runs"] == 4 and figures["eval_limit"] == 16
+
+
+def test_gpu_check_extract_step_times_cold_warm_and_the_torch_free_repeat(gpu_check, tmp_path):
+    """On CPU with the tiny shape: cold, a first warm rank and its repeat, each a process;
+    a pair already in --out (the speed step's) is reused, not rebuilt."""
+    make = [sys.executable, str(BENCH / "make_pair.py"), "--shape", "tiny"]
+    subprocess.run(
+        [*make, "--out", str(tmp_path / "pair-tiny")],
+        check=True,
+        capture_output=True,
+    )
+    args = gpu_check.parse_args(["--device", "cpu", "--extract-shape", "tiny"])
+    runner = gpu_check.Runner(tmp_path, budget_s=300)
+    result = gpu_check.extract_step(gpu_check.Check(tmp_path, "cpu", 1, runner, args))
+    assert result["ok"] and sorted(result["runs"]) == ["again", "cpu", "warm"]
+    assert not list((tmp_path / "logs").glob("extract-pair*"))  # reused
+    again = json.loads((tmp_path / result["runs"]["again"]["stdout_file"]).read_text())
+    assert again["verification"]["cached"] is True
+    assert_ratio(
+        result["cold_over_warm_again"],
+        result["runs"]["cpu"]["seconds"],
+        result["runs"]["again"]["seconds"],
+    )
