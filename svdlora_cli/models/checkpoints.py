@@ -197,6 +197,13 @@ class PendingFingerprints:
     def _hash(self, files: Sequence[Path]) -> None:
         try:
             self._hashed = {f: _file_digest(f) for f in files}
+        except OSError as exc:  # raised where the result is read, as the user's error
+            self._error = CheckpointError(
+                f"cannot read {exc.filename or 'a weight file'} to fingerprint it: "
+                f"{exc.strerror or exc}",
+                "the model folder changed while svdlora read it: let whatever writes it "
+                "finish, then rerun",
+            )
         except BaseException as exc:  # re-raised where the result is read
             self._error = exc
 

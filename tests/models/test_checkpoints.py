@@ -131,7 +131,7 @@ def test_a_file_that_cannot_be_hashed_fails_where_the_fingerprint_is_read(
     tmp_path, llama_pair, monkeypatch
 ):
     """The thread's error (a weight file deleted before it was read) is raised where the
-    fingerprint is read, and no digest reaches the memo."""
+    fingerprint is read, as a user error naming the file, and no digest reaches the memo."""
     import threading
 
     base = tmp_path / "base"
@@ -144,6 +144,6 @@ def test_a_file_that_cannot_be_hashed_fails_where_the_fingerprint_is_read(
     for file in base.glob("*.safetensors"):
         file.unlink()
     release.set()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match=r"cannot read .*model\.safetensors to fingerprint"):
         pair.fingerprints()
     assert not memo
