@@ -16,7 +16,6 @@ import torch
 
 from ..store.decomposition import Decomposition
 
-METHODS = ("auto", "exact", "randomized")
 ENERGY_LEVELS = (0.5, 0.9, 0.95, 0.99)
 POWER_ITERS = 3  # the least number of power iterations; more run until certified
 MAX_POWER_ITERS = 8
