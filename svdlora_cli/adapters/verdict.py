@@ -43,7 +43,8 @@ def verdict_key(
 ) -> str | None:
     """The cache key of an adapter's verdict: the sha256 of every file in the adapter folder,
     of the factors it must equal (each module's B and A), of the base's config.json, the
-    base's weights fingerprint and the probe setting. None without a fingerprint."""
+    base's weights fingerprint, the probe setting and the versions of the packages that read
+    the adapter (`reader_versions`). None without a fingerprint."""
     from ..models.refs import resolve_model_path
     from ..store.cache import content_key
 
@@ -64,4 +65,19 @@ def verdict_key(
         base=base_fingerprint,
         base_config=hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None,
         probe=probe,
+        readers=reader_versions(),
     )
+
+
+def reader_versions() -> dict[str, str | None]:
+    """The versions of the packages whose reading of the adapter the verdict vouches for: a
+    passed check under one PEFT or transformers says nothing about the next one."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in ("peft", "transformers", "safetensors", "torch"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out

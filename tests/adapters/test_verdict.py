@@ -53,3 +53,19 @@ def test_the_factors_digest_is_their_float32_bytes():
             digest.update(str(tuple(t.shape)).encode())
             digest.update(t.detach().float().contiguous().numpy().tobytes())
     assert factors_digest(factors) == digest.hexdigest()
+
+
+def test_another_peft_or_transformers_version_is_checked_again(tmp_path, qwen2_pair, monkeypatch):
+    """A verdict vouches for how these packages read the adapter: another version of any
+    of them gives another key."""
+    from svdlora_cli.adapters import verdict
+
+    arrays = _factors("numpy")
+    base = str(qwen2_pair.base)
+    adapter = write_peft_adapter(tmp_path / "a", arrays, list(arrays), base)
+    key = verdict_key(adapter, "fp", base, arrays, True)
+    installed = verdict.reader_versions()
+    assert installed["peft"] and installed["transformers"]
+    for name in ("peft", "transformers", "safetensors", "torch"):
+        monkeypatch.setattr(verdict, "reader_versions", lambda n=name: {**installed, n: "0.0"})
+        assert verdict_key(adapter, "fp", base, arrays, True) != key, name
