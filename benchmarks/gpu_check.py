@@ -612,10 +612,11 @@ def extract_step(c: Check) -> dict[str, Any]:
         args += ["--device", dev, "--no-plot", "--json", "--cache-dir", str(c.out / f"c-{dev}")]
         runs[dev] = c.runner.run(f"extract-{dev}", cli(*args, "-o", str(c.out / f"extract-{dev}")))
     # warm on the device's cache: rank 8 (checked afresh), then the same again (its verdict
-    # cached: the torch-free path, which runs on the CPU whatever device decomposed)
+    # cached: the torch-free path, which serves the same --device from its run memo)
     for label in ("warm", "again"):
         args = ["svd", "-b", str(pair / "base"), "-t", str(pair / "tuned"), "--rank", "8"]
-        args += ["--no-plot", "--json", "--cache-dir", str(c.out / f"c-{c.device}")]
+        args += ["--device", c.device, "--no-plot", "--json"]
+        args += ["--cache-dir", str(c.out / f"c-{c.device}")]
         runs[label] = c.runner.run(f"extract-{label}", cli(*args, "-o", str(c.out / "warm")))
     result: dict[str, Any] = {"runs": runs, "ok": all(r["rc"] == 0 for r in runs.values())}
     if result["ok"] and c.device != "cpu":

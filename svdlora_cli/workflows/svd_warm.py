@@ -37,7 +37,6 @@ class SvdFields(Protocol):
     base_model: str
     teacher_model: str
     output_dir: Path
-    device: str
     split: str
     plot: bool
 
@@ -52,10 +51,13 @@ class _Cold(Exception):
 
 
 def eligible(options: SvdFields, cache: ArtifactCache) -> bool:
-    """One CPU process on an open cache (a GPU's presence is only known to torch)."""
+    """One process on an open cache. Any --device: a replay computes nothing, so it writes
+    what the full path's repeat writes on that device (whose document names the device the
+    memo's run used); the device is part of the memo's key, so a CPU run's memo never
+    serves a `--device cuda` repeat or the other way round."""
     from ..distributed import Launch
 
-    return cache.enabled and options.device == "cpu" and not Launch.from_env().distributed
+    return cache.enabled and not Launch.from_env().distributed
 
 
 def _folder_files(ref: str) -> dict[str, Any]:

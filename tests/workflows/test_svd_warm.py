@@ -17,7 +17,7 @@ import pytest
 from svdlora_cli.spectra import svd_step
 from svdlora_cli.store.cache import ArtifactCache
 from svdlora_cli.workflows import svd_warm
-from tests.conftest import invoke_json
+from tests.conftest import assert_user_error, invoke, invoke_json
 
 RANK = "4"
 
@@ -241,3 +241,26 @@ def test_edited_package_code_misses_the_memo(pair, tmp_path, monkeypatch, full_r
     monkeypatch.setattr(svd_warm, "_code_digest", lambda: "0" * 64)
     _svd(pair, out, "--rank", RANK)
     assert len(full_runs) == 3
+
+
+def test_a_cpu_runs_memo_never_serves_another_device(pair, tmp_path, monkeypatch, full_runs):
+    """The warm path serves any --device, each from its own memo (the device is in the key):
+    after a CPU run's memo, `--device cuda` still runs the full path, which checks the GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA: the full path's device check must refuse")
+    out = tmp_path / "out"
+    _warmed(pair, out, monkeypatch, "--rank", RANK)
+    base, tuned = pair
+    result = invoke(
+        "svd", "-b", base, "-t", tuned, "-o", out, "--no-plot", "--rank", RANK, "--device", "cuda"
+    )
+    assert_user_error(result, "CUDA is not available", "--device cpu")
+    assert len(full_runs) == 3
+    _svd(pair, out, "--rank", RANK)  # the CPU memo still serves the CPU repeat
+    assert len(full_runs) == 3
+    from svdlora_cli.workflows.svd import SvdOptions
+
+    on_gpu = SvdOptions(base_model=str(base), teacher_model=str(tuned), rank=4, device="cuda")
+    assert svd_warm.eligible(on_gpu, ArtifactCache(tmp_path / "cache"))  # its own memo, on a GPU
