@@ -91,6 +91,7 @@ class SvdResult:
     dtypes: dict = field(default_factory=dict)  # stored dtypes, --dtype-policy, rounding share
     # per module: the cache keys looked up in order, the one that served it, its factor count
     sources: dict[str, dict] = field(default_factory=dict)
+    _splits: dict[str, dict[str, LowRankFactors]] = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:
@@ -98,8 +99,13 @@ class SvdResult:
         return svd_label(self.rank, self.energy_target)
 
     def factors(self, split: str = "b") -> dict[str, LowRankFactors]:
-        """PEFT-oriented factors per module for the requested split of Sigma."""
-        return {m: split_factors(U, S, Vh, split) for m, (U, S, Vh) in self.truncated.items()}
+        """PEFT-oriented factors per module for the requested split of Sigma (formed once per
+        split: the writers, the verdict key and the checks all read them)."""
+        if split not in self._splits:
+            self._splits[split] = {
+                m: split_factors(U, S, Vh, split) for m, (U, S, Vh) in self.truncated.items()
+            }
+        return self._splits[split]
 
     def to_dict(self) -> dict:
         return {

@@ -90,6 +90,14 @@ def run(
         return run_svd(cache=c, progress=update, **settings)
 
     def write(result: SvdResult) -> Document:
+        probe = probe_setting(options)
+        verdict: str | None = None  # the checked adapter's verdict key, for the run memo
+
+        def verify(adapter: Path) -> dict:
+            nonlocal verdict
+            checked, verdict = verification(options, result, adapter, opened[-1], probe)
+            return checked
+
         doc = write_svd_outputs(
             result,
             options.output_dir,
@@ -98,9 +106,9 @@ def run(
             options.split,
             record(options),
             plot=options.plot,
-            verify=lambda adapter: verification(options, result, adapter, opened[-1]),
+            verify=verify,
         )
-        svd_warm.remember(options, result, doc, opened[-1], lambda: probe_setting(options))
+        svd_warm.remember(options, result, doc, opened[-1], probe, verdict)
         return doc
 
     return extraction_step(
@@ -138,9 +146,14 @@ def probe_setting(options: SvdOptions) -> tuple[bool, str]:
 
 
 def verification(
-    options: SvdOptions, result: SvdResult, adapter: Path, cache: ArtifactCache | None = None
-) -> dict:
-    """The structural check always; the logits probe with --probe (default: small models).
+    options: SvdOptions,
+    result: SvdResult,
+    adapter: Path,
+    cache: ArtifactCache | None,
+    probe_and_reason: tuple[bool, str],
+) -> tuple[dict, str | None]:
+    """The structural check always; the logits probe with --probe (default: small models);
+    the verdict, and its cache key (None without a cache or a fingerprint).
 
     The probe merges the SVD's own rank-r deltas, not the adapter file's: a wrong scale,
     orientation or split in the adapter shows up as a mismatch. A passed verdict is kept
@@ -153,22 +166,23 @@ def verification(
 
     if result.coverage.get("checked") is False:
         reason = result.coverage.get("reason")
-        return {"structural": {"ok": None, "skipped": reason}, "probe": None}
-    probe, reason = probe_setting(options)
+        return {"structural": {"ok": None, "skipped": reason}, "probe": None}, None
+    probe, reason = probe_and_reason
+    factors = result.factors("b")
     key = None
     if cache is not None and cache.enabled:
         from ..adapters.verdict import verdict_key
 
         base = result.fingerprints["base"]
-        key = verdict_key(adapter, base, options.base_model, result.factors("b"), probe)
+        key = verdict_key(adapter, base, options.base_model, factors, probe)
         found = cache.get_json(key) if key else None
         if isinstance(found, dict):
-            return {**found, "probe_reason": reason, "cached": True}
+            return {**found, "probe_reason": reason, "cached": True}, key
     # Always against the SVD's own factors, never the file's (a wrong alpha read the same way
     # by PEFT and by this package would agree with itself): cheap as r x r Gram products.
-    expected = LazyDeltas(result.factors("b"), lambda f: (f.B, f.A))
+    expected = LazyDeltas(factors, lambda f: (f.B, f.A))
     doc = verify_adapter(adapter, options.base_model, probe=probe, expected=expected)
     doc["probe_reason"] = reason
     if key is not None and cache is not None and cache.writable:
         cache.put_json(key, doc, label="adapter verdict")
-    return {**doc, "cached": False}
+    return {**doc, "cached": False}, key

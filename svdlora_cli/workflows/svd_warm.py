@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -121,22 +120,17 @@ def remember(
     result: SvdResult,
     doc: Document,
     cache: ArtifactCache,
-    probe_setting: Callable[[], tuple[bool, str]],
+    probe: tuple[bool, str],
+    verdict: str | None,
 ) -> None:
     """Keep the run memo of a full run whose every decomposition came from the cache and
-    whose written adapter has a cached verdict (`probe_setting`: the probe's and why)."""
-    from ..adapters.verdict import verdict_key
+    whose written adapter has a cached verdict (`verdict`: its key, as the check computed
+    it; `probe`: the probe's setting and why)."""
     from ..errors import SvdloraError
 
     if not (eligible(options, cache) and cache.writable) or doc["cache"]["misses"]:
         return
     try:
-        probe = probe_setting()
-        adapter = Path(doc["artifacts"]["adapter"])
-        factors = result.factors("b")
-        verdict = verdict_key(
-            adapter, result.fingerprints["base"], options.base_model, factors, probe[0]
-        )
         if verdict is None or not isinstance(cache.get_json(verdict), dict):
             return
         modules = []
