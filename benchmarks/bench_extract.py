@@ -5,7 +5,9 @@ r"""Time `svdlora svd` against the naive seed-style extraction, side by side in 
 Each repeat runs the naive baseline and svdlora as separate processes, in
 alternating order, under /usr/bin/time for wall time and peak RSS. svdlora runs
 cold (a fresh cache each repeat), then warm at a smaller rank on the same
-cache, then that warm command again (its adapter verdict is cached: the warm path).
+cache (cut from the cold run's cached spectra, its verdict carried from the cold
+adapter's PEFT check where it may be: `warm_verdict` says which), then that warm
+command again (its adapter verdict is cached: the warm path).
 On a GPU machine, `--device cuda --also-cpu` adds svdlora on the same machine's CPU
 in the same repeats, and mergekit runs with the same --device. Accuracy: svdlora's
 per-module energy against the exact SVD's, the relative error of the top-r singular
@@ -64,6 +66,14 @@ def timed(cmd: list[str], label: str) -> dict:
             sys.exit(f"{label} failed:\n{proc.stderr[-3000:]}")
         _, rss_kb = stats.read().split()[-2:]
     return {"wall_s": round(wall, 2), "rss_mb": round(int(rss_kb) / 1024, 1), "stdout": proc.stdout}
+
+
+def verdict_origin(stdout: str) -> str:
+    """`carried`, `cached` or `checked`: where a `svd --json` run's adapter verdict came from."""
+    verdict = json.loads(stdout)["verification"]
+    if verdict.get("cached"):
+        return "cached"
+    return "carried" if verdict.get("carried_from") else "checked"
 
 
 def svdlora(pair: Path, rank: int, cache: Path, out: Path, device: str, method: str) -> list[str]:
@@ -332,6 +342,9 @@ def main() -> None:
         "svdlora_warm_s": median(warm, "wall_s"),
         "warm_rank": args.warm_rank,
         "cold_over_warm": round(median(cold, "wall_s") / median(warm, "wall_s"), 2),
+        # how the first warm run's adapter was vouched for: carried (a cut of the cold run's
+        # spectra, no torch) or checked (the full path through PEFT)
+        "warm_verdict": sorted({verdict_origin(w["stdout"]) for w in warm}),
         "svdlora_warm_again_s": median(again, "wall_s"),
         "svdlora_warm_again_rss_mb": median(again, "rss_mb"),
         "cold_over_warm_again": round(median(cold, "wall_s") / median(again, "wall_s"), 2),

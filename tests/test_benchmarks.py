@@ -78,6 +78,7 @@ def test_make_pair_and_bench_extract_run(tmp_path):
     wall = time.monotonic() - start
     figures = json.loads(out.read_text())
     assert figures["modules"] == 14 and figures["rank"] == 8 and figures["warm_rank"] == 4
+    assert figures["warm_verdict"] == ["checked"]  # a tiny model is probed: PEFT checks each rank
     assert_seconds(
         figures, ("svdlora_cold_s", "svdlora_warm_s", "svdlora_warm_again_s", "naive_s"), wall
     )

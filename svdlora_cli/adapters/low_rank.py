@@ -9,14 +9,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
-from .factors import read_peft_adapter
+from .factors import as_array, read_peft_adapter
+
+if TYPE_CHECKING:  # no torch at import: the warm `svd` path measures gaps of numpy arrays
+    import torch
 
 
-class LazyDeltas(Mapping[str, torch.Tensor]):
+class LazyDeltas(Mapping[str, "torch.Tensor"]):
     """module -> its dense delta left @ right, formed from the module's factors when asked,
     so a model's deltas never exist all at once (a 0.5B model's would take 1.4 GB in fp32).
     `low_rank` gives the factors themselves: the delta check compares them without forming
@@ -49,17 +52,24 @@ def file_deltas(adapter: str | Path) -> LazyDeltas:
 
 
 def low_rank_gap(
-    left: torch.Tensor, right: torch.Tensor, other_left: torch.Tensor, other_right: torch.Tensor
+    left: Any, right: Any, other_left: Any, other_right: Any
 ) -> tuple[float, float, float]:
     """(||L R - L' R'||_F, ||L R||_F, ||L' R'||_F) without forming either product.
 
     ||L R - L' R'||^2 = tr(L^T L R R^T) + tr(L'^T L' R' R'^T) - 2 tr(L^T L' R' R^T): r x r
     Gram products in float64, O((out + in) r^2) instead of O(out in r). Their rounding
     (about 1e-16 of the squared norms) resolves a relative gap down to about 1e-8, far
-    below the checks' tolerance.
+    below the checks' tolerance. Tensors (PEFT's parameters) or numpy arrays alike.
     """
-    l1, r1, l2, r2 = (t.detach().double() for t in (left, right, other_left, other_right))
+    l1, r1, l2, r2 = (_wide(x) for x in (left, right, other_left, other_right))
     mine = float(((l1.T @ l1) * (r1 @ r1.T)).sum())
     theirs = float(((l2.T @ l2) * (r2 @ r2.T)).sum())
     cross = float(((l1.T @ l2) * (r1 @ r2.T)).sum())
     return math.sqrt(max(mine + theirs - 2.0 * cross, 0.0)), math.sqrt(mine), math.sqrt(theirs)
+
+
+def _wide(x: Any) -> np.ndarray:
+    """A float64 numpy copy of a tensor (widened by torch: numpy has no bfloat16) or array."""
+    if hasattr(x, "detach"):
+        x = x.detach().double()
+    return as_array(x).astype(np.float64, copy=False)

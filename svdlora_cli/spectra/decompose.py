@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..store.decomposition import Decomposition
+from .truncation import captured_energy, truncation_energy
 
 ENERGY_LEVELS = (0.5, 0.9, 0.95, 0.99)
 POWER_ITERS = 3  # the least number of power iterations; more run until certified
@@ -194,19 +195,8 @@ def decompose(
 
 
 def _captured(dec: Decomposition) -> list[float]:
-    """Entry r is the squared Frobenius norm held by the rank-r truncation (float64).
-
-    With a complete spectrum it is ||dW||**2 minus the exact tail sum(S[r:]**2),
-    which avoids cancellation when the tail is tiny; otherwise the running sum.
-    """
-    squares = (dec.S.double() ** 2).tolist()
-    running = [0.0]
-    for value in squares:
-        running.append(running[-1] + value)
-    if not dec.complete:
-        return running
-    total = running[-1]
-    return [dec.fro_sq - (total - head) for head in running]
+    """Entry r is the squared Frobenius norm held by the rank-r truncation (float64)."""
+    return captured_energy((dec.S.double() ** 2).tolist(), dec.fro_sq, dec.complete)
 
 
 @dataclass(frozen=True)
@@ -231,8 +221,7 @@ def spectrum_stats(dec: Decomposition, rank: int) -> SpectrumStats:
     if fro_sq <= 0.0:
         return SpectrumStats(1.0, 0.0, dict.fromkeys(ENERGY_LEVELS, 0), 0.0, 0.0)
     captured = _captured(dec)
-    rank = min(rank, len(captured) - 1)
-    rel_sq = min(1.0, max(0.0, fro_sq - captured[rank]) / fro_sq)
+    energy, rel_error = truncation_energy(captured, fro_sq, rank)
     rank_for: dict[float, int | None] = {}
     for level in ENERGY_LEVELS:
         rank_for[level] = next(
@@ -245,7 +234,7 @@ def spectrum_stats(dec: Decomposition, rank: int) -> SpectrumStats:
         effective = math.exp(float(-(p * p.log()).sum()))
     top = float(dec.S[0]) if dec.S.numel() else 0.0
     stable = fro_sq / top**2 if top > 0 else 0.0
-    return SpectrumStats(1.0 - rel_sq, math.sqrt(rel_sq), rank_for, effective, stable)
+    return SpectrumStats(energy, rel_error, rank_for, effective, stable)
 
 
 def rank_for_energy(dec: Decomposition, energy: float, max_rank: int) -> int:

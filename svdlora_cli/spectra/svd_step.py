@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -35,6 +34,7 @@ from .dtype_policy import DEFAULT_DTYPE_POLICY, check_policy
 from .settings import check_settings as check_settings  # re-exported
 from .settings import svd_label
 from .svd_job import SvdItem, SvdJob, svd_key
+from .truncation import truncation_summary, truncation_warnings
 
 
 @dataclass
@@ -128,30 +128,6 @@ def _round(values: torch.Tensor) -> list[float]:
     return [float(f"{v:.7g}") for v in values.tolist()]
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return statistics.fmean(values) if values else None
-
-
-def _spectrum_summary(modules: Sequence[ModuleSpectrum]) -> dict:
-    captured = sum(m.energy * m.delta_norm**2 for m in modules)
-    total = sum(m.delta_norm**2 for m in modules)
-    effective = [m.effective_rank for m in modules if m.effective_rank is not None]
-    return {
-        "count": len(modules),
-        "mean_energy": _mean([m.energy for m in modules]),
-        "min_energy": min(m.energy for m in modules) if modules else None,
-        "total_energy": captured / total if total > 0 else 1.0,
-        "mean_rel_error": _mean([m.rel_error for m in modules]),
-        "mean_rank": _mean([m.rank for m in modules]),
-        "mean_effective_rank": _mean(effective),
-        "mean_stable_rank": _mean([m.stable_rank for m in modules]),
-        "mean_rank_90": _mean([m.rank_90 for m in modules if m.rank_90 is not None]),
-        "randomized_modules": sum(m.method == "randomized" for m in modules),
-        "worst_energy_gap": max((m.energy_gap_bound for m in modules), default=0.0),
-        "max_power_iterations": max((m.power_iterations for m in modules), default=0),
-    }
-
-
 def run_svd(
     base_model: str,
     teacher_model: str,
@@ -182,16 +158,12 @@ def run_svd(
     warnings.extend(coverage.warnings())
     wanted = rank if rank is not None else max_rank
     keep = max(wanted, cache_rank)
-    clamped = []
     decs: dict[str, Decomposition] = {}
     sources: dict[str, dict] = {}
     hits_before, misses_before = cache.hits, cache.misses
     todo: list[SvdItem] = []
     for target in targets:
-        full = min(target.shape)
-        if wanted > full:
-            clamped.append(target.module)
-        k = min(keep, full)
+        k = min(keep, min(target.shape))
         resolved = resolve_method(method, target.shape, k)
         # An exact decomposition already cached serves an `auto` request too.
         tried = [resolved, "exact"] if method == "auto" and resolved != "exact" else [resolved]
@@ -239,8 +211,6 @@ def run_svd(
         )
     dtypes, dtype_notes = pair_dtypes(pair, delta_records, dtype_policy)
     warnings += dtype_notes
-    if clamped:
-        warnings.append(clamp_warning(wanted, clamped))
     by_tensor = {r.name: r for r in delta_records}
     modules: list[ModuleSpectrum] = []
     truncated = {}
@@ -274,19 +244,14 @@ def run_svd(
                 singular_values=_round(dec.S),
             )
         )
-    zero = [m.name for m in modules if m.zero_delta]
-    if zero:
-        warnings.append(zero_delta_warning(zero))
+    rows = [m.to_dict() for m in modules]
+    warnings += truncation_warnings(rows, wanted)  # last: a re-truncation swaps them (svd_rerank)
     delta_summary = summarize_deltas(delta_records, untargeted)
     summary = {
-        **_spectrum_summary(modules),
-        "by_module_type": _grouped(modules, "module_type"),
-        "by_group": _grouped(modules, "group"),
+        **truncation_summary(rows, fixed_rank=rank is not None),
         "untargeted_share": delta_summary["untargeted_share"],
         "untargeted_changed": delta_summary["untargeted_changed"],
-        "zero_modules": len(zero),
-        "adapter_parameters": sum(m.rank * sum(m.shape) for m in modules),
-        "rank_pattern": {m.name: m.rank for m in modules} if rank is None else None,
+        "zero_modules": sum(m.zero_delta for m in modules),
     }
     return SvdResult(
         rank=rank,
@@ -334,23 +299,3 @@ class SvdScope:
         """`run_svd` of the pair in this scope; `settings` are its other options (rank, ...)."""
         scope = {f.name: getattr(self, f.name) for f in fields(self)}
         return run_svd(base_model, tuned_model, cache, **scope, **settings)
-
-
-def clamp_warning(rank: int, clamped: Sequence[str]) -> str:
-    """The warning for a rank beyond min(out, in) of some modules (`svd` and `train`)."""
-    return (
-        f"rank {rank} exceeds min(out, in) of {len(clamped)} module(s) "
-        f"(e.g. {clamped[0]}); clamped to their full rank"
-    )
-
-
-def zero_delta_warning(zero: Sequence[str]) -> str:
-    """The warning for targets whose dW is exactly zero (`svd` and `train --init svd`)."""
-    return f"{len(zero)} target(s) did not change at all (dW = 0), e.g. {zero[0]}"
-
-
-def _grouped(modules: Sequence[ModuleSpectrum], key: str) -> dict[str, dict]:
-    groups: dict[str, list[ModuleSpectrum]] = {}
-    for m in modules:
-        groups.setdefault(str(getattr(m, key)), []).append(m)
-    return {label: _spectrum_summary(rows) for label, rows in groups.items()}

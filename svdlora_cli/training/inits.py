@@ -130,7 +130,7 @@ def check_factors_fit(
 
 def clamp_warnings(plan: LoraPlan) -> list[str]:
     """`svd`'s warning when --rank exceeds min(out, in) of some modules (their rank is cut)."""
-    from ..spectra.svd_step import clamp_warning
+    from ..spectra.truncation import clamp_warning
 
     clamped = [m for m, r in plan.ranks.items() if r < plan.rank]
     return [clamp_warning(plan.rank, clamped)] if clamped else []

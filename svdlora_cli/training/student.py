@@ -50,7 +50,7 @@ def svd_factors_for(
     base fingerprint), unless `allow_other_base`, which lets only the weights differ.
     What `svd` would warn about (dW = 0, ranks clamped, ...) is appended to `warnings`.
     """
-    from ..spectra.svd_step import zero_delta_warning
+    from ..spectra.truncation import zero_delta_warning
 
     notes = warnings if warnings is not None else []
     if svd_factors:

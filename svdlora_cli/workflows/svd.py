@@ -73,10 +73,11 @@ def run(
     """Factors, PEFT adapter, analysis JSON, report and plot; the document (None off rank 0).
 
     A repeat whose decompositions and verdict are all cached takes the warm path first
-    (svd_warm.py: no torch); the full path runs whenever it cannot vouch for the outputs.
+    (svd_warm.py: no torch), and so does another rank cut from a checked run's cached
+    spectra (svd_rerank.py); the full path runs whenever they cannot vouch for the outputs.
     """
     from ..artifacts import write_svd_outputs
-    from . import svd_warm
+    from . import svd_rerank, svd_warm
 
     options.validate()
     refuse_output_in_model(options.output_dir)
@@ -108,12 +109,16 @@ def run(
             plot=options.plot,
             verify=verify,
         )
-        svd_warm.remember(options, result, doc, opened[-1], probe, verdict)
+        remembered = svd_warm.remember(options, result, doc, opened[-1], probe, verdict)
+        svd_rerank.remember_family(
+            options, remembered, Path(doc["artifacts"]["adapter"]), opened[-1]
+        )
         return doc
 
-    return extraction_step(
-        options, hooks, cache, "SVD", compute, write, replay=lambda c: svd_warm.replay(options, c)
-    )
+    def replay(c: ArtifactCache) -> Document | None:
+        return svd_warm.replay(options, c) or svd_rerank.replay(options, c)
+
+    return extraction_step(options, hooks, cache, "SVD", compute, write, replay=replay)
 
 
 def refuse_output_in_model(output_dir: Path) -> None:

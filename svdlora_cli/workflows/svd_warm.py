@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,6 +39,11 @@ class SvdFields(Protocol):
     output_dir: Path
     split: str
     plot: bool
+    rank: int | None
+    cache_rank: int
+
+
+Cached = tuple[Any, Any, Any, dict[str, Any]]  # one module's U, S, Vh (numpy) and index entry
 
 
 MEMO_VERSION = 1
@@ -97,14 +103,16 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
-def memo_key(options: SvdFields) -> str:
-    """The run memo's cache key: every input that decides the outputs (see the module doc)."""
+def memo_key(options: SvdFields, family: bool = False) -> str:
+    """The run memo's cache key: every input that decides the outputs (see the module doc);
+    `family`: every input but the rank (svd_rerank.py's memo of a run's spectra)."""
     from ..files import package_versions
     from ..store.cache import content_key
 
-    settings = {k: v for k, v in record(options).items() if k != "output_dir"}
+    skip = ("output_dir", "rank") if family else ("output_dir",)
+    settings = {k: v for k, v in record(options).items() if k not in skip}
     return content_key(
-        "svd-run-memo",
+        "svd-rank-family" if family else "svd-run-memo",
         version=MEMO_VERSION,
         options=settings,
         base=_folder_files(options.base_model),
@@ -122,23 +130,25 @@ def remember(
     cache: ArtifactCache,
     probe: tuple[bool, str],
     verdict: str | None,
-) -> None:
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """Keep the run memo of a full run whose every decomposition came from the cache and
     whose written adapter has a cached verdict (`verdict`: its key, as the check computed
-    it; `probe`: the probe's setting and why)."""
+    it; `probe`: the probe's setting and why). Cold or warm, the memo and the verdict are
+    returned for svd_rerank.py's family memo; None when the run cannot have one."""
     from ..errors import SvdloraError
 
-    if not (eligible(options, cache) and cache.writable) or doc["cache"]["misses"]:
-        return
+    if not (eligible(options, cache) and cache.writable):
+        return None
     try:
-        if verdict is None or not isinstance(cache.get_json(verdict), dict):
-            return
+        found = cache.get_json(verdict) if verdict is not None else None
+        if not isinstance(found, dict):
+            return None
         modules = []
         for m in result.modules:
             source = result.sources[m.name]
             entry = cache.svd_entry(source["key"], source["k"])
             if entry is None:
-                return
+                return None
             modules.append({"name": m.name, **source, "sha256": entry["sha256"]})
         memo = {
             "version": MEMO_VERSION,
@@ -150,44 +160,85 @@ def remember(
             "probe_reason": probe[1],
             "verdict": verdict,
         }
-        cache.put_json(memo_key(options), memo, label="svd run memo")
+        if not doc["cache"]["misses"]:
+            cache.put_json(memo_key(options), memo, label="svd run memo")
+        return memo, found
     except (OSError, KeyError, SvdloraError):  # a memo is an optimisation: never fail a run
-        return
+        return None
 
 
 def replay(options: SvdFields, cache: ArtifactCache) -> Document | None:
     """The outputs of a repeated run, from its memo and the cached factors; None when
     anything is missing or differs (the full path then runs)."""
+    return attempt(_replay, options, cache)
+
+
+def attempt(
+    rebuild: Callable[[SvdFields, ArtifactCache], Document],
+    options: SvdFields,
+    cache: ArtifactCache,
+) -> Document | None:
+    """`rebuild`'s outputs, or None where the warm paths are off or it cannot vouch for them."""
     from ..errors import SvdloraError
 
     if not (_ENABLED and eligible(options, cache)):
         return None
     try:
-        return _replay(options, cache)
+        return rebuild(options, cache)
     except (_Cold, SvdloraError, OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def _replay(options: SvdFields, cache: ArtifactCache) -> Document:
-    from ..adapters.factors import split_factors
-    from ..artifacts import write_svd_files
-
     memo = cache.get_json(memo_key(options))
     if not isinstance(memo, dict) or memo.get("version") != MEMO_VERSION:
         raise _Cold
+    doc = memo["document"]
+    return rewrite(
+        options,
+        cache,
+        memo,
+        doc,
+        load_factors(memo, cache, [int(row["rank"]) for row in doc["modules"]]),
+        lambda adapter, factors: _cached_verdict(options, memo, doc, factors, adapter, cache),
+    )
+
+
+def load_factors(memo: dict[str, Any], cache: ArtifactCache, ranks: list[int]) -> list[Cached]:
+    """Each memo module's cached U and Vh cut to its rank (copies: the payloads are not kept
+    whole), its whole cached S and its index entry, in the document's order."""
     doc = memo["document"]
     if "torch" in sys.modules:  # a caller's setting: the document records the thread count
         import torch
 
         if torch.get_num_threads() != doc["compute"]["threads"]:
             raise _Cold
-    rows = doc["modules"]
-    if [m["name"] for m in memo["modules"]] != [row["name"] for row in rows]:
+    if [m["name"] for m in memo["modules"]] != [row["name"] for row in doc["modules"]]:
         raise _Cold
+    out = []
+    for source, rank in zip(memo["modules"], ranks, strict=True):
+        U, S, Vh, entry = _factors(cache, source)
+        out.append((U[:, :rank].copy(), S, Vh[:rank].copy(), entry))
+    return out
+
+
+def rewrite(
+    options: SvdFields,
+    cache: ArtifactCache,
+    memo: dict[str, Any],
+    doc: Document,
+    cached: list[Cached],
+    verify: Callable[[Path, dict[str, LowRankFactors]], dict[str, Any]],
+) -> Document:
+    """The outputs of `doc` (its rows give each module's rank) from the cached factors,
+    through the full path's writers; `verify` gives the verdict of the staged adapter (or
+    raises _Cold: nothing is then moved into place)."""
+    from ..adapters.factors import split_factors
+    from ..artifacts import write_svd_files
+
     factors: dict[str, LowRankFactors] = {}
     adapter_factors: dict[str, LowRankFactors] = {}
-    for source, row in zip(memo["modules"], rows, strict=True):
-        U, S, Vh = _factors(cache, source)
+    for (U, S, Vh, _), row in zip(cached, doc["modules"], strict=True):
         r = int(row["rank"])
         if not 0 < r <= U.shape[1]:
             raise _Cold
@@ -203,16 +254,16 @@ def _replay(options: SvdFields, cache: ArtifactCache) -> Document:
         bool(memo["fan_in_fan_out"]),
         record(options),
         plot=options.plot,
-        verify=lambda adapter: _cached_verdict(options, memo, doc, factors, adapter, cache),
+        verify=lambda adapter: verify(adapter, factors),
     )
-    for _ in rows:
+    for _ in doc["modules"]:
         cache.count(hit=True)  # what the full path counts on a repeat: every lookup a hit
     return written
 
 
-def _factors(cache: ArtifactCache, source: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """U, S, Vh of one module: the entry the full path's lookup would take first, the one
-    the memo was made from (same payload sha256), read and checked."""
+def _factors(cache: ArtifactCache, source: dict[str, Any]) -> Cached:
+    """U, S, Vh and the index entry of one module: the entry the full path's lookup would
+    take first, the one the memo was made from (same payload sha256), read and checked."""
     import numpy as np
 
     k = int(source["k"])
@@ -223,7 +274,7 @@ def _factors(cache: ArtifactCache, source: dict[str, Any]) -> tuple[Any, Any, An
     arrays = cache.peek_arrays(source["key"], k)
     if arrays is None or any(arrays[n].dtype != np.float32 for n in ("U", "S", "Vh")):
         raise _Cold
-    return arrays["U"], arrays["S"], arrays["Vh"]
+    return arrays["U"], arrays["S"], arrays["Vh"], entry
 
 
 def _cached_verdict(

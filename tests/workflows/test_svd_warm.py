@@ -4,46 +4,19 @@ relies on is missing, corrupt or different."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from svdlora_cli.spectra import svd_step
 from svdlora_cli.store.cache import ArtifactCache
 from svdlora_cli.workflows import svd_warm
 from tests.conftest import assert_user_error, invoke, invoke_json
 
 RANK = "4"
-
-
-@pytest.fixture
-def pair(qwen2_pair, tmp_path) -> tuple[Path, Path]:
-    """A private copy of the tiny Qwen2 pair (some tests rewrite the tuned weights)."""
-    base, tuned = tmp_path / "base", tmp_path / "tuned"
-    shutil.copytree(qwen2_pair.base, base)
-    shutil.copytree(qwen2_pair.tuned, tuned)
-    return base, tuned
-
-
-@pytest.fixture
-def full_runs(monkeypatch) -> list[int]:
-    """Counts the full path's decomposition step (the warm path never calls it)."""
-    calls: list[int] = []
-    real = svd_step.run_svd
-
-    @functools.wraps(real)
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(svd_step, "run_svd", counted)
-    return calls
 
 
 def _svd(pair, out: Path, *extra: object, warm: bool = True, monkeypatch=None) -> dict:
@@ -139,10 +112,12 @@ def test_a_warm_repeat_imports_no_torch_transformers_or_peft(pair, tmp_path, mon
     assert "torch" in heavy
 
 
-def _verdict_keys(cache_dir: Path) -> list[str]:
+def _drop_verdicts(cache_dir: Path) -> None:
+    """Every cached adapter verdict removed: the next full run checks through PEFT."""
     cache = ArtifactCache(cache_dir)
     try:
-        return [e["key"] for e in cache.entries() if e.get("label") == "adapter verdict"]
+        keys = [e["key"] for e in cache.entries() if e.get("label") == "adapter verdict"]
+        assert keys and all(cache._drop(key) for key in keys)
     finally:
         cache.close()
 
@@ -153,10 +128,7 @@ def test_without_the_cached_verdict_the_full_path_checks_again(
     out = tmp_path / "out"
     _warmed(pair, out, monkeypatch, "--rank", RANK)
     expected = _files(out)
-    cache = ArtifactCache(tmp_path / "cache")
-    for key in _verdict_keys(tmp_path / "cache"):
-        assert cache._drop(key)
-    cache.close()
+    _drop_verdicts(tmp_path / "cache")
     doc = _svd(pair, out, "--rank", RANK)
     assert len(full_runs) == 3 and doc["verification"]["cached"] is False
     assert doc["verification"]["structural"]["ok"] is True
