@@ -90,18 +90,23 @@ def mean_loss(
     indices: Sequence[Sequence[int]],
     batch_of: Batcher,
     accelerator: Any,
+    full: bool = False,
 ) -> float:
     """Token-weighted mean loss over micro-batches, summed across processes (one host
-    read at the end, none per micro-batch)."""
+    read at the end, none per micro-batch). `full`: an evaluation, in fp32 even in a bf16
+    run where it can be (eval_precision.py); else under the training's autocast."""
+    from .eval_precision import full_precision
+
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    for batch_indices in indices:
-        mine, weight = _shard(batch_indices, accelerator)
-        with accelerator.autocast():
+    precision = full_precision(model, accelerator) if full else accelerator.autocast()
+    with precision:
+        for batch_indices in indices:
+            mine, weight = _shard(batch_indices, accelerator)
             loss, count = loss_sum(model, _to(batch_of(mine, data), accelerator.device))
-        total[0] += weight * loss.double()
-        total[1] += weight * count
+            total[0] += weight * loss.double()
+            total[1] += weight * count
     total = accelerator.reduce(total, reduction="sum")
     model.train(was_training)
     loss, count = total.tolist()
@@ -137,6 +142,7 @@ def fit(
     """
     from transformers import get_scheduler
 
+    from .eval_precision import eval_precision
     from .flops import ModelFlops, run_utilisation
 
     config.validate()
@@ -182,7 +188,7 @@ def fit(
     def evaluate() -> float | None:
         if not eval_batches or evaluation is None:
             return None
-        return mean_loss(model, evaluation, eval_batches, batch_of, accelerator)
+        return mean_loss(model, evaluation, eval_batches, batch_of, accelerator, full=True)
 
     model.train()
     start = time.perf_counter()
@@ -329,6 +335,7 @@ def fit(
     dtype = compute_dtype(config.precision, unwrapped)
     result.extras.update(
         attention=batching.attention,
+        eval_precision=eval_precision(accelerator),  # eval losses' compute (eval_precision.py)
         flops_per_token=round(per_token),
         training_flops=rows[-1].flops,  # the whole run's (all processes); None: unknown
         **run_utilisation(

@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -173,7 +173,23 @@ def packed_attention(
         raise RuntimeError(f"the {ATTENTION} attention needs packed rows (training.packing.pack)")
     if dropout:
         raise RuntimeError("packed attention has no attention dropout; train with it at 0")
-    return _KERNEL_FUNCTIONS[rows.kernel](query, key, value, rows, scaling), None
+    return _KERNEL_FUNCTIONS[_exact or rows.kernel](query, key, value, rows, scaling), None
+
+
+_exact: str | None = None  # set while an fp32 pass runs (`exact_rows`)
+
+
+@contextlib.contextmanager
+def exact_rows() -> Iterator[None]:
+    """Packed batches take the per-row SDPA while this lasts: the varlen kernels take
+    bf16/fp16 only, and an fp32 evaluation of a bf16 run (eval_precision.py) needs neither
+    them nor any device read."""
+    global _exact
+    before, _exact = _exact, "sdpa_rows"
+    try:
+        yield
+    finally:
+        _exact = before
 
 
 def register() -> None:

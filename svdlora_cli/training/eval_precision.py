@@ -1,0 +1,74 @@
+"""Eval losses of a bf16/fp16 run computed in fp32, so that a small adapter is not deleted.
+
+Under autocast a matrix product's output lies on bf16's grid (fp16's). PEFT adds the LoRA
+branch's output to the base layer's, and when that branch changes an activation by less
+than half a grid step (about 0.2% of it in bf16) the sum rounds back to the base's value:
+the change is deleted, not rounded; a little above that, the few elements that cross a
+step carry a full step each, rounding noise larger than the change. A LoRA that starts at
+B = 0 changes activations by about lr * steps relative, so its first tens of steps are
+poorly represented in a bf16 forward, while an adapter that starts large (the svd init)
+is not: a bf16 eval loss is biased in exactly the comparison this tool makes.
+Measured on SmolLM2-135M after 20 steps of a random-init LoRA (fp32 training, 16 eval
+rows): eval loss 1.0757 in fp32 against 1.1111 under bf16 autocast, where the base's own
+loss moves only from 1.2939 to 1.2959 (benchmarks/RESULTS.md).
+
+`full_precision` runs an evaluation pass in fp32 instead: the frozen bf16/fp16 weights are
+widened in place for the pass and narrowed back after (bf16 -> fp32 -> bf16 is exact, so
+training resumes on the same bits), and accelerate's autocast wrapper of the forward is
+bypassed; packed rows take the exact per-row SDPA (the varlen kernels take bf16/fp16
+only). It does this in one process; under DDP, FSDP or DeepSpeed the pass keeps the
+training's autocast, and the run's JSON says which (`eval_precision`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from .packing import exact_rows
+
+LOW = (torch.bfloat16, torch.float16)
+
+
+def eval_precision(accelerator: Any) -> str:
+    """`fp32` where evaluation runs in fp32 (every single-process run), else the training's
+    autocast dtype (`bf16`, `fp16`)."""
+    mixed = str(getattr(accelerator, "mixed_precision", "no"))
+    return "fp32" if mixed not in ("bf16", "fp16") or accelerator.num_processes == 1 else mixed
+
+
+@contextlib.contextmanager
+def full_precision(model: Any, accelerator: Any) -> Iterator[None]:
+    """An evaluation pass of `model` (as `accelerator.prepare` returned it) in fp32 where
+    `eval_precision` says so, else under the training's autocast."""
+    if eval_precision(accelerator) != "fp32" or accelerator.mixed_precision not in ("bf16", "fp16"):
+        with accelerator.autocast():
+            yield
+        return
+    narrow = [t for t in _tensors(model) if t.dtype in LOW]
+    dtypes = [t.dtype for t in narrow]
+    patched = model.__dict__.get("forward")  # accelerate's autocast wrapper, if any
+    original = model.__dict__.get("_original_forward")
+    try:
+        for t in narrow:
+            t.data = t.data.float()
+        if patched is not None and original is not None:
+            model.forward = original
+        with torch.autocast(accelerator.device.type, enabled=False), exact_rows():
+            yield
+    finally:
+        if patched is not None and original is not None:
+            model.forward = patched
+        for t, dtype in zip(narrow, dtypes, strict=True):
+            t.data = t.data.to(dtype)
+
+
+def _tensors(model: Any) -> list[torch.Tensor]:
+    """Every parameter and buffer once (tied weights are one tensor)."""
+    seen: dict[int, torch.Tensor] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        seen.setdefault(id(t), t)
+    return list(seen.values())

@@ -1,0 +1,148 @@
+"""Eval losses of a bf16 run in fp32: a bf16 forward deletes a small LoRA change, the fp32
+pass keeps it, equals an independent fp32 loss of the run's weights, and leaves training
+on the same bits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from svdlora_cli.data import collate, load_examples, tokenize_examples
+from svdlora_cli.training.accelerator import make_accelerator
+from svdlora_cli.training.config import TrainConfig
+from svdlora_cli.training.eval_precision import eval_precision, full_precision
+from svdlora_cli.training.student import base_plan, train_student
+
+IDS = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+
+
+def _small_lora(model_dir) -> torch.nn.Module:
+    """The tiny Llama in bf16 with a LoRA whose change is below half a bf16 step of every
+    output it touches (B about 1e-6: at 1e-5 to 1e-4 a bf16 forward turns the change into
+    rounding noise larger than the change itself, measured)."""
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    gen = torch.Generator().manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data = (1e-6 * torch.randn(p.shape, generator=gen)).float()
+        elif "lora_A" in name:
+            p.data = p.data.float()
+    return model
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS).logits.float()
+
+
+def test_a_bf16_forward_deletes_a_small_lora_change_that_full_precision_keeps(tiny_llm):
+    accelerator = make_accelerator("cpu", "bf16")
+    model = accelerator.prepare(_small_lora(tiny_llm))
+    bits = {n: p.detach().clone() for n, p in model.named_parameters()}
+    wrapper = model.forward
+    with model.disable_adapter():
+        base = _logits(model)
+    adapted = _logits(model)  # under accelerate's autocast
+    assert torch.equal(adapted, base), "the bf16 forward kept the change (raise the test's B)"
+    with full_precision(model, accelerator):
+        full = _logits(model)
+        with model.disable_adapter():
+            full_base = _logits(model)
+    assert (full - full_base).norm() > 1e-5  # the adapter's effect, visible in fp32
+    # independently: the bf16 base's values in fp32 plus the same adapter, no autocast
+    reference = _small_lora(tiny_llm).float()
+    reference.load_state_dict({n.replace("_orig_mod.", ""): t for n, t in bits.items()})
+    assert torch.allclose(full, _logits(reference.float()), atol=1e-6, rtol=0)
+    # the pass leaves the weights' bits and accelerate's autocast wrapper as they were
+    for name, p in model.named_parameters():
+        assert p.dtype == bits[name].dtype and torch.equal(p, bits[name]), name
+    assert model.forward == wrapper
+    assert torch.equal(_logits(model), adapted)
+
+
+def _fp32_eval_loss(model_dir, adapter_dir, eval_file, config) -> float:
+    """The student's weights evaluated by hand: its bf16 base's values in fp32, its adapter,
+    one padded batch of every eval row, no autocast."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = tokenize_examples(load_examples(eval_file), tok, config.max_length)
+    batch = collate(list(range(len(rows))), rows, tok.pad_token_id)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).float()
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    with torch.no_grad():
+        return float(model(**batch).loss)
+
+
+def _bf16_student(tiny_llm, tiny_data, out, eval_every: int) -> dict:
+    config = TrainConfig(
+        max_steps=3,
+        learning_rate=3e-3,
+        batch_size=4,
+        max_length=64,
+        device="cpu",
+        precision="bf16",
+        eval_every=eval_every,
+    )
+    plan = base_plan(str(tiny_llm), 4, None)
+    return train_student(
+        str(tiny_llm),
+        "random",
+        out,
+        config,
+        plan,
+        data_path=str(tiny_data[0]),
+        eval_path=str(tiny_data[1]),
+    )
+
+
+def test_a_bf16_students_eval_loss_is_the_fp32_loss_of_its_weights(tiny_llm, tiny_data, tmp_path):
+    summary = _bf16_student(tiny_llm, tiny_data, tmp_path, eval_every=1)
+    assert summary["eval_precision"] == "fp32"
+    config = TrainConfig(max_length=64)
+    expected = _fp32_eval_loss(tiny_llm, tmp_path / "final_model_random", tiny_data[1], config)
+    assert summary["final_eval_loss"] == pytest.approx(expected, rel=2e-6)
+
+
+def test_evaluating_in_fp32_leaves_training_on_the_same_bits(tiny_llm, tiny_data, tmp_path):
+    """An eval after every step (each one widening and narrowing the base) trains the same
+    adapter, bit for bit, as evals at the start and the end only."""
+    often = _bf16_student(tiny_llm, tiny_data, tmp_path / "often", eval_every=1)
+    rarely = _bf16_student(tiny_llm, tiny_data, tmp_path / "rarely", eval_every=0)
+    assert often["final_eval_loss"] == rarely["final_eval_loss"]
+    a = load_file(tmp_path / "often" / "final_model_random" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "rarely" / "final_model_random" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_full_precision_runs_are_evaluated_as_they_train():
+    class Stub:
+        mixed_precision = "no"
+        num_processes = 1
+
+    assert eval_precision(Stub()) == "fp32"
+    Stub.mixed_precision, Stub.num_processes = "bf16", 2
+    assert eval_precision(Stub()) == "bf16"  # several processes keep the training's autocast
+
+
+def test_an_fp32_pass_takes_the_exact_per_row_kernel(monkeypatch):
+    """The varlen kernels take bf16/fp16 only: inside an fp32 pass a packed batch built for
+    one runs the per-row SDPA, and outside it the batch's own kernel again."""
+    import dataclasses
+
+    from svdlora_cli.training import packing
+
+    def varlen(*args, **kwargs):
+        raise AssertionError("a varlen kernel ran in an fp32 pass")
+
+    monkeypatch.setitem(packing._KERNEL_FUNCTIONS, "varlen", varlen)
+    q = torch.randn(1, 2, 6, 4, generator=torch.Generator().manual_seed(0))
+    rows = packing.PackedRows((2, 4), torch.tensor([0, 2, 6], dtype=torch.int32), "varlen")
+    exact = dataclasses.replace(rows, kernel="sdpa_rows")
+    with packing.exact_rows():
+        out, _ = packing.packed_attention(None, q, q, q, None, packed_rows=rows)
+    assert torch.equal(out, packing.packed_attention(None, q, q, q, None, packed_rows=exact)[0])
+    with pytest.raises(AssertionError, match="varlen kernel ran"):
+        packing.packed_attention(None, q, q, q, None, packed_rows=rows)
