@@ -146,3 +146,23 @@ def test_an_fp32_pass_takes_the_exact_per_row_kernel(monkeypatch):
     assert torch.equal(out, packing.packed_attention(None, q, q, q, None, packed_rows=exact)[0])
     with pytest.raises(AssertionError, match="varlen kernel ran"):
         packing.packed_attention(None, q, q, q, None, packed_rows=rows)
+
+
+def test_older_bf16_runs_are_not_reused_and_fp32_runs_still_are(tiny_llm, tiny_data, monkeypatch):
+    """A finished bf16/fp16 run is reused by its key: the key now says its eval losses are
+    fp32, so a run whose eval ran under autocast is trained again; fp32 keys are unchanged."""
+    from svdlora_cli.data import Datasets
+    from svdlora_cli.store import cache
+    from svdlora_cli.training import records
+
+    seen: list[dict] = []
+    real = cache.content_key
+    monkeypatch.setattr(
+        cache, "content_key", lambda kind, **parts: seen.append(parts) or real(kind, **parts)
+    )
+    data = Datasets(None, None, tiny_data[0], tiny_data[1])
+    content = records.comparable_identity(str(tiny_llm), data)
+    for precision in ("no", "bf16"):
+        config = TrainConfig(max_length=64, device="cpu", precision=precision)
+        records.run_key("student-run", str(tiny_llm), data, config, content)
+    assert "evaluation" not in seen[0] and seen[1]["evaluation"] == "fp32"
