@@ -12,10 +12,10 @@ Measured on SmolLM2-135M after 20 steps of a random-init LoRA (fp32 training, 16
 rows): eval loss 1.0757 in fp32 against 1.1111 under bf16 autocast, where the base's own
 loss moves only from 1.2939 to 1.2959 (benchmarks/RESULTS.md).
 
-`full_precision` runs an evaluation pass in fp32 instead: the frozen bf16/fp16 weights are
-widened in place for the pass and narrowed back after (bf16 -> fp32 -> bf16 is exact, so
-training resumes on the same bits), and accelerate's autocast wrapper of the forward is
-bypassed; packed rows take the exact per-row SDPA (the varlen kernels take bf16/fp16
+`full_precision` runs an evaluation pass in fp32 instead: each module's frozen bf16/fp16
+weights are widened in place for its forward and narrowed back after it (bf16 -> fp32 ->
+bf16 is exact, so training resumes on the same bits), and accelerate's autocast wrapper of
+the forward is bypassed; packed rows take the exact per-row SDPA (the varlen kernels take bf16/fp16
 only). It does this in one process; under DDP, FSDP or DeepSpeed the pass keeps the
 training's autocast, and the run's JSON says which (`eval_precision`).
 """
@@ -43,32 +43,56 @@ def eval_precision(accelerator: Any) -> str:
 @contextlib.contextmanager
 def full_precision(model: Any, accelerator: Any) -> Iterator[None]:
     """An evaluation pass of `model` (as `accelerator.prepare` returned it) in fp32 where
-    `eval_precision` says so, else under the training's autocast."""
+    `eval_precision` says so, else under the training's autocast.
+
+    Each module's own bf16/fp16 weights are widened just before its forward and narrowed
+    right after (forward hooks), so the pass needs one layer's fp32 weights at a time, not
+    the model's: a 7B student that fits a 24 GB GPU in bf16 still fits for its eval.
+    """
     if eval_precision(accelerator) != "fp32" or accelerator.mixed_precision not in ("bf16", "fp16"):
         with accelerator.autocast():
             yield
         return
-    narrow = [t for t in _tensors(model) if t.dtype in LOW]
-    dtypes = [t.dtype for t in narrow]
     patched = model.__dict__.get("forward")  # accelerate's autocast wrapper, if any
     original = model.__dict__.get("_original_forward")
+    hooks, narrow = [], []
     try:
-        for t in narrow:
-            t.data = t.data.float()
+        for module in model.modules():
+            own = [
+                t
+                for t in (*module.parameters(recurse=False), *module.buffers(recurse=False))
+                if t.dtype in LOW
+            ]
+            if own:
+                narrow += [(t, t.dtype) for t in own]
+                hooks.append(module.register_forward_pre_hook(_widen(own)))
+                hooks.append(module.register_forward_hook(_narrow(own)))
         if patched is not None and original is not None:
             model.forward = original
         with torch.autocast(accelerator.device.type, enabled=False), exact_rows():
             yield
     finally:
+        for hook in hooks:
+            hook.remove()
         if patched is not None and original is not None:
             model.forward = patched
-        for t, dtype in zip(narrow, dtypes, strict=True):
+        for t, dtype in narrow:  # after an error inside a forward too
             t.data = t.data.to(dtype)
 
 
-def _tensors(model: Any) -> list[torch.Tensor]:
-    """Every parameter and buffer once (tied weights are one tensor)."""
-    seen: dict[int, torch.Tensor] = {}
-    for t in [*model.parameters(), *model.buffers()]:
-        seen.setdefault(id(t), t)
-    return list(seen.values())
+def _widen(tensors: list[torch.Tensor]) -> Any:
+    def hook(module: Any, args: Any) -> None:
+        for t in tensors:
+            t.data = t.data.float()
+
+    return hook
+
+
+def _narrow(tensors: list[torch.Tensor]) -> Any:
+    dtypes = [t.dtype for t in tensors]
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        for t, dtype in zip(tensors, dtypes, strict=True):
+            t.data = t.data.to(dtype)  # exact: these values came from `dtype`
+
+    return hook

@@ -19,12 +19,25 @@ from svdlora_cli.training.student import base_plan, train_student
 IDS = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
 
 
-def _small_lora(model_dir) -> torch.nn.Module:
-    """The tiny Llama in bf16 with a LoRA whose change is below half a bf16 step of every
+TARGETS = {"llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
+ARCHS = {  # name: (architecture, tied input and output embeddings)
+    "llama": ("llama", False),
+    "llama-tied": ("llama", True),
+    "qwen2-gqa": ("qwen2", False),
+    "gpt2-conv1d": ("gpt2", False),
+}
+
+
+def _small_lora(model_dir, arch: str, tied: bool) -> torch.nn.Module:
+    """A tiny model in bf16 with a LoRA whose change is below half a bf16 step of every
     output it touches (B about 1e-6: at 1e-5 to 1e-4 a bf16 forward turns the change into
     rounding noise larger than the change itself, measured)."""
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    extra = {"tie_word_embeddings": True} if tied else {}
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, **extra)
+    config = LoraConfig(
+        r=4, lora_alpha=4, target_modules=TARGETS[arch], fan_in_fan_out=arch == "gpt2"
+    )
+    model = get_peft_model(base, config)
     gen = torch.Generator().manual_seed(0)
     for name, p in model.named_parameters():
         if "lora_B" in name:
@@ -39,24 +52,39 @@ def _logits(model) -> torch.Tensor:
         return model(input_ids=IDS).logits.float()
 
 
-def test_a_bf16_forward_deletes_a_small_lora_change_that_full_precision_keeps(tiny_llm):
+@pytest.mark.parametrize("case", list(ARCHS))
+def test_a_bf16_forward_deletes_a_small_lora_change_that_full_precision_keeps(case, tmp_path):
+    from tests.conftest import build_tiny_llm
+
+    arch, tied = ARCHS[case]
+    folder = build_tiny_llm(tmp_path / "base", arch)
     accelerator = make_accelerator("cpu", "bf16")
-    model = accelerator.prepare(_small_lora(tiny_llm))
+    model = accelerator.prepare(_small_lora(folder, arch, tied))
     bits = {n: p.detach().clone() for n, p in model.named_parameters()}
     wrapper = model.forward
     with model.disable_adapter():
         base = _logits(model)
     adapted = _logits(model)  # under accelerate's autocast
     assert torch.equal(adapted, base), "the bf16 forward kept the change (raise the test's B)"
+    wide: list[int] = []  # fp32 parameters while the output layer runs: one layer's at a time
+    last = model.get_output_embeddings()
+    hook = last.register_forward_hook(
+        lambda *_: wide.append(
+            sum(p.numel() for p in model.parameters() if p.dtype == torch.float32)
+        )
+    )
     with full_precision(model, accelerator):
         full = _logits(model)
         with model.disable_adapter():
             full_base = _logits(model)
+    hook.remove()
+    lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert wide and max(wide) - lora <= last.weight.numel() + 2 * 32  # its weight (and a norm)
     assert (full - full_base).norm() > 1e-5  # the adapter's effect, visible in fp32
     # independently: the bf16 base's values in fp32 plus the same adapter, no autocast
-    reference = _small_lora(tiny_llm).float()
-    reference.load_state_dict({n.replace("_orig_mod.", ""): t for n, t in bits.items()})
-    assert torch.allclose(full, _logits(reference.float()), atol=1e-6, rtol=0)
+    reference = _small_lora(folder, arch, tied).float()
+    reference.load_state_dict(bits)
+    assert torch.allclose(full, _logits(reference), atol=1e-6, rtol=0)
     # the pass leaves the weights' bits and accelerate's autocast wrapper as they were
     for name, p in model.named_parameters():
         assert p.dtype == bits[name].dtype and torch.equal(p, bits[name]), name
