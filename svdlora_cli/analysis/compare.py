@@ -31,7 +31,7 @@ from .curve_stats import (
     steps_to_target,
     value_at_step,
 )
-from .grid_checks import eval_loss_warnings, grid_warnings
+from .grid_checks import eval_loss_warnings, grid_warnings, precision_warnings
 from .protocol import protocol
 
 LOG_NAME = re.compile(r"^training_log_(?P<name>.+)\.csv$")
@@ -296,7 +296,7 @@ def compare_selection(selection: Selection, target_loss: float | None = None) ->
     notes = eval_loss_warnings(runs)
     if fair["no_verdict"] and len(fair["grid"]) > 1 and not notes:
         notes.append(f"no verdict: {fair['no_verdict']}")
-    notes += grid_warnings(fair) + flops_warnings(arm_docs)
+    notes += grid_warnings(fair) + flops_warnings(arm_docs) + precision_warnings(runs)
     for arm in arm_docs:  # each arm names its init's chosen rate and whether it is an edge
         entry = fair["grid"].get(arm["init"], {})
         arm["chosen_learning_rate"] = entry.get("chosen")

@@ -32,6 +32,35 @@ def eval_loss_warnings(runs: Sequence[Any]) -> list[str]:
     ]
 
 
+def precision_warnings(runs: Sequence[Any]) -> list[str]:
+    """Student runs trained in bf16/fp16: what their losses can and cannot show
+    (training/eval_precision.py has the measurement)."""
+    low = [r for r in runs if not r.is_teacher and r.record.get("precision") in ("bf16", "fp16")]
+    if not low:
+        return []
+    kind = "/".join(sorted({str(r.record["precision"]) for r in low}))
+    notes = [
+        f"{len(low)} student run(s) trained in {kind}: each step's training loss (and so "
+        f"steps to target) comes from a {kind} forward, which drops a LoRA change below half "
+        f"a {kind} step of an activation, so a B = 0 arm's first steps show less progress "
+        "than they made and an svd arm's do not; the eval losses are fp32 (use them)"
+    ]
+    summary = [r.record.get("summary") for r in low]
+    autocast = [
+        r.name
+        for r, s in zip(low, summary, strict=True)
+        if not (isinstance(s, dict) and s.get("eval_precision") == "fp32")
+    ]
+    if autocast:
+        notes.append(
+            f"the eval losses of {len(autocast)} {kind} run(s) were computed under {kind} "
+            f"autocast (several processes, or an older svdlora): {', '.join(autocast[:3])}"
+            f"{' ...' if len(autocast) > 3 else ''}; they understate small adapters, so "
+            "compare them only with each other, or rerun them in one process"
+        )
+    return notes
+
+
 def _lr(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 

@@ -109,3 +109,25 @@ def test_compare_json_carries_edge_of_grid_and_the_report_the_warning(tmp_path):
             assert arm["edge_of_grid"] is entry["edge_of_grid"]
     report = (tmp_path / "comparison_report.md").read_text()
     assert "svd: chosen learning rate 0.0001 is at the edge of the grid" in report
+
+
+def test_bf16_students_are_warned_about_their_training_losses_and_autocast_evals(tmp_path):
+    """bf16 training losses understate a B = 0 arm's early progress; an eval that also ran
+    under autocast (several processes, an older run) is named; fp32 runs get no note."""
+    fp32 = tmp_path / "fp32"
+    fp32.mkdir()
+    _run(fp32, "random", 1e-3, 0, 1.2, precision="no")
+    _run(fp32, "svd", 1e-3, 0, 1.0, precision="no")
+    assert not [w for w in compare_runs(find_logs(fp32))["warnings"] if "bf16" in w]
+    low = tmp_path / "bf16"
+    low.mkdir()
+    _run(low, "random", 1e-3, 0, 1.2, precision="bf16", summary={"eval_precision": "fp32"})
+    _run(low, "svd", 1e-3, 0, 1.0, precision="bf16", summary={"eval_precision": "bf16"})
+    warnings = [w for w in compare_runs(find_logs(low))["warnings"] if "bf16" in w]
+    assert len(warnings) == 2
+    assert (
+        warnings[0].startswith("2 student run(s) trained in bf16")
+        and "steps to target" in warnings[0]
+    )
+    assert "of 1 bf16 run(s) were computed under bf16 autocast" in warnings[1]
+    assert "svd_lr0.001_seed0" in warnings[1] and "random_lr" not in warnings[1]
