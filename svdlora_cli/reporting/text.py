@@ -133,16 +133,23 @@ def verification_rows(doc: Mapping[str, Any]) -> list[list[str]]:
     v = doc.get("verification") or doc
     rows = []
     structural = v.get("structural") or {}
+    carried = v.get("carried_from")  # adapters/sibling.py: PEFT checked a sibling at that rank
     if structural.get("ok"):
         detail = f"{structural['modules']} adapter modules, each wrapped by PEFT with its shape"
+        if carried:
+            detail = (
+                f"carried: PEFT wrapped each of the {structural['modules']} modules of this "
+                f"run's rank-{carried['rank']} adapter, whose format this one has"
+            )
         rows.append(["structural", "ok", detail])
         deltas = structural.get("deltas")
         if deltas:
+            whose = "this file's B @ A" if carried else "PEFT's delta"
             rows.append(
                 [
                     "module deltas",
                     "ok",
-                    f"PEFT's delta of each of {deltas['checked']} modules vs the rank-r "
+                    f"{whose} of each of {deltas['checked']} modules vs the rank-r "
                     f"delta: max {deltas['max_rel_diff']:.2e} relative, Frobenius "
                     f"(tolerance {deltas['tolerance']:g})",
                 ]

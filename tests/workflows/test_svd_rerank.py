@@ -56,6 +56,10 @@ def test_another_rank_is_cut_warm_with_the_full_paths_figures_and_bytes(
     carried, checked = warm["verification"], full["verification"]
     assert carried["carried_from"]["rank"] == 4 and carried["cached"] is False
     assert _without(carried, "carried_from") == checked
+    report = (tmp_path / "warm" / "svd_report_rank2.txt").read_text()
+    assert "carried: PEFT wrapped each of the" in report and "rank-4 adapter" in report
+    assert "this file's B @ A of each of" in report
+    assert "carried" not in (tmp_path / "full" / "svd_report_rank2.txt").read_text()
     warm_files, full_files = _files(tmp_path / "warm"), _files(tmp_path / "full")
     for name, data in full_files.items():
         if name.endswith(".safetensors") or name.endswith("adapter_config.json"):
