@@ -15,9 +15,10 @@ loss moves only from 1.2939 to 1.2959 (benchmarks/RESULTS.md).
 `full_precision` runs an evaluation pass in fp32 instead: each module's frozen bf16/fp16
 weights are widened in place for its forward and narrowed back after it (bf16 -> fp32 ->
 bf16 is exact, so training resumes on the same bits), and accelerate's autocast wrapper of
-the forward is bypassed; packed rows take the exact per-row SDPA (the varlen kernels take bf16/fp16
-only). It does this in one process; under DDP, FSDP or DeepSpeed the pass keeps the
-training's autocast, and the run's JSON says which (`eval_precision`).
+the forward is bypassed; packed rows take the exact per-row SDPA (the varlen kernels take
+bf16/fp16 only). It does this in a plain single process; under DDP, FSDP or DeepSpeed
+(even with one process) the pass keeps the training's autocast, and the run's JSON says
+which (`eval_precision`).
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ LOW = (torch.bfloat16, torch.float16)
 
 
 def eval_precision(accelerator: Any) -> str:
-    """`fp32` where evaluation runs in fp32 (every single-process run), else the training's
-    autocast dtype (`bf16`, `fp16`)."""
+    """`fp32` where evaluation runs in fp32 (every plain single-process run), else the
+    training's autocast dtype (`bf16`, `fp16`): DDP, FSDP and DeepSpeed own their parameters
+    (FSDP's are sharded), even in one process, so their weights are not widened."""
+    from .accelerator import engine
+
     mixed = str(getattr(accelerator, "mixed_precision", "no"))
-    return "fp32" if mixed not in ("bf16", "fp16") or accelerator.num_processes == 1 else mixed
+    return "fp32" if mixed not in ("bf16", "fp16") or engine(accelerator) == "NO" else mixed
 
 
 @contextlib.contextmanager

@@ -145,14 +145,20 @@ def test_evaluating_in_fp32_leaves_training_on_the_same_bits(tiny_llm, tiny_data
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_full_precision_runs_are_evaluated_as_they_train():
+def test_only_plain_single_process_runs_widen_their_weights():
+    """fp32 runs are evaluated as they train; a bf16 run in fp32 unless an engine (DDP,
+    FSDP, DeepSpeed, even with one process) owns its parameters."""
+
     class Stub:
         mixed_precision = "no"
-        num_processes = 1
+        distributed_type = "DistributedType.NO"
 
     assert eval_precision(Stub()) == "fp32"
-    Stub.mixed_precision, Stub.num_processes = "bf16", 2
-    assert eval_precision(Stub()) == "bf16"  # several processes keep the training's autocast
+    Stub.mixed_precision = "bf16"
+    assert eval_precision(Stub()) == "fp32"
+    for kind in ("MULTI_GPU", "FSDP", "DEEPSPEED", "MULTI_CPU"):
+        Stub.distributed_type = f"DistributedType.{kind}"
+        assert eval_precision(Stub()) == "bf16", kind
 
 
 def test_an_fp32_pass_takes_the_exact_per_row_kernel(monkeypatch):
