@@ -123,7 +123,8 @@ def run_key(
         data=files,
         fields=[data.fields.prompt, data.fields.answer],
         config=config.result_settings(),
-        # bf16/fp16 eval losses are fp32 since eval_precision.py: older runs' are not reused
+        # since eval_precision.py one process evaluates bf16/fp16 runs in fp32: older runs,
+        # evaluated under autocast, are not reused
         **({"evaluation": "fp32"} if config.precision in ("bf16", "fp16") else {}),
         **extra,
     )
