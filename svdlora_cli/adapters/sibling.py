@@ -36,9 +36,9 @@ _RANKED = ("r", "lora_alpha")  # the config fields that differ between siblings
 
 
 def _layout_record(folder: Path) -> dict[str, Any] | None:
-    """What a sibling must share with the checked adapter: its config less r and
-    lora_alpha, and per module its keys, stored dtypes and (out, in); None unless the
-    adapter has one rank and alpha = r."""
+    """What a sibling must share with the checked adapter (its config less r and
+    lora_alpha, and per module its keys, stored dtypes and (out, in)), and its rank; None
+    unless the adapter has one rank and alpha = r."""
     from ..models.formats import format_for
 
     layout = read_adapter_layout(folder)
@@ -59,6 +59,7 @@ def _layout_record(folder: Path) -> dict[str, Any] | None:
     return {
         "config": {k: v for k, v in config.items() if k not in _RANKED},
         "modules": modules,
+        "rank": config["r"],
     }
 
 
@@ -70,7 +71,7 @@ def sibling_record(adapter: str | Path, verdict: Mapping[str, Any]) -> dict[str,
     layout = _layout_record(Path(adapter))
     if layout is None:
         return None
-    return {**layout, "rank": read_adapter_layout(adapter).config["r"], "verdict": dict(verdict)}
+    return {**layout, "verdict": dict(verdict)}
 
 
 def carried_verdict(
@@ -78,7 +79,6 @@ def carried_verdict(
 ) -> dict[str, Any] | None:
     """The sibling's verdict for `adapter` when it has the same format and its every module
     equals `factors` (B, A: the SVD's rank-r factors, numpy or torch); else None."""
-    import numpy as np
     from safetensors.numpy import load_file
 
     folder = Path(adapter)
@@ -91,20 +91,19 @@ def carried_verdict(
         tensors = load_file(str(folder / ADAPTER_WEIGHTS))
     except (SvdloraError, OSError, ValueError, KeyError):
         return None
-    deltas = copy.deepcopy(sibling["verdict"]["structural"]["deltas"])
     if set(factors) != set(layout["modules"]):
         return None
+    verdict = copy.deepcopy(dict(sibling["verdict"]))
+    deltas = verdict["structural"]["deltas"]
     worst = 0.0
     for module, (a, b, *_) in layout["modules"].items():
         expected = factors[module]
-        A, B = (np.asarray(tensors[key]) for key in (a, b))
-        gap, theirs, mine = low_rank_gap(B, A, expected.B, expected.A)  # scale 1 (alpha = r)
+        gap, theirs, mine = low_rank_gap(tensors[b], tensors[a], expected.B, expected.A)  # scale 1
         relative = gap / max(mine, 1e-30)
         if relative > deltas["tolerance"] or (mine > 0) != (theirs > 0):
             return None
         worst = max(worst, relative)
-    verdict = copy.deepcopy(dict(sibling["verdict"]))
-    verdict["structural"]["deltas"] = {**deltas, "max_rel_diff": worst}
+    deltas["max_rel_diff"] = worst
     verdict["carried_from"] = {
         "rank": sibling["rank"],
         "how": "PEFT loaded and checked the rank-"

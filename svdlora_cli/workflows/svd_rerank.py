@@ -104,7 +104,7 @@ def _rerank(options: SvdFields, cache: ArtifactCache) -> Document:
     family = cache.get_json(memo_key(options, family=True)) if _cuttable(options) else None
     if not isinstance(family, dict) or family.get("version") != MEMO_VERSION:
         raise _Cold
-    memo = copy.deepcopy(family["memo"])
+    memo = family["memo"]  # the cache's own copy, read for this run
     rank = int(options.rank or 0)
     rows = memo["document"]["modules"]
     cached = load_factors(memo, cache, [min(rank, int(row["k_cached"])) for row in rows])

@@ -267,10 +267,10 @@ def _factors(cache: ArtifactCache, source: dict[str, Any]) -> Cached:
     import numpy as np
 
     k = int(source["k"])
-    first = next((key for key in source["keys"] if cache.svd_entry(key, k) is not None), None)
-    entry = cache.svd_entry(source["key"], k) if first == source["key"] else None
-    if entry is None or entry.get("sha256") != source["sha256"]:
+    first = next(((key, e) for key in source["keys"] if (e := cache.svd_entry(key, k))), None)
+    if first is None or first[0] != source["key"] or first[1].get("sha256") != source["sha256"]:
         raise _Cold
+    entry = first[1]
     arrays = cache.peek_arrays(source["key"], k)
     if arrays is None or any(arrays[n].dtype != np.float32 for n in ("U", "S", "Vh")):
         raise _Cold
