@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,6 @@ def attach_accuracy(
     Results are cached by the content of the model, the adapter and the eval slice.
     """
     from ..data import load_examples, resolve_data_path
-    from .generation import exact_match, load_for_generation
 
     eval_path = eval_data or first_set(r.record.get("eval_data") for r in runs)
     offset = accuracy_offset(runs)
@@ -49,18 +48,21 @@ def attach_accuracy(
         for r in runs
         if not r.is_teacher and r.model_dir and (chosen is None or r.arm in chosen)
     ]
-    results = {}
-    for i, (name, model_ref, adapter) in enumerate(models):
-        if progress:
-            progress(name, i + 1, len(models))
-        key = _generation_key(model_ref, adapter, examples, max_new_tokens, cache)
+    keys = {
+        name: _generation_key(ref, adapter, examples, max_new_tokens, cache)
+        for name, ref, adapter in models
+    }
+    results: dict[str, Any] = {}
+    for name, key in keys.items():
         cached = cache.get_json(key) if cache is not None and key else None
-        if cached is None:
-            model, tokenizer = load_for_generation(model_ref, adapter)
-            cached = exact_match(model, tokenizer, examples, max_new_tokens)
-            if cache is not None and key:
-                cache.put_json(key, cached, tensor=f"generation:{name}")
-        results[name] = cached
+        if cached is not None:
+            results[name] = cached
+    pending = [m for m in models if m[0] not in results]
+    for name, result in _decode(pending, base_model, examples, max_new_tokens, progress):
+        if cache is not None and keys[name]:
+            cache.put_json(keys[name], result, tensor=f"generation:{name}")
+        results[name] = result
+    results = {name: results[name] for name, _, _ in models}
     doc["accuracy"] = {
         "eval_data": str(resolve_data_path(eval_path, "eval")),
         "offset": offset,
@@ -74,6 +76,38 @@ def attach_accuracy(
         s = spread(values)
         arm["accuracy"] = s.mean
         arm["spread"]["accuracy"] = asdict(s)
+
+
+def _decode(
+    models: Sequence[tuple[str, str, str | None]],
+    base_model: str,
+    examples: Sequence[Any],
+    max_new_tokens: int,
+    progress: Any,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, exact-match result) of each model, the base and its adapters decoded together
+    (`adapter_batch`), any other model (the teacher), or all when they cannot stack, alone."""
+    from .adapter_batch import stacked_completions
+    from .generation import exact_match, load_for_generation, score
+
+    questions = [e.prompt for e in examples]
+    shared = [m for m in models if m[1] == base_model]
+    stacked = None
+    if any(adapter is not None for _, _, adapter in shared) and len(shared) > 1:
+        if progress:
+            progress(f"{len(shared)} models of one base, together", len(shared), len(models))
+        stacked = stacked_completions(
+            base_model, [adapter for _, _, adapter in shared], questions, max_new_tokens
+        )
+    if stacked is not None:
+        for (name, _, _), completions in zip(shared, stacked, strict=True):
+            yield name, score(examples, completions)
+    alone = [m for m in models if stacked is None or m not in shared]
+    for i, (name, model_ref, adapter) in enumerate(alone):
+        if progress:
+            progress(name, len(models) - len(alone) + i + 1, len(models))
+        model, tokenizer = load_for_generation(model_ref, adapter)
+        yield name, exact_match(model, tokenizer, examples, max_new_tokens)
 
 
 def _generation_key(
