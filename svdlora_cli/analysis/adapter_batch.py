@@ -5,7 +5,8 @@ A decode step on a CPU is bound by reading the frozen weights: SmolLM2-135M read
 costs little more. So the students of one base decode together: every batch holds
 one block of rows per model (the same questions in each block), every LoRA layer runs
 its frozen base layer once for all rows, and each block then gets its own adapter's
-`lora_B(lora_A(x)) * scaling`, PEFT's formula, through one batched product per layer.
+`lora_B(lora_A(x)) * scaling`, PEFT's formula. Rows leave the batch when they end
+(`generation.greedy_tokens`), so the rows still decoding never wait on finished ones.
 
 Only plain LoRA layers on `nn.Linear` or GPT-2's `Conv1D` stack; anything else (DoRA
 and other variants, a LoRA bias, embedding or convolution LoRA layers) is refused by
@@ -14,7 +15,7 @@ and other variants, a LoRA bias, embedding or convolution LoRA layers) is refuse
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,62 +40,68 @@ def stack_refusal(model: Any, adapters: Sequence[str]) -> str | None:
     return None
 
 
-def _stacked_factors(module: Any, adapters: Sequence[str]) -> tuple[torch.Tensor, ...]:
-    """Each adapter's A^T (in, r) and B^T (r, out), zero-padded to the largest r, and its
-    scaling: zeros for an adapter that does not target this layer."""
-    weight = module.get_base_layer().weight
-    rank = max(module.r.get(a, 0) for a in adapters)
-    shape = (len(adapters),)
-    a_t = weight.new_zeros((*shape, module.in_features, rank), dtype=torch.float32)
-    b_t = weight.new_zeros((*shape, rank, module.out_features), dtype=torch.float32)
-    scale = weight.new_zeros((*shape, 1, 1), dtype=torch.float32)
-    for i, adapter in enumerate(adapters):
+def _factors(module: Any, adapters: Sequence[str]) -> list[tuple[torch.Tensor, ...] | None]:
+    """Per adapter, its A^T (in, r), B^T (r, out) and scaling on this layer; None where the
+    adapter does not target it."""
+    out: list[tuple[torch.Tensor, ...] | None] = []
+    for adapter in adapters:
         if adapter not in module.lora_A:
+            out.append(None)
             continue
-        r = module.r[adapter]
-        a_t[i, :, :r] = module.lora_A[adapter].weight.detach().T
-        b_t[i, :r, :] = module.lora_B[adapter].weight.detach().T
-        scale[i] = module.scaling[adapter]
-    dtype = module.lora_A[next(a for a in adapters if a in module.lora_A)].weight.dtype
-    return a_t.to(dtype), b_t.to(dtype), scale.to(dtype)
+        a_t = module.lora_A[adapter].weight.detach().T
+        b_t = module.lora_B[adapter].weight.detach().T
+        out.append((a_t, b_t, torch.tensor(module.scaling[adapter], dtype=a_t.dtype)))
+    return out
 
 
 @contextmanager
-def adapter_blocks(model: Any, adapters: Sequence[str], base_blocks: int) -> Iterator[None]:
-    """While open, each batch is split into `base_blocks + len(adapters)` equal row blocks:
-    the first `base_blocks` get the base model alone, the next one block per adapter.
+def adapter_rows(
+    model: Any, members: Sequence[str | None]
+) -> Iterator[Callable[[Sequence[int]], None]]:
+    """While open, PEFT's own adapter application is off (`disable_adapter`) and a forward
+    hook on every LoRA layer adds to each row its member's `lora_B(lora_A(x)) * scaling`.
 
-    PEFT's own adapter application is switched off (`disable_adapter`) and a forward
-    hook on every LoRA layer adds each block's `lora_B(lora_A(x)) * scaling`.
+    Yields `assign(blocks)`: row i of the next batches belongs to `members[blocks[i]]`
+    (None: the base alone). Rows of one member must be contiguous.
     """
     from peft.tuners.lora.layer import LoraLayer
 
-    blocks = base_blocks + len(adapters)
+    names = [m for m in members if m is not None]
+    column = {i: names.index(m) for i, m in enumerate(members) if m is not None}
+    runs: list[tuple[int, int, int]] = []  # (first row, end row, adapter column)
 
-    def add_adapters(factors: tuple[torch.Tensor, ...], args: tuple[Any, ...], out: Any) -> Any:
-        a_t, b_t, scale = factors
+    def assign(blocks: Sequence[int]) -> None:
+        runs.clear()
+        seen: set[int] = set()
+        start = 0
+        for end in range(1, len(blocks) + 1):
+            if end == len(blocks) or blocks[end] != blocks[start]:
+                if blocks[start] in seen:
+                    raise ValueError("the rows of one member must be contiguous")
+                seen.add(blocks[start])
+                if blocks[start] in column:
+                    runs.append((start, end, column[blocks[start]]))
+                start = end
+
+    def add(factors: list[tuple[torch.Tensor, ...] | None], args: tuple[Any, ...], out: Any) -> Any:
         x = args[0]
-        rows = x.shape[0] // blocks
-        if rows * blocks != x.shape[0]:
-            raise ValueError(f"a batch of {x.shape[0]} rows is not {blocks} equal blocks")
-        start = base_blocks * rows
-        xs = x[start:].reshape(len(adapters), -1, x.shape[-1]).to(a_t.dtype)
-        delta = torch.bmm(torch.bmm(xs, a_t), b_t) * scale
-        out[start:] += delta.reshape(out[start:].shape).to(out.dtype)
+        for start, end, i in runs:
+            if factors[i] is not None:
+                a_t, b_t, scale = factors[i]
+                lora = (x[start:end].to(a_t.dtype) @ a_t) @ b_t * scale
+                out[start:end] += lora.to(out.dtype)
         return out
 
     handles = []
     try:
         for module in model.modules():
-            if isinstance(module, LoraLayer) and any(a in module.lora_A for a in adapters):
-                factors = _stacked_factors(module, adapters)
+            if isinstance(module, LoraLayer) and any(a in module.lora_A for a in names):
+                factors = _factors(module, names)
                 handles.append(
-                    module.register_forward_hook(
-                        lambda _m, args, out, f=factors: add_adapters(f, args, out)
-                    )
+                    module.register_forward_hook(lambda _m, args, out, f=factors: add(f, args, out))
                 )
         with model.disable_adapter():
-            yield
+            yield assign
     finally:
         for handle in handles:
             handle.remove()
@@ -131,10 +138,9 @@ def stacked_completions(
     completions: dict[str | None, list[str]] = {}
     for start in range(0, len(order), per_pass):
         group = order[start : start + per_pass]
-        members = [m for m in group if m is not None]
-        with adapter_blocks(model, members, base_blocks=len(group) - len(members)):
+        with adapter_rows(model, group) as assign:
             outputs = greedy_completions(
-                model, tokenizer, questions, max_new_tokens, batch_size, copies=len(group)
+                model, tokenizer, questions, max_new_tokens, batch_size, len(group), assign
             )
         completions.update(zip(group, outputs, strict=True))
     return [completions[None if a is None else named[a]] for a in adapters]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -51,39 +53,87 @@ def _loaded(base: str, adapters: dict[str, str]):
 
 
 @torch.no_grad()
-def test_each_block_gets_exactly_its_own_adapter(family):
-    """The logits of every row block equal PEFT's own forward of that block's adapter (the
-    base's for base blocks), with rsLoRA, rank and alpha patterns and GPT-2's Conv1D."""
+@pytest.mark.parametrize("sizes", [(3, 3, 3, 3, 3), (1, 2, 3, 0, 1)])
+def test_each_row_gets_exactly_its_members_adapter(family, sizes):
+    """The logits of every row equal PEFT's own forward of its member's adapter (the base's
+    for base rows), with rsLoRA, rank and alpha patterns and GPT-2's Conv1D; also once
+    rows have left the batch unevenly (sizes: rows per member, base members first)."""
     base, adapters = family
     model, names = _loaded(base, adapters)
     assert adapter_batch.stack_refusal(model, names) is None
     ranks = {r for m in model.modules() if hasattr(m, "r") for r in m.r.values()}
     assert ranks == {2, 3, 4, 6}  # the patterns took effect
+    members = [None, None, *names]
     ids = torch.randint(4, 90, (3, 7), generator=torch.Generator().manual_seed(0))
-    blocks = ids.repeat(2 + len(names), 1)  # two base blocks, then one per adapter
-    with adapter_batch.adapter_blocks(model, names, base_blocks=2):
-        stacked = model(input_ids=blocks).logits.split(len(ids))
-    with model.disable_adapter():
-        plain = model(input_ids=ids).logits
-    expected = [plain, plain]
-    for name in names:
-        model.set_adapter(name)
-        expected.append(model(input_ids=ids).logits)
+    rows = torch.cat([ids[:n] for n in sizes])
+    blocks = [b for b, n in enumerate(sizes) for _ in range(n)]
+    with adapter_batch.adapter_rows(model, members) as assign:
+        assign(blocks)
+        stacked = model(input_ids=rows).logits.split(list(sizes))
+    expected = []
+    for member, n in zip(members, sizes, strict=True):
+        if n == 0:  # a member whose rows have all left
+            expected.append(stacked[len(expected)])  # empty: nothing to compare
+        elif member is None:
+            with model.disable_adapter():
+                expected.append(model(input_ids=ids[:n]).logits)
+        else:
+            model.set_adapter(member)
+            expected.append(model(input_ids=ids[:n]).logits)
     for got, want in zip(stacked, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    # The adapters differ from the base and each other, so a swapped block would fail.
-    assert all((a - b).abs().max() > 1e-2 for a, b in zip(expected[1:], expected[2:]))
-    # The hooks are gone once the block is closed: PEFT's own forward again.
+    # The adapters differ from the base and from each other: a swapped row would fail.
+    firsts = [logits[0] for logits in expected[1:] if len(logits)]
+    assert all((a - b).abs().max() > 1e-2 for a, b in itertools.pairwise(firsts))
+    # The hooks are gone once the context is closed: PEFT's own forward again.
     model.set_adapter(names[0])
-    torch.testing.assert_close(model(input_ids=ids).logits, expected[2])
+    with model.disable_adapter():
+        plain = model(input_ids=ids).logits
+    assert (model(input_ids=ids).logits - plain).abs().max() > 1e-2
 
 
-def test_a_batch_that_is_not_equal_blocks_is_refused(family):
+def test_rows_of_one_member_must_be_contiguous(family):
     base, adapters = family
     model, names = _loaded(base, adapters)
-    with adapter_batch.adapter_blocks(model, names, base_blocks=1):
-        with pytest.raises(ValueError, match="equal blocks"):
-            model(input_ids=torch.ones(5, 3, dtype=torch.long))
+    with (
+        adapter_batch.adapter_rows(model, [None, *names]) as assign,
+        pytest.raises(ValueError, match="contiguous"),
+    ):
+        assign([0, 1, 0])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_greedy_tokens_are_generates_greedy_search(tmp_path, arch):
+    """The own decoder (finished rows leave the batch) gives `generate`'s tokens, with left
+    padding and rows that end at different steps."""
+    from transformers import AutoModelForCausalLM
+
+    from svdlora_cli.models.loading import load_tokenizer
+
+    folder = build_tiny_llm(tmp_path / arch, arch)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = load_tokenizer(str(folder))
+    tokenizer.padding_side = "left"
+    prompts = ["What is 2 plus 3?", "Hi", "Count to four, slowly:", "x"]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    free = generation.greedy_tokens(model, ids, mask, 12, None, lambda rows: None)
+    # Stop at the token that ends the most rows at different steps.
+    steps: dict[int, set[int]] = {}
+    for row in free:
+        for step, token in enumerate(row):
+            steps.setdefault(token, set()).add(step)
+    eos = max(steps, key=lambda token: len(steps[token]))
+    heard: list[list[int]] = []
+    ours = generation.greedy_tokens(model, ids, mask, 12, eos, lambda r: heard.append(list(r)))
+    with torch.no_grad():
+        theirs = model.generate(
+            **batch, max_new_tokens=12, do_sample=False, eos_token_id=eos, pad_token_id=0
+        )[:, ids.shape[1] :].tolist()
+    assert ours == [row[: row.index(eos) + 1] if eos in row else row for row in theirs]
+    assert len({len(row) for row in ours}) > 1 and len(heard) > 1  # rows did leave early
+    assert heard[0] == [0, 1, 2, 3]
+    assert all(set(later) < set(earlier) for earlier, later in itertools.pairwise(heard))
 
 
 def test_stacked_completions_equal_each_model_decoded_alone(family):
