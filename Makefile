@@ -1,5 +1,5 @@
 # `make test` and `make demo` set everything up on a fresh machine.
-# `make demo` runs the whole seed experiment on SmolLM2-135M (about 17 minutes on 2 CPU cores).
+# `make demo` runs the whole seed experiment on SmolLM2-135M (about 13 minutes on 2 CPU cores).
 # GPU users: create .venv and install your CUDA build of torch into it first;
 # the CPU wheel torch==2.13.0 is only installed when no torch is importable.
 VENV ?= .venv

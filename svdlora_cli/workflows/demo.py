@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class DemoSettings:
-    """Defaults sized for about 17 minutes on a 2-core CPU with SmolLM2-135M."""
+    """Defaults sized for about 13 minutes on a 2-core CPU with SmolLM2-135M."""
 
     base_model: str = BASE_MODEL.field(
         SMOLLM2,
@@ -66,7 +66,7 @@ class DemoSettings:
     protocol: str = option(
         "small",
         help="small (the default): random/svd/pissa x 2 learning rates x 2 seeds, 12 steps "
-        "each (about 17 min on 2 CPU cores); medium: random/pissa/lora-ga/lora-one/svd@1/svd "
+        "each (about 13 min on 2 CPU cores); medium: random/pissa/lora-ga/lora-one/svd@1/svd "
         "x 3 learning rates x 3 seeds, students as long as the teacher (about an hour); "
         "full: every init, svd@1 and svd@5 x 5 learning rates x 3 seeds.",
     )

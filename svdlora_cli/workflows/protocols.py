@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# The student grids. small: about 17 minutes on 2 CPU cores with SmolLM2-135M (12 short
+# The student grids. small: about 13 minutes on 2 CPU cores with SmolLM2-135M (12 short
 # runs: the question's two arms plus PiSSA, the strongest teacher-free SVD init, each at
 # two learning rates a factor 5 apart, over two seeds). medium: what the teacher buys, with
 # students as long as the teacher (one epoch each): svd from the final teacher and from
