@@ -36,3 +36,11 @@ def local_device(device: torch.device) -> torch.device:
             f"start at most {count} process(es) per node, or pass --device cpu",
         )
     return torch.device("cuda", index)
+
+
+def decoding_device(device: str) -> torch.device:
+    """--device of a command that only runs models forward: auto is this process's GPU when
+    CUDA is available, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return local_device(check_device(device))

@@ -21,11 +21,16 @@ def attach_accuracy(
     max_new_tokens: int,
     progress: Any = None,
     cache: Any = None,
+    device: str = "cpu",
 ) -> None:
     """Greedy exact-match accuracy of the final `####` number for base, teacher and every run.
 
-    Results are cached by the content of the model, the adapter and the eval slice.
+    Results are cached by the content of the model, the adapter and the eval slice (and
+    the device type, when it is not the CPU). `device` decodes: auto is a GPU if any.
     """
+    from ..devices import decoding_device
+
+    where = decoding_device(device)
     from ..data import load_examples, resolve_data_path
 
     eval_path = eval_data or first_set(r.record.get("eval_data") for r in runs)
@@ -49,7 +54,7 @@ def attach_accuracy(
         if not r.is_teacher and r.model_dir and (chosen is None or r.arm in chosen)
     ]
     keys = {
-        name: _generation_key(ref, adapter, examples, max_new_tokens, cache)
+        name: _generation_key(ref, adapter, examples, max_new_tokens, cache, where)
         for name, ref, adapter in models
     }
     results: dict[str, Any] = {}
@@ -58,7 +63,7 @@ def attach_accuracy(
         if cached is not None:
             results[name] = cached
     pending = [m for m in models if m[0] not in results]
-    for name, result in _decode(pending, base_model, examples, max_new_tokens, progress):
+    for name, result in _decode(pending, base_model, examples, max_new_tokens, progress, where):
         if cache is not None and keys[name]:
             cache.put_json(keys[name], result, tensor=f"generation:{name}")
         results[name] = result
@@ -84,6 +89,7 @@ def _decode(
     examples: Sequence[Any],
     max_new_tokens: int,
     progress: Any,
+    device: Any,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(name, exact-match result) of each model, the base and its adapters decoded together
     (`adapter_batch`), any other model (the teacher), or all when they cannot stack, alone."""
@@ -96,9 +102,8 @@ def _decode(
     if any(adapter is not None for _, _, adapter in shared) and len(shared) > 1:
         if progress:
             progress(f"{len(shared)} models of one base, together", len(shared), len(models))
-        stacked = stacked_completions(
-            base_model, [adapter for _, _, adapter in shared], questions, max_new_tokens
-        )
+        adapters = [adapter for _, _, adapter in shared]
+        stacked = stacked_completions(base_model, adapters, questions, max_new_tokens, device)
     if stacked is not None:
         for (name, _, _), completions in zip(shared, stacked, strict=True):
             yield name, score(examples, completions)
@@ -106,12 +111,17 @@ def _decode(
     for i, (name, model_ref, adapter) in enumerate(alone):
         if progress:
             progress(name, len(models) - len(alone) + i + 1, len(models))
-        model, tokenizer = load_for_generation(model_ref, adapter)
+        model, tokenizer = load_for_generation(model_ref, adapter, device)
         yield name, exact_match(model, tokenizer, examples, max_new_tokens)
 
 
 def _generation_key(
-    model_ref: str, adapter: str | None, examples: Sequence[Any], max_new_tokens: int, cache: Any
+    model_ref: str,
+    adapter: str | None,
+    examples: Sequence[Any],
+    max_new_tokens: int,
+    cache: Any,
+    device: Any,
 ) -> str | None:
     """Content key of one generation run, or None when there is no cache to key into."""
     if cache is None or not cache.enabled:
@@ -136,6 +146,8 @@ def _generation_key(
         adapter=adapter_digest,
         data=data,
         max_new_tokens=max_new_tokens,
+        # A GPU's kernels round differently: its answers are its own (CPU keys unchanged).
+        **({} if device.type == "cpu" else {"device": device.type}),
     )
 
 

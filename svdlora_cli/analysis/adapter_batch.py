@@ -112,6 +112,7 @@ def stacked_completions(
     adapters: Sequence[str | None],
     questions: Sequence[str],
     max_new_tokens: int,
+    device: Any = "cpu",
     batch_size: int = 8,
     max_rows: int = 128,
 ) -> list[list[str]] | None:
@@ -131,6 +132,7 @@ def stacked_completions(
         model.load_adapter(path, adapter_name=name)
     if stack_refusal(model, names) is not None:
         return None
+    model.to(device)
     tokenizer = load_tokenizer(base_model)
     named = dict(zip(paths, names, strict=True))
     order = [None] * (len(adapters) - len(paths)) + [named[p] for p in paths]

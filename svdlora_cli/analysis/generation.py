@@ -208,8 +208,10 @@ def exact_match(
     return score(examples, completions)
 
 
-def load_for_generation(base_model: str, adapter: str | None = None) -> tuple[Any, Any]:
-    """The base model, optionally with a LoRA adapter merged in, and its tokenizer."""
+def load_for_generation(
+    base_model: str, adapter: str | None = None, device: Any = "cpu"
+) -> tuple[Any, Any]:
+    """The base model, optionally with a LoRA adapter merged in, on `device`, and its tokenizer."""
     from ..models.loading import load_model, load_tokenizer
 
     model = load_model(base_model)
@@ -217,4 +219,4 @@ def load_for_generation(base_model: str, adapter: str | None = None) -> tuple[An
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    return model, load_tokenizer(base_model)
+    return model.to(device), load_tokenizer(base_model)

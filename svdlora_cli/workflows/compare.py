@@ -15,7 +15,7 @@ from .common import (
     is_primary_process,
 )
 from .flags import check, nested, option
-from .vocabulary import BASE_MODEL, EVAL_DATA, GENERATE_LIMIT, OUTPUT_DIR, TEACHER_MODEL
+from .vocabulary import BASE_MODEL, DEVICE, EVAL_DATA, GENERATE_LIMIT, OUTPUT_DIR, TEACHER_MODEL
 
 if TYPE_CHECKING:
     from ..store.cache import ArtifactCache
@@ -44,6 +44,9 @@ class CompareOptions:
     generate_limit: int = GENERATE_LIMIT.field(50, aliases=("--eval-limit",))
     eval_data: str | None = EVAL_DATA.field(None)
     max_new_tokens: int = option(256, help="Generation budget per eval problem.")
+    device: str = DEVICE.field(
+        "auto", help="Device that decodes for --generate: auto (a GPU if any), cpu, cuda, cuda:N."
+    )
     log_y: bool = option(False, help="Log-scale loss axis in the plot.")
     output_dir: Path | None = OUTPUT_DIR.field(
         None, help="Folder for the comparison files (default: the run folder)."
@@ -142,6 +145,7 @@ def run(
                     options.max_new_tokens,
                     update,
                     c,
+                    options.device,
                 )
         if not is_primary_process():
             return None

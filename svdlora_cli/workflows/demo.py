@@ -328,6 +328,7 @@ def _steps(settings: DemoSettings, hooks: Hooks, cache: ArtifactCache) -> Docume
             generate_limit=settings.generate_limit,
             eval_data=settings.eval_data,
             max_new_tokens=settings.max_new_tokens,
+            device=settings.device,
         )
         comparison = compare.run(compare_options, _numbered(hooks, "5/6"), cache)
         assert comparison is not None

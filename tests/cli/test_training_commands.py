@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import assert_user_error, invoke, invoke_json
 
@@ -122,6 +123,14 @@ def test_teacher_then_svd_then_students(tiny_llm, tiny_data, tmp_path):
     assert arms["svd"]["relative_distance"] == pytest.approx(expected, rel=1e-4)
     assert set(doc["accuracy"]["models"]) == {"base", "teacher", "random", "svd"}
     assert all(m["total"] == 3 for m in doc["accuracy"]["models"].values())
+    # --device picks where the answers are decoded (auto: here, the CPU, so the same
+    # cached answers); a GPU that is not there is a user error before any decoding.
+    again = ("compare", tmp_path, "--generate", "--eval-limit", "3", "--max-new-tokens", "8")
+    on_cpu = invoke_json(*again, "--eval-data", evaluation, "--device", "cpu")
+    assert on_cpu["accuracy"] == doc["accuracy"]
+    if not torch.cuda.is_available():
+        result = invoke(*again, "--eval-data", evaluation, "--device", "cuda")
+        assert_user_error(result, "CUDA is not available", "--device cpu")
 
     # --teacher-model instead of --svd-factors goes through the cache: same start.
     via_teacher = invoke_json(
