@@ -24,14 +24,25 @@ from ..store.cache import ArtifactCache
 
 
 def _overlap(basis: torch.Tensor, teacher: torch.Tensor) -> float | None:
-    """Mean cos^2 of principal angles between span(basis) and span(teacher) (columns)."""
+    """Mean cos^2 of principal angles between span(basis) and span(teacher) (columns;
+    `teacher` orthonormal, float64)."""
     if basis.abs().max() == 0 or teacher.numel() == 0:
         return None
     q, _ = torch.linalg.qr(basis.double())
-    t, _ = torch.linalg.qr(teacher.double())
-    k = min(q.shape[1], t.shape[1])
-    cosines = torch.linalg.svdvals(t.T @ q)[:k]
+    k = min(q.shape[1], teacher.shape[1])
+    cosines = torch.linalg.svdvals(teacher.T @ q)[:k]
     return float((cosines**2).mean())
+
+
+def _distance_sq(dw: torch.Tensor, dw_sq: float, weights: AdapterWeights | None) -> float:
+    """||dW - scale * B A||_F**2 in float64 without forming B A: ||dW||**2 minus twice
+    scale * <B, dW A^T> plus scale**2 * <B^T B, A A^T> (out x r and r x r products)."""
+    if weights is None:
+        return dw_sq
+    b, a = weights.B.double(), weights.A.double()
+    cross = float((b * (dw @ a.T)).sum())
+    own = float(((b.T @ b) * (a @ a.T)).sum())
+    return max(0.0, dw_sq - 2 * weights.scale * cross + weights.scale**2 * own)
 
 
 def adapter_geometry(
@@ -54,21 +65,27 @@ def adapter_geometry(
             name = f"{module}.weight"
             target = describe(name, pair.base.tensors[name].shape, pair.base.model_type)
             base, tuned = base_reader.get(name), tuned_reader.get(name)
-            dw = delta_matrix(name, base, tuned, target.transposed)
-            teacher_sq = float((dw.double() ** 2).sum())
+            dw = delta_matrix(name, base, tuned, target.transposed).double()
+            teacher_sq = float((dw**2).sum())
             U, _, Vh = spectra.truncated[module]
+            teacher_bases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
             for arm, weights in loaded.items():
                 w: AdapterWeights | None = weights.get(module)
-                delta = w.delta() if w is not None else torch.zeros_like(dw)
-                diff_sq = float(((dw - delta).double() ** 2).sum())
+                diff_sq = _distance_sq(dw, teacher_sq, w)
                 for key in ("all", target.module_type):
                     acc = sums[arm].setdefault(key, [0.0, 0.0])
                     acc[0] += diff_sq
                     acc[1] += teacher_sq
                 if w is not None:
                     r = w.A.shape[0]
-                    left = _overlap(w.B.float(), U[:, :r])
-                    right = _overlap(w.A.float().T, Vh[:r].T)
+                    if r not in teacher_bases:  # orthonormal columns, as _overlap takes them
+                        teacher_bases[r] = (
+                            torch.linalg.qr(U[:, :r].double())[0],
+                            torch.linalg.qr(Vh[:r].T.double())[0],
+                        )
+                    left_basis, right_basis = teacher_bases[r]
+                    left = _overlap(w.B.float(), left_basis)
+                    right = _overlap(w.A.float().T, right_basis)
                     if left is not None:
                         overlaps[arm]["left"].append(left)
                     if right is not None:

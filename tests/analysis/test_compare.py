@@ -138,3 +138,28 @@ def test_svd_adapter_distance_is_eckart_young(llama_pair, tmp_path):
         rows = [m for m in result.modules if m.module_type == kind]
         num = sum(m.rel_error**2 * m.delta_norm**2 for m in rows)
         assert value == pytest.approx(math.sqrt(num / sum(m.delta_norm**2 for m in rows)), rel=1e-5)
+
+
+def test_distance_without_forming_the_adapters_delta():
+    """||dW - s B A||_F**2 through out x r and r x r products equals the dense difference,
+    for a scaled adapter, one far from dW, one at dW's own top-r factors, and none."""
+    import torch
+
+    from svdlora_cli.adapters.factors import AdapterWeights
+    from svdlora_cli.analysis.geometry import _distance_sq
+
+    gen = torch.Generator().manual_seed(0)
+    dw = torch.randn(40, 24, generator=gen, dtype=torch.float64)
+    U, S, Vh = torch.linalg.svd(dw, full_matrices=False)
+    cases = [
+        AdapterWeights(
+            B=torch.randn(40, 3, generator=gen), A=torch.randn(3, 24, generator=gen), scale=2.5
+        ),
+        AdapterWeights(B=(U[:, :4] * S[:4]).float(), A=Vh[:4].float(), scale=1.0),
+    ]
+    dw_sq = float((dw**2).sum())
+    for w in cases:
+        dense = float(((dw - w.scale * w.B.double() @ w.A.double()) ** 2).sum())
+        assert _distance_sq(dw, dw_sq, w) == pytest.approx(dense, rel=1e-12, abs=1e-9)
+    assert _distance_sq(dw, dw_sq, cases[1]) == pytest.approx(float((S[4:] ** 2).sum()), rel=1e-6)
+    assert _distance_sq(dw, dw_sq, None) == dw_sq
