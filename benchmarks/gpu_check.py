@@ -15,6 +15,9 @@ script exits 1 if any step failed; a skipped step is not a failure.
    GPU (`torchrun`), same global batch: identical logged losses, weights within 1e-5;
 2. svd: svd of that teacher with --device DEVICE, one process against the torchrun split:
    byte-identical adapters;
+2b. decode: two tiny students of that teacher, then `compare --generate` with --device
+   DEVICE and on the CPU (the students of one base decode in one batch; records whether
+   the answers agree);
 3. resume: --save-every / --resume through `fit`, and the FSDP2 checkpoint round trip
    (tests/training/resume_launch.py), under `accelerate launch --config_file
    examples/distributed/fsdp_8gpu.yaml --num_processes N` on GPUs (torchrun on CPU;
@@ -96,10 +99,10 @@ MAKE_DATA = ROOT / "data" / "make_math_dataset.py"
 FSDP_CONFIG = ROOT / "examples" / "distributed" / "fsdp_8gpu.yaml"
 RESUME_SCRIPT = ROOT / "tests" / "training" / "resume_launch.py"
 
-STEPS = ("teacher", "svd", "resume", "speed", "extract")
-NEEDS_TEACHER = ("svd", "resume")  # they read the teacher step's model
+STEPS = ("teacher", "svd", "decode", "resume", "speed", "extract")
+NEEDS_TEACHER = ("svd", "decode", "resume")  # they read the teacher step's model
 # Rough seconds on one H200 (a CPU run of the tiny shapes is about as long), for the budget.
-ESTIMATE_S = {"teacher": 40, "svd": 30, "resume": 60, "speed": 270, "extract": 120}
+ESTIMATE_S = {"teacher": 40, "svd": 30, "decode": 40, "resume": 60, "speed": 270, "extract": 120}
 SPEED_ESTIMATE_S = {
     "pair": 45,
     "data": 3,
@@ -405,6 +408,36 @@ def svd_step(c: Check) -> dict[str, Any]:
     return result
 
 
+def decode_step(c: Check) -> dict[str, Any]:
+    """Two tiny students (random, svd) and `compare --generate`: the base and both students
+    decoded in one batch, finished rows leaving it, with --device DEVICE and on the CPU."""
+    runs_dir = c.out / "decode-runs"
+    shutil.rmtree(runs_dir, ignore_errors=True)
+    train = ["train", "-b", "tiny", "--train-data", str(DATA), "--init", "random,svd"]
+    train += ["--teacher-model", str(c.teacher_model), "--rank", "8", "--max-steps", "2"]
+    train += ["--device", c.device, "--json", "-o", str(runs_dir)]
+    trained = c.runner.run("decode-train", cli(*train))
+    result: dict[str, Any] = {"train": trained, "ok": False}
+    if trained["rc"] != 0:
+        return result
+    answers = {}
+    devices = list(dict.fromkeys([c.device, "cpu"]))
+    for dev in devices:
+        cache = c.out / f"c-decode-{dev}"
+        shutil.rmtree(cache, ignore_errors=True)
+        args = ["compare", str(runs_dir), "--base-model", "tiny"]
+        args += ["--teacher-model", str(c.teacher_model), "--generate", "--generate-limit", "8"]
+        args += ["--max-new-tokens", "48", "--device", dev, "--json", "--cache-dir", str(cache)]
+        run = result[dev] = c.runner.run(f"decode-{dev}", cli(*args))
+        if run["rc"] == 0:
+            models = last_json(c.runner.stdout(run))["accuracy"]["models"]
+            answers[dev] = {n: [s["completion"] for s in m["samples"]] for n, m in models.items()}
+    result["ok"] = len(answers) == len(devices)
+    if result["ok"] and c.device != "cpu":  # recorded, not required: kernels round differently
+        result["same_answers_as_cpu"] = answers[c.device] == answers["cpu"]
+    return result
+
+
 def resume_step(c: Check) -> dict[str, Any]:
     env = {"SVDLORA_TEST_DEVICE": c.device, "SVDLORA_TEST_CACHE": str(c.out / "c-resume")}
     fsdp = c.device != "cpu" or c.args.fsdp_on_cpu
@@ -631,6 +664,7 @@ def extract_step(c: Check) -> dict[str, Any]:
 STEP_FUNCTIONS: dict[str, Callable[[Check], dict[str, Any]]] = {
     "teacher": teacher_step,
     "svd": svd_step,
+    "decode": decode_step,
     "resume": resume_step,
     "speed": speed_step,
     "extract": extract_step,

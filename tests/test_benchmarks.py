@@ -204,9 +204,9 @@ def test_gpu_check_step_choice(gpu_check, tmp_path):
         return gpu_check.chosen_steps(gpu_check.parse_args(list(argv)), tmp_path)
 
     assert steps() == list(gpu_check.STEPS)  # CUDA: everything
-    assert steps("--device", "cpu") == ["teacher", "svd", "resume", "extract"]
+    assert steps("--device", "cpu") == ["teacher", "svd", "decode", "resume", "extract"]
     assert steps("--device", "cpu", "--speed") == list(gpu_check.STEPS)
-    assert steps("--skip-speed") == ["teacher", "svd", "resume"]
+    assert steps("--skip-speed") == ["teacher", "svd", "decode", "resume"]
     assert steps("--steps", "speed") == ["speed"]
     assert steps("--steps", "resume") == ["teacher", "resume"]  # it needs the teacher's model
     (tmp_path / "teacher1" / "final_model").mkdir(parents=True)
