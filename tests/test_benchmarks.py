@@ -502,3 +502,25 @@ def test_gpu_check_extract_step_times_cold_warm_and_the_torch_free_repeat(gpu_ch
         result["runs"]["cpu"]["seconds"],
         result["runs"]["again"]["seconds"],
     )
+
+
+def test_decode_benchmark_runs_on_the_tiny_model(tmp_path):
+    """bench_decode: the three ways decode the same answers and report their seconds."""
+    out = tmp_path / "d.json"
+    _run_tiny(
+        "bench_decode.py",
+        "--adapters",
+        "2",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "12",
+        "--json",
+        str(out),
+    )
+    figures = json.loads(out.read_text())
+    assert figures["models"] == 3 and figures["questions"] == 3
+    assert figures["alone_answers_differing"] == 0 and figures["stacked_answers_differing"] == 0
+    assert_ratio(
+        figures["before_over_stacked"], figures["before_seconds"], figures["stacked_seconds"]
+    )
