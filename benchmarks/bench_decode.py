@@ -4,8 +4,8 @@ python benchmarks/bench_decode.py --model smollm2-135m \\
     --runs svdlora-runs/demo/training_results --limit 8 --max-new-tokens 200
 
 The base and each LoRA adapter under --runs (its `final_model_*` folders; without
---runs, --adapters N random PEFT adapters of the base, rank 8) answer the first --limit
-eval problems:
+--runs, --adapters N random PEFT adapters of the base, rank 8) answer --limit eval
+problems from row --offset on (default 16: the demo's, after the 16 its eval loss used):
 
 - before: one model after another, the adapter merged, `generate` (the code before
   2026-12-05, kept here as it was);
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--runs", type=Path, help="a folder with final_model_* adapters")
     parser.add_argument("--adapters", type=int, default=3, help="random adapters without --runs")
+    parser.add_argument("--offset", type=int, default=16)
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--json", type=Path)
@@ -111,7 +112,7 @@ def main() -> None:
     else:
         adapters = random_adapters(base, args.adapters, Path(tempfile.mkdtemp()))
     questions = [e.prompt for e in load_examples(resolve_data_path(None, "eval"))]
-    questions = questions[: args.limit]
+    questions = questions[args.offset : args.offset + args.limit]
     members: list[str | None] = [None, *adapters]
     ways = {
         "before": lambda: [before(base, a, questions, args.max_new_tokens) for a in members],
