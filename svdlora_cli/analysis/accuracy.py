@@ -28,10 +28,10 @@ def attach_accuracy(
     Results are cached by the content of the model, the adapter and the eval slice (and
     the device type, when it is not the CPU). `device` decodes: auto is a GPU if any.
     """
+    from ..data import load_examples, resolve_data_path
     from ..devices import decoding_device
 
     where = decoding_device(device)
-    from ..data import load_examples, resolve_data_path
 
     eval_path = eval_data or first_set(r.record.get("eval_data") for r in runs)
     offset = accuracy_offset(runs)

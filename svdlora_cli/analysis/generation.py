@@ -45,6 +45,11 @@ GREEDY_NEUTRAL: dict[str, Any] = {
     "watermarking_config": None,
 }
 
+# What `greedy_tokens`'s own loop passes to the model's forward, besides its KV cache
+# (`cache` in transformers 5.25, `past_key_values` in earlier releases).
+OWN_LOOP_INPUTS = ("attention_mask", "position_ids", "use_cache", "logits_to_keep")
+CACHE_ARGUMENTS = ("cache", "past_key_values")
+
 # Hears, for each row of the batch still decoding, which copy (row block) it belongs to.
 BlocksCallback = Callable[[Sequence[int]], None]
 
@@ -104,11 +109,12 @@ def greedy_tokens(
     once a batch holds tens of rows, and most rows end long before the longest.
     `on_rows` hears the batch's row indices still decoding, before each forward that
     changes them. This is `generate`'s greedy search (its inputs, its left-padded
-    position ids); a model whose generation_config changes greedy choices
-    (`GREEDY_NEUTRAL`) decodes through `generate` itself, with every row to the end.
+    position ids). A model whose generation_config changes greedy choices
+    (`GREEDY_NEUTRAL`), or whose forward lacks one of `OWN_LOOP_INPUTS` or a cache
+    argument, decodes through `generate` itself, with every row to the end.
     """
-    config = model.generation_config.to_dict()
-    if any(config.get(key, value) not in (None, value) for key, value in GREEDY_NEUTRAL.items()):
+    cache_argument = _cache_argument(model)
+    if cache_argument is None:
         on_rows(range(len(input_ids)))
         generated = model.generate(
             input_ids=input_ids,
@@ -134,8 +140,8 @@ def greedy_tokens(
             input_ids=next_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
+            **{cache_argument: cache},
             logits_to_keep=1,
         ).logits
         chosen = logits[:, -1].float().argmax(-1)
@@ -160,6 +166,21 @@ def greedy_tokens(
         position_ids = position_ids[:, -1:] + 1
         next_ids = chosen[:, None]
     return tokens
+
+
+def _cache_argument(model: Any) -> str | None:
+    """The forward argument that takes the KV cache, when `greedy_tokens`'s own loop can
+    decode as `generate` would (no generation setting changes a greedy choice, and the
+    forward takes every input the loop passes); None otherwise."""
+    import inspect
+
+    config = model.generation_config.to_dict()
+    if any(config.get(key, value) not in (None, value) for key, value in GREEDY_NEUTRAL.items()):
+        return None
+    accepted = inspect.signature(model.forward).parameters
+    if not all(name in accepted for name in OWN_LOOP_INPUTS):
+        return None
+    return next((name for name in CACHE_ARGUMENTS if name in accepted), None)
 
 
 def _generating(model: Any) -> Any:

@@ -136,6 +136,29 @@ def test_greedy_tokens_are_generates_greedy_search(tmp_path, arch):
     assert all(set(later) < set(earlier) for earlier, later in itertools.pairwise(heard))
 
 
+def test_a_generation_config_that_changes_greedy_choices_decodes_through_generate(tmp_path):
+    """A repetition penalty (or a forward without an input the own loop passes) is
+    `generate`'s business: its tokens, every row to the end, cut after the EOS."""
+    from transformers import AutoModelForCausalLM
+
+    from svdlora_cli.models.loading import load_tokenizer
+
+    folder = build_tiny_llm(tmp_path / "llama")
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = load_tokenizer(str(folder))
+    tokenizer.padding_side = "left"
+    batch = tokenizer(["What is 2 plus 3?", "Hi"], return_tensors="pt", padding=True)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    plain = generation.greedy_tokens(model, ids, mask, 10, None, lambda rows: None)
+    model.generation_config.repetition_penalty = 3.0
+    heard: list[list[int]] = []
+    ours = generation.greedy_tokens(model, ids, mask, 10, None, lambda r: heard.append(list(r)))
+    with torch.no_grad():
+        theirs = model.generate(**batch, max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert ours == theirs[:, ids.shape[1] :].tolist() and ours != plain
+    assert heard == [[0, 1]]
+
+
 def test_stacked_completions_equal_each_model_decoded_alone(family):
     """Greedy answers of the base and each adapter, all in one batch, are the texts each
     model gives alone with its adapter merged (the path they replace); questions are
