@@ -94,6 +94,7 @@ def greedy_completions(
     return outputs
 
 
+@torch.no_grad()
 def greedy_tokens(
     model: Any,
     input_ids: torch.Tensor,
