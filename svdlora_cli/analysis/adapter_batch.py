@@ -50,7 +50,8 @@ def _factors(module: Any, adapters: Sequence[str]) -> list[tuple[torch.Tensor, .
             continue
         a_t = module.lora_A[adapter].weight.detach().T
         b_t = module.lora_B[adapter].weight.detach().T
-        out.append((a_t, b_t, torch.tensor(module.scaling[adapter], dtype=a_t.dtype)))
+        scale = torch.tensor(module.scaling[adapter], dtype=a_t.dtype, device=a_t.device)
+        out.append((a_t, b_t, scale))
     return out
 
 
