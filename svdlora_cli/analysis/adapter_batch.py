@@ -124,26 +124,25 @@ def stacked_completions(
     from ..models.loading import load_model, load_tokenizer
     from .generation import greedy_completions
 
-    paths = [a for a in adapters if a is not None]
-    if not paths:
+    members = [None if a is None else f"member{i}" for i, a in enumerate(adapters)]
+    loaded = [(m, a) for m, a in zip(members, adapters, strict=True) if m is not None]
+    if not loaded:
         raise ValueError("stacking needs at least one adapter")
-    names = [f"member{i}" for i in range(len(paths))]
-    model = PeftModel.from_pretrained(load_model(base_model), paths[0], adapter_name=names[0])
-    for name, path in zip(names[1:], paths[1:], strict=True):
+    (first, path), *rest = loaded
+    model = PeftModel.from_pretrained(load_model(base_model), path, adapter_name=first)
+    for name, path in rest:
         model.load_adapter(path, adapter_name=name)
-    if stack_refusal(model, names) is not None:
+    if stack_refusal(model, [name for name, _ in loaded]) is not None:
         return None
     model.to(device)
     tokenizer = load_tokenizer(base_model)
-    named = dict(zip(paths, names, strict=True))
-    order = [None] * (len(adapters) - len(paths)) + [named[p] for p in paths]
     per_pass = max(1, max_rows // batch_size)
     completions: dict[str | None, list[str]] = {}
-    for start in range(0, len(order), per_pass):
-        group = order[start : start + per_pass]
+    for start in range(0, len(members), per_pass):
+        group = members[start : start + per_pass]
         with adapter_rows(model, group) as assign:
             outputs = greedy_completions(
                 model, tokenizer, questions, max_new_tokens, batch_size, len(group), assign
             )
         completions.update(zip(group, outputs, strict=True))
-    return [completions[None if a is None else named[a]] for a in adapters]
+    return [completions[m] for m in members]
