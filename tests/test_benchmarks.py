@@ -524,3 +524,32 @@ def test_decode_benchmark_runs_on_the_tiny_model(tmp_path):
     assert_ratio(
         figures["before_over_stacked"], figures["before_seconds"], figures["stacked_seconds"]
     )
+
+
+@pytest.mark.slow  # a teacher, two students and two compares as subprocesses; run with -m slow
+def test_gpu_check_decode_step_on_cpu(tmp_path):
+    """The decode step: two tiny students of the teacher step's model, then compare
+    --generate decodes the base, the teacher and both students (on CPU: one run)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "gpu_check.py"),
+            "--device",
+            "cpu",
+            "--steps",
+            "decode",
+            f"--out={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    decode = summary["decode"]
+    assert done.returncode == 0, json.dumps(decode)[-3000:]
+    assert summary["steps"] == {"teacher": "passed", "decode": "passed"}
+    assert decode["train"]["rc"] == 0 and decode["cpu"]["rc"] == 0
+    assert "same_answers_as_cpu" not in decode  # only a GPU run has a second device
+    answers = json.loads((tmp_path / decode["cpu"]["stdout_file"]).read_text())["accuracy"]
+    assert set(answers["models"]) == {"base", "teacher", "random", "svd"}
+    assert all(m["total"] == 8 for m in answers["models"].values())
