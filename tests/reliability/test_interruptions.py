@@ -115,7 +115,10 @@ def test_sigint_exits_130_and_keeps_finished_entries(qwen2_pair, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    while proc.poll() is None and _payloads(tmp_path / "cache") < 2:
+    # A payload is linked, then indexed; one interrupted in between is removed again. The
+    # modules are stored one after another, so a third payload on disk means that the
+    # first two are indexed.
+    while proc.poll() is None and _payloads(tmp_path / "cache") < 3:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
