@@ -12,10 +12,12 @@ import torch
 from svdlora_cli.spectra.decompose import (
     GAP_TOLERANCE,
     POWER_ITERS,
+    TopEnergyBounds,
     decompose,
     frobenius_sq,
     rank_for_energy,
     resolve_method,
+    schur_top_energy,
     spectrum_stats,
     sum_squares,
     svd_exact,
@@ -169,7 +171,7 @@ def test_low_rank_delta_is_certified_without_the_gram_matrix(monkeypatch):
     def no_gram(*_args):
         raise AssertionError("the free bound should have certified this")
 
-    monkeypatch.setattr("svdlora_cli.spectra.decompose.top_energy", no_gram)
+    monkeypatch.setattr("svdlora_cli.spectra.decompose.gram_matrix", no_gram)
     dec = svd_randomized(dw, 16)
     assert dec.gap_bound <= GAP_TOLERANCE and dec.iterations == POWER_ITERS
     assert _true_gap(dw, dec, 16) <= 1e-6
@@ -183,6 +185,80 @@ def test_gap_bound_is_never_below_the_true_gap(seed):
     for iters in (0, 1, 3):
         dec = svd_randomized(dw, 12, power_iters=iters, tolerance=None, seed=seed)
         assert dec.gap_bound >= _true_gap(dw, dec, 12) - 1e-9
+
+
+def _head_over_noise(m: int, n: int, rank: int, seed: int = 0) -> torch.Tensor:
+    """A rank-`rank` head with s_i ~ i^-0.5 (80% of the norm) over dense noise (20%): the
+    shape of benchmarks/make_pair.py's planted deltas and of a real fine-tune's dW."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(m, rank, generator=gen)
+    v = torch.randn(rank, n, generator=gen)
+    head = (u * torch.arange(1, rank + 1) ** -0.5) @ v
+    noise = torch.randn(m, n, generator=gen)
+    return head / head.norm() * 0.8 + noise / noise.norm() * 0.2
+
+
+def _orthonormal(n: int, q: int, seed: int) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(n, q, generator=torch.Generator().manual_seed(seed)))[0]
+
+
+SPECTRA = {
+    "flat": FLAT[:120],
+    "pareto": np.sort(np.random.default_rng(5).pareto(1.5, 120))[::-1] + 0.05,
+    "equal": np.ones(120),
+    "rank 10": np.concatenate([np.linspace(2.0, 1.0, 10), np.zeros(110)]),
+    "cluster at k": np.concatenate([np.full(12, 3.0), np.full(10, 1.0), np.full(98, 0.2)]),
+}
+
+
+@pytest.mark.parametrize("spectrum", list(SPECTRA))
+@pytest.mark.parametrize("shape", [(240, 120), (120, 240)])
+def test_schur_bound_is_never_below_the_true_top_energy(spectrum, shape):
+    dw = _planted(*shape, SPECTRA[spectrum], seed=len(spectrum))
+    s = scipy.linalg.svdvals(dw.double().numpy())  # independent float64 truth
+    gram = torch.tensor(dw.double().numpy().T @ dw.double().numpy())
+    if shape[0] < shape[1]:
+        gram = torch.tensor(dw.double().numpy() @ dw.double().numpy().T)
+    side = gram.shape[0]
+    for k in (1, 5, 12, 20):
+        truth = float((s[:k] ** 2).sum())
+        bases = {  # a poor basis, sketches of growing quality, the right one
+            "random": _orthonormal(side, k + 8, seed=k),
+            **{
+                f"{it} iterations": (d.Vh.T if shape[0] >= shape[1] else d.U)
+                for it in (0, 1, 3)
+                for d in [svd_randomized(dw, k + 8, power_iters=it, tolerance=None, seed=k)]
+            },
+        }
+        for name, basis in bases.items():
+            bound = schur_top_energy(gram, basis, k)
+            assert bound >= truth * (1 - 1e-12), (spectrum, k, name, bound, truth)
+    assert (
+        schur_top_energy(torch.zeros(30, 30, dtype=torch.float64), _orthonormal(30, 4, 0), 2) == 0
+    )
+
+
+def test_schur_bound_certifies_a_head_over_noise_without_the_eigensolver(monkeypatch):
+    dw = _head_over_noise(1200, 300, rank=32)
+    s = scipy.linalg.svdvals(dw.double().numpy())
+    fro_sq = float((s**2).sum())
+    # The basis a k = 32 sketch checks: its k + 16 columns, after 3 power iterations.
+    dec = svd_randomized(dw, 48, oversample=0, power_iters=3, tolerance=None)
+    bound = TopEnergyBounds(dw, 32).schur(dec.U, dec.Vh)
+    truth = float((s[:32] ** 2).sum())
+    # Tight: within 1e-7 of the share ||dW||^2 (the certificate's tolerance is 1e-5).
+    assert truth * (1 - 1e-12) <= bound <= truth + 1e-7 * fro_sq
+
+    def no_eigensolver(_self):
+        raise AssertionError("the Schur bound should have certified this")
+
+    monkeypatch.setattr(TopEnergyBounds, "exact", no_eigensolver)
+    certified = svd_randomized(dw, 32)
+    assert certified.gap_bound <= GAP_TOLERANCE
+    assert 0.0 <= _true_gap(dw, certified, 32) <= certified.gap_bound + 1e-9
+    wide = svd_randomized(dw.T.contiguous(), 32)  # the other Gram side: dW dW^T
+    assert wide.gap_bound <= GAP_TOLERANCE
+    assert torch.allclose(wide.S, certified.S, rtol=1e-5)
 
 
 def test_top_energy_matches_scipy():
