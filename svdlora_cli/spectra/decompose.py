@@ -146,14 +146,26 @@ def schur_top_energy(gram: torch.Tensor, basis: torch.Tensor, k: int) -> float:
     Rounding: a Cholesky factorization that succeeds in floating point proves t I - C + E
     positive definite with ||E|| <= (n + 1) n u (t + tr C); the bound uses t + that margin.
     """
+    W, _ = torch.linalg.qr(basis.to(gram.dtype))
+    return schur_bound(gram, W, gram @ W, k)
+
+
+def schur_bound(
+    gram: torch.Tensor,
+    W: torch.Tensor,
+    GW: torch.Tensor,
+    k: int,
+    H11: torch.Tensor | None = None,
+) -> float:
+    """`schur_top_energy` for an orthonormal float64 basis W, with G W (and W^T G W, when
+    the caller has it) already formed."""
     n = gram.shape[0]
     trace = float(gram.diagonal().sum())
     if trace <= 0.0:
         return 0.0
-    W, _ = torch.linalg.qr(basis.to(gram.dtype))
-    GW = gram @ W
-    H11 = W.T @ GW
-    H11 = (H11 + H11.T) / 2
+    if H11 is None:
+        H11 = W.T @ GW
+        H11 = (H11 + H11.T) / 2
     R = GW - W @ H11
     # C = G - W GW^T - GW W^T + W H11 W^T = G - W R^T - GW W^T; only its lower triangle
     # is factorized, and the power steps need no exact symmetry.
@@ -187,36 +199,6 @@ def schur_top_energy(gram: torch.Tensor, basis: torch.Tensor, k: int) -> float:
     return k * t + float(top.sum())
 
 
-class TopEnergyBounds:
-    """Upper bounds on dW's top-k energy for `energy_gap`, from one float64 Gram matrix.
-
-    `schur(U, Vh)` (the factors' left and right singular vectors; the basis on the Gram's
-    side is used) costs matrix products and one Cholesky factorization; `exact()` the
-    eigenvalues of the whole Gram matrix, computed once. Both form the Gram lazily, so a
-    delta the free bound certifies never pays for it.
-    """
-
-    def __init__(self, dw: torch.Tensor, k: int) -> None:
-        self.dw, self.k = dw, k
-        self._gram: torch.Tensor | None = None
-        self._exact: float | None = None
-
-    @property
-    def gram(self) -> torch.Tensor:
-        if self._gram is None:
-            self._gram = gram_matrix(self.dw)
-        return self._gram
-
-    def schur(self, U: torch.Tensor, Vh: torch.Tensor) -> float:
-        tall = self.dw.shape[1] <= self.dw.shape[0]
-        return schur_top_energy(self.gram, Vh.T if tall else U, self.k)
-
-    def exact(self) -> float:
-        if self._exact is None:
-            self._exact = _top_eigenvalues(self.gram, self.k)
-        return self._exact
-
-
 def energy_gap(
     S: torch.Tensor,
     fro_sq: float,
@@ -232,7 +214,7 @@ def energy_gap(
     - free: ||dW - Q Q^T dW||_F**2 = ||dW||_F**2 - ||Q^T dW||_F**2 (`sketch_sq`), tight when
       the sketch holds nearly all of dW (a low-rank delta);
     - `tops`: upper bounds on the true top-k energy, the last one exact
-      (`TopEnergyBounds.schur`, then `.exact`).
+      (`schur_bound`, then the Gram matrix's eigenvalues).
     Returned as a share of ||dW||_F**2 (0 for a zero delta), plus ROUNDING_SLACK of the
     captured share for the fp32 rounding of S and ||dW||_F**2.
     """
@@ -260,15 +242,20 @@ def svd_randomized(
     tolerance: float | None = GAP_TOLERANCE,
     max_iters: int = MAX_POWER_ITERS,
 ) -> Decomposition:
-    """Randomized range finder with subspace iteration (Halko, Martinsson & Tropp 2011, Alg. 4.4).
+    """Randomized range finder with subspace iteration (Halko, Martinsson & Tropp 2011,
+    Alg. 4.4), certified (`energy_gap`).
 
-    The sketch width is q = k + oversample (default k/2, at least 8). After `power_iters`
-    re-orthonormalised power iterations the result is certified (`energy_gap`): while the
-    missed top-k energy exceeds `tolerance` of ||dW||_F**2, one more iteration runs, up to
-    `max_iters`. `gap_bound` records the final bound and `iterations` the count, so a
-    caller can tell a certified result from one that ran out of iterations (`auto` then
-    falls back to the exact SVD). `tolerance=None` runs exactly `power_iters` and still
-    records the bound.
+    The sketch Q = orth(dW Omega) has q = k + oversample columns (default k/2, at least 8).
+    When it holds all but `tolerance` of ||dW||_F**2 (a low-rank delta), the SVD of Q^T dW
+    is the result: no power iteration and no Gram matrix. Otherwise the power iterations
+    run on the float64 Gram matrix G of dW's smaller side (each product with G is one
+    power iteration of dW dW^T, at n x n x q instead of two m x n x q products), from the
+    sketch's basis on that side; the Gram matrix then serves the certificate too. After
+    `power_iters` of them, Rayleigh-Ritz gives the factors and the bound; while the
+    missed top-k energy exceeds `tolerance`, one more runs, up to `max_iters`.
+    `gap_bound` records the final bound and `iterations` the count, so a caller can tell a
+    certified result from one that ran out of iterations (`auto` then falls back to the
+    exact SVD). `tolerance=None` runs exactly `power_iters` and still records the bound.
     """
     m, n = dw.shape
     small = min(m, n)
@@ -278,23 +265,56 @@ def svd_randomized(
     gen = torch.Generator(device=dw.device).manual_seed(seed)
     omega = torch.randn(n, q, generator=gen, device=dw.device, dtype=dw.dtype)
     Q, _ = torch.linalg.qr(dw @ omega)
-    bounds = TopEnergyBounds(dw, k)
+    B = Q.T @ dw
+    sketch_sq = sum_squares(B)
+    missed = (fro_sq - sketch_sq + ROUNDING_SLACK * sketch_sq) / fro_sq if fro_sq > 0 else 0.0
+    if tolerance is not None and missed <= GAP_TOLERANCE:
+        Ub, S, Vh = torch.linalg.svd(B, full_matrices=False)
+        gap = energy_gap(S[:k], fro_sq, (), sketch_sq)
+        return _randomized_result(Q @ Ub, S, Vh, k, fro_sq, small, 0, gap)
+    tall = n <= m
+    gram = gram_matrix(dw)
+    exact = functools.cache(lambda: _top_eigenvalues(gram, k))
+    Z, _ = torch.linalg.qr((B.T if tall else Q).double())
     iterations, previous = 0, math.inf
     while True:
+        GZ = gram @ Z
         if iterations >= power_iters:
-            Ub, S, Vh = torch.linalg.svd(Q.T @ dw, full_matrices=False)
-            tops = (functools.partial(bounds.schur, Q @ Ub, Vh), bounds.exact)
-            gap = energy_gap(S[:k], fro_sq, tops, float((S.double() ** 2).sum()))
+            H = Z.T @ GZ
+            H = (H + H.T) / 2
+            theta, E = torch.linalg.eigh(H)
+            theta, E = theta.flip(0), E.flip(1)
+            S = theta.clamp_min(0.0).sqrt()
+            tops = (functools.partial(schur_bound, gram, Z, GZ, k, H), exact)
+            gap = energy_gap(S[:k], fro_sq, tops)
             # Stop when certified, out of iterations, or converging too slowly to get there.
             rate = min(1.0, gap / previous)
             hopeless = tolerance is not None and gap * rate ** (max_iters - iterations) > tolerance
             if tolerance is None or gap <= tolerance or iterations >= max_iters or hopeless:
                 break
             previous = gap
-        Z, _ = torch.linalg.qr(dw.T @ Q)
-        Q, _ = torch.linalg.qr(dw @ Z)
+        Z, _ = torch.linalg.qr(GZ)
         iterations += 1
-    U = Q @ Ub
+    # Ritz vectors on the Gram's side; the other side's vectors are dW's images of them,
+    # orthonormalised (their signs kept, so that U S Vh is dW projected on the Ritz space).
+    ritz = (Z @ E[:, :k]).to(dw.dtype)
+    image, R = torch.linalg.qr(dw @ ritz if tall else dw.T @ ritz)
+    signs = torch.where(R.diagonal() < 0, -1.0, 1.0).to(image.dtype)
+    image = image * signs
+    U, Vh = (image, ritz.T) if tall else (ritz, image.T)
+    return _randomized_result(U, S.to(dw.dtype), Vh, k, fro_sq, small, iterations, gap)
+
+
+def _randomized_result(
+    U: torch.Tensor,
+    S: torch.Tensor,
+    Vh: torch.Tensor,
+    k: int,
+    fro_sq: float,
+    small: int,
+    iterations: int,
+    gap: float,
+) -> Decomposition:
     return Decomposition(
         U=U[:, :k].contiguous(),
         S=S[:k].contiguous(),

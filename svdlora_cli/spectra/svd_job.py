@@ -31,7 +31,11 @@ def svd_key(
     params: dict = {"method": method, "dtype_policy": dtype_policy}
     if method == "randomized":  # certified to GAP_TOLERANCE (older entries were not)
         params.update(
-            oversample=oversample, power_iters=power_iters, seed=seed, tolerance=GAP_TOLERANCE
+            oversample=oversample,
+            power_iters=power_iters,
+            seed=seed,
+            tolerance=GAP_TOLERANCE,
+            iterations_on="gram",  # power iterations on the Gram matrix (other factor bits)
         )
     return tensor_key("svd", pair.fingerprints(), target.tensor, **params)
 

@@ -12,9 +12,9 @@ import torch
 from svdlora_cli.spectra.decompose import (
     GAP_TOLERANCE,
     POWER_ITERS,
-    TopEnergyBounds,
     decompose,
     frobenius_sq,
+    gram_matrix,
     rank_for_energy,
     resolve_method,
     schur_top_energy,
@@ -173,7 +173,7 @@ def test_low_rank_delta_is_certified_without_the_gram_matrix(monkeypatch):
 
     monkeypatch.setattr("svdlora_cli.spectra.decompose.gram_matrix", no_gram)
     dec = svd_randomized(dw, 16)
-    assert dec.gap_bound <= GAP_TOLERANCE and dec.iterations == POWER_ITERS
+    assert dec.gap_bound <= GAP_TOLERANCE and dec.iterations == 0  # no power iteration
     assert _true_gap(dw, dec, 16) <= 1e-6
 
 
@@ -244,21 +244,38 @@ def test_schur_bound_certifies_a_head_over_noise_without_the_eigensolver(monkeyp
     fro_sq = float((s**2).sum())
     # The basis a k = 32 sketch checks: its k + 16 columns, after 3 power iterations.
     dec = svd_randomized(dw, 48, oversample=0, power_iters=3, tolerance=None)
-    bound = TopEnergyBounds(dw, 32).schur(dec.U, dec.Vh)
+    bound = schur_top_energy(gram_matrix(dw), dec.Vh.T, 32)
     truth = float((s[:32] ** 2).sum())
     # Tight: within 1e-7 of the share ||dW||^2 (the certificate's tolerance is 1e-5).
     assert truth * (1 - 1e-12) <= bound <= truth + 1e-7 * fro_sq
 
-    def no_eigensolver(_self):
+    def no_eigensolver(*_args):
         raise AssertionError("the Schur bound should have certified this")
 
-    monkeypatch.setattr(TopEnergyBounds, "exact", no_eigensolver)
+    monkeypatch.setattr("svdlora_cli.spectra.decompose._top_eigenvalues", no_eigensolver)
     certified = svd_randomized(dw, 32)
     assert certified.gap_bound <= GAP_TOLERANCE
     assert 0.0 <= _true_gap(dw, certified, 32) <= certified.gap_bound + 1e-9
     wide = svd_randomized(dw.T.contiguous(), 32)  # the other Gram side: dW dW^T
     assert wide.gap_bound <= GAP_TOLERANCE
     assert torch.allclose(wide.S, certified.S, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(900, 300), (300, 900)])
+def test_randomized_factors_are_dw_projected_on_orthonormal_singular_vectors(shape):
+    dw = _head_over_noise(*shape, rank=24, seed=2)
+    dec = svd_randomized(dw, 24)
+    assert dec.iterations == POWER_ITERS and dec.gap_bound <= GAP_TOLERANCE
+    U, S, Vh = (t.double() for t in (dec.U, dec.S, dec.Vh))
+    eye = torch.eye(24, dtype=torch.float64)
+    assert (U.T @ U - eye).abs().max() < 1e-5 and (Vh @ Vh.T - eye).abs().max() < 1e-5
+    assert bool((S[:-1] >= S[1:]).all()) and bool((U.T @ dw.double() @ Vh.T).diagonal().gt(0).all())
+    # U S Vh is dW projected on the right singular vectors: the residual is orthogonal.
+    residual = dw.double() - (U * S) @ Vh
+    fro_sq = float((dw.double() ** 2).sum())
+    assert float((residual**2).sum()) == pytest.approx(fro_sq - float((S**2).sum()), rel=1e-5)
+    s = scipy.linalg.svdvals(dw.double().numpy())
+    assert np.abs(dec.S.double().numpy() - s[:24]).max() < 1e-5 * s[0]
 
 
 def test_top_energy_matches_scipy():
