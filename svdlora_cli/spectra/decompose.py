@@ -2,31 +2,32 @@
 
 Decompositions run in fp32; sums of squares are accumulated in float64 (`sum_squares`). The energy
 ratio at rank r is sum(S[:r]**2) / ||dW||_F**2 with ||dW||_F taken from the
-matrix itself, so a truncated (randomized) spectrum cannot flatter it.
+matrix itself, so a truncated (randomized) spectrum cannot flatter it. A randomized
+decomposition is certified (`certificate.py`).
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..store.decomposition import Decomposition
+from .certificate import (
+    GAP_TOLERANCE,
+    ROUNDING_SLACK,
+    energy_gap,
+    gram_matrix,
+    schur_bound,
+    top_eigenvalues,
+)
 from .truncation import captured_energy, truncation_energy
 
 ENERGY_LEVELS = (0.5, 0.9, 0.95, 0.99)
 POWER_ITERS = 3  # the least number of power iterations; more run until certified
 MAX_POWER_ITERS = 8
-# The certificate: the top-k energy a randomized decomposition misses, as a share of
-# ||dW||_F**2, is at most this (10x below the 1e-4 we promise against an exact SVD).
-GAP_TOLERANCE = 1e-5
-# fp32 singular values and ||dW||_F**2 carry relative errors of a few 1e-7; the bound adds
-# this share of the captured energy so that it stays an upper bound despite them.
-ROUNDING_SLACK = 1e-6
 # Up to this min(out, in) (or 4k), `auto` takes the exact SVD and its full spectrum; above
 # it a randomized SVD of the top k is several times faster at the same captured energy.
 EXACT_MAX_DIM = 256
@@ -73,165 +74,6 @@ def svd_exact(dw: torch.Tensor, k: int, fro_sq: float | None = None) -> Decompos
     )
 
 
-# The Gram matrix is formed in column blocks below the diagonal (a symmetric rank-k update
-# done with matrix products): 4 blocks do 5/8 of a full product's flops.
-GRAM_BLOCKS = 4
-
-
-def gram_matrix(dw: torch.Tensor) -> torch.Tensor:
-    """The smaller Gram matrix of dW in float64: dW^T dW when dW is tall, else dW dW^T.
-
-    fp32 products are exact in float64, so the only rounding is the sum over the long
-    side: about min(m, n) * 1e-16 of ||dW||_F**2, far below any tolerance we certify.
-    Each block below the diagonal is computed once and mirrored, so the result is
-    exactly symmetric.
-    """
-    wide = dw.double()
-    if dw.shape[1] > dw.shape[0]:
-        wide = wide.T
-    n = wide.shape[1]
-    gram = torch.empty(n, n, dtype=wide.dtype, device=wide.device)
-    edges = [round(i * n / GRAM_BLOCKS) for i in range(GRAM_BLOCKS + 1)]
-    for lo, hi in itertools.pairwise(edges):
-        if hi > lo:
-            block = wide[:, lo:].T @ wide[:, lo:hi]  # rows lo.., columns lo:hi
-            gram[lo:, lo:hi] = block
-            gram[lo:hi, lo:] = block.T
-    return gram
-
-
-def top_energy(dw: torch.Tensor, k: int) -> float:
-    """sum(sigma_i**2, i <= k) of dW, exactly: eigenvalues of the smaller Gram matrix.
-
-    Values only: on a CPU this costs about half an exact SVD; on a GPU the eigensolver
-    (cuSOLVER's syevd) is slow enough that `schur_top_energy` is tried first.
-    """
-    return _top_eigenvalues(gram_matrix(dw), k)
-
-
-def _top_eigenvalues(gram: torch.Tensor, k: int) -> float:
-    return float(torch.linalg.eigvalsh(gram).clamp_min(0.0).flip(0)[:k].sum())
-
-
-# Power steps that estimate the largest eigenvalue of the Gram matrix off the basis when
-# the k-th Ritz value is below it; the estimate only places the shift t (a Cholesky
-# factorization proves it), so it may be rough.
-SHIFT_POWER_STEPS = 8
-
-
-def _largest_eigenvalue(C: torch.Tensor) -> float:
-    """A power estimate (from below) of the largest eigenvalue of a symmetric PSD matrix."""
-    gen = torch.Generator(device=C.device).manual_seed(0)
-    X = torch.randn(C.shape[0], 4, generator=gen, device=C.device, dtype=C.dtype)
-    for _ in range(SHIFT_POWER_STEPS):
-        X = C @ X
-        X = X / X.norm(dim=0).clamp_min(1e-300)
-    return float(((C @ X) * X).sum(dim=0).max())
-
-
-def schur_top_energy(gram: torch.Tensor, basis: torch.Tensor, k: int) -> float:
-    """An upper bound on the sum of the k largest eigenvalues of `gram` (symmetric PSD,
-    float64), from a basis of nearly its top eigenvectors; no eigensolver on the full matrix.
-
-    With W an orthonormal basis of span(basis), R = (I - W W^T) G W and
-    C = (I - W W^T) G (I - W W^T), a shift t with t I - C positive definite (proved by a
-    Cholesky factorization L L^T = t I - C) bounds every unit vector x = W a + v:
-    x^T (G - t I) x <= a^T S a with S = W^T G W - t I + R^T (t I - C)^{-1} R (the largest
-    value of the cross terms over v, a Schur complement). Summed over k orthonormal
-    vectors (Ky Fan), the top-k sum of G is at most k t + sum of the k largest positive
-    eigenvalues of the small matrix S. It is tight when W nearly holds G's top
-    eigenvectors and t lies below the k-th of them (a delta whose head stands above its
-    noise); otherwise it is loose (or infinite) and the caller takes the exact eigenvalues.
-
-    Rounding: a Cholesky factorization that succeeds in floating point proves t I - C + E
-    positive definite with ||E|| <= (n + 1) n u (t + tr C); the bound uses t + that margin.
-    """
-    W, _ = torch.linalg.qr(basis.to(gram.dtype))
-    return schur_bound(gram, W, gram @ W, k)
-
-
-def schur_bound(
-    gram: torch.Tensor,
-    W: torch.Tensor,
-    GW: torch.Tensor,
-    k: int,
-    H11: torch.Tensor | None = None,
-) -> float:
-    """`schur_top_energy` for an orthonormal float64 basis W, with G W (and W^T G W, when
-    the caller has it) already formed."""
-    n = gram.shape[0]
-    trace = float(gram.diagonal().sum())
-    if trace <= 0.0:
-        return 0.0
-    if H11 is None:
-        H11 = W.T @ GW
-        H11 = (H11 + H11.T) / 2
-    R = GW - W @ H11
-    # C = G - W GW^T - GW W^T + W H11 W^T = G - W R^T - GW W^T; only its lower triangle
-    # is factorized, and the power steps need no exact symmetry.
-    C = torch.addmm(gram, W, R.T, alpha=-1).addmm_(GW, W.T, alpha=-1)
-
-    def factor(t: float) -> torch.Tensor | None:  # the Cholesky factor of t I - C, if any
-        shifted = torch.neg(C)
-        shifted.diagonal().add_(t)
-        L, info = torch.linalg.cholesky_ex(shifted)
-        return None if int(info) else L
-
-    # The shift: just below the k-th Ritz value when C's spectrum lies under it (the bound
-    # is then tightest), else above a power estimate of C's largest eigenvalue.
-    ritz_k = float(torch.linalg.eigvalsh(H11)[-k]) if k <= H11.shape[0] else 0.0
-    t = 0.9 * ritz_k
-    L = factor(t) if t > 0.0 else None
-    if L is None:
-        t = max(1.05 * _largest_eigenvalue(C), 1e-12 * trace)
-        for _ in range(6):
-            if (L := factor(t)) is not None:
-                break
-            t *= 1.5
-        else:
-            return math.inf
-    unit = torch.finfo(gram.dtype).eps / 2
-    t += (n + 1) * n * unit * (t + trace)
-    Y = torch.linalg.solve_triangular(L, R, upper=False)
-    S = torch.addmm(H11, Y.T, Y)
-    S.diagonal().sub_(t)
-    top = torch.linalg.eigvalsh((S + S.T) / 2).flip(0)[:k].clamp_min(0.0)
-    return k * t + float(top.sum())
-
-
-def energy_gap(
-    S: torch.Tensor,
-    fro_sq: float,
-    tops: Sequence[Callable[[], float]],
-    sketch_sq: float | None = None,
-) -> float:
-    """A-posteriori bound on the top-k energy that factors with singular values S miss.
-
-    The factors U_k S_k Vh_k with U_k in the sketch's range capture sum(S**2) of the
-    energy, and sigma_i(Q^T dW) <= sigma_i(dW) for every i (interlacing), so the share
-    they miss at any rank r <= k is at most the share missed at k. The bounds, cheapest
-    first; the first within GAP_TOLERANCE is returned, else the last:
-    - free: ||dW - Q Q^T dW||_F**2 = ||dW||_F**2 - ||Q^T dW||_F**2 (`sketch_sq`), tight when
-      the sketch holds nearly all of dW (a low-rank delta);
-    - `tops`: upper bounds on the true top-k energy, the last one exact
-      (`schur_bound`, then the Gram matrix's eigenvalues).
-    Returned as a share of ||dW||_F**2 (0 for a zero delta), plus ROUNDING_SLACK of the
-    captured share for the fp32 rounding of S and ||dW||_F**2.
-    """
-    if fro_sq <= 0.0:
-        return 0.0
-    captured = float((S.double() ** 2).sum())
-    slack = ROUNDING_SLACK * captured / fro_sq
-    if sketch_sq is not None and (fro_sq - sketch_sq) / fro_sq + slack <= GAP_TOLERANCE:
-        return max(0.0, fro_sq - sketch_sq) / fro_sq + slack
-    gap = math.inf
-    for top in tops:
-        gap = max(0.0, top() - captured) / fro_sq + slack
-        if gap <= GAP_TOLERANCE:
-            break
-    return gap
-
-
 def svd_randomized(
     dw: torch.Tensor,
     k: int,
@@ -274,7 +116,7 @@ def svd_randomized(
         return _randomized_result(Q @ Ub, S, Vh, k, fro_sq, small, 0, gap)
     tall = n <= m
     gram = gram_matrix(dw)
-    exact = functools.cache(lambda: _top_eigenvalues(gram, k))
+    exact = functools.cache(lambda: top_eigenvalues(gram, k))
     Z, _ = torch.linalg.qr((B.T if tall else Q).double())
     iterations, previous = 0, math.inf
     while True:
