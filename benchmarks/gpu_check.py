@@ -32,7 +32,8 @@ script exits 1 if any step failed; a skipped step is not a failure.
 5. extract: extraction on a synthetic Qwen2.5-1.5B-shaped pair (issue 21's shape; the speed
    step's pair when it was built), --device DEVICE against
    --device cpu, cold, the same command otherwise; then rank 8 twice on the device's cache
-   (the second is the torch-free warm path).
+   (the second is the torch-free warm path); then, when the budget allows, the cold device
+   run once more under cProfile (summary: logs/extract-profile-summary_<n>.stdout).
 
 Every child runs with PYTHONPATH = <repo root> + the caller's PYTHONPATH (extended, never
 replaced, so packages carried as wheels stay importable) and writes its full stdout and
@@ -658,7 +659,37 @@ def extract_step(c: Check) -> dict[str, Any]:
         result["cold_over_warm_again"] = round(
             runs[c.device]["seconds"] / runs["again"]["seconds"], 2
         )
+        result["profile"] = profile_cold_extract(c, pair, runs[c.device]["seconds"])
     return result
+
+
+PROFILE_SUMMARY = (
+    "import pstats, sys; p = pstats.Stats(sys.argv[1]); "
+    "p.sort_stats('cumulative').print_stats(50); p.sort_stats('tottime').print_stats(30)"
+)
+
+
+def profile_cold_extract(c: Check, pair: Path, cold_s: float) -> dict[str, Any]:
+    """Where a cold extraction's time goes on the device: the cold command once more under
+    cProfile (a GPU's time shows at the calls that wait for it), its summary in a log.
+    Skipped when the budget cannot take another cold run."""
+    reason = c.runner.skip_reason(2 * cold_s + 15)
+    if reason is not None:
+        return {"skipped": reason}
+    cache, stats = c.out / f"c-{c.device}-profile", c.out / f"extract-{c.device}.prof"
+    shutil.rmtree(cache, ignore_errors=True)
+    args = ["svd", "-b", str(pair / "base"), "-t", str(pair / "tuned"), "--rank", "16"]
+    args += ["--device", c.device, "--no-plot", "--json", "--cache-dir", str(cache)]
+    args += ["-o", str(c.out / "extract-profile")]
+    profiled = c.runner.run(
+        "extract-profile", [sys.executable, "-m", "cProfile", "-o", str(stats), *cli(*args)[1:]]
+    )
+    if profiled["rc"] != 0:
+        return {"run": profiled}
+    summary = c.runner.run(
+        "extract-profile-summary", [sys.executable, "-c", PROFILE_SUMMARY, str(stats)]
+    )
+    return {"run": profiled, "summary": summary}
 
 
 STEP_FUNCTIONS: dict[str, Callable[[Check], dict[str, Any]]] = {

@@ -502,6 +502,12 @@ def test_gpu_check_extract_step_times_cold_warm_and_the_torch_free_repeat(gpu_ch
         result["runs"]["cpu"]["seconds"],
         result["runs"]["again"]["seconds"],
     )
+    # The cold run once more under cProfile, summarised: where the time goes.
+    summary = (tmp_path / result["profile"]["summary"]["stdout_file"]).read_text()
+    assert result["profile"]["run"]["rc"] == 0 and "run_svd" in summary
+    tight = gpu_check.Runner(tmp_path / "tight", budget_s=1)
+    check = gpu_check.Check(tmp_path, "cpu", 1, tight, args)
+    assert "budget" in gpu_check.profile_cold_extract(check, tmp_path / "pair-tiny", 5.0)["skipped"]
 
 
 def test_decode_benchmark_runs_on_the_tiny_model(tmp_path):
