@@ -29,6 +29,9 @@ from .weight_files import SAFETENSORS_INDEX as SAFETENSORS_INDEX  # re-exported
 from .weight_files import select_weight_files
 
 _HASH_CHUNK = 8 << 20
+# Weight files hashed at once by the fingerprint thread's pool: half the cores, up to 8
+# (one on this project's 2-core machines, where the other core decomposes meanwhile).
+HASH_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
 @dataclass
@@ -196,7 +199,14 @@ class PendingFingerprints:
 
     def _hash(self, files: Sequence[Path]) -> None:
         try:
-            self._hashed = {f: _file_digest(f) for f in files}
+            workers = min(len(files), HASH_THREADS)
+            if workers > 1:  # shards side by side: sha256 and file reads release the GIL
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(workers) as pool:
+                    self._hashed = dict(zip(files, pool.map(_file_digest, files), strict=True))
+            else:
+                self._hashed = {f: _file_digest(f) for f in files}
         except OSError as exc:  # raised where the result is read, as the user's error
             self._error = CheckpointError(
                 f"cannot read {exc.filename or 'a weight file'} to fingerprint it: "

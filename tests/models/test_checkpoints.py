@@ -91,6 +91,23 @@ def test_pair_of_different_architectures_is_refused(llama_pair, gpt2_pair):
         open_pair(llama_pair.base, gpt2_pair.tuned, with_fingerprints=False)
 
 
+def test_shards_hashed_side_by_side_give_the_same_fingerprints(sharded_pair, monkeypatch):
+    """A sharded pair's files hashed by a pool of threads: the memo holds each file's own
+    sha256 (an independent hashlib call), and the fingerprints equal one-at-a-time ones."""
+    import hashlib
+
+    monkeypatch.setattr(checkpoints, "HASH_THREADS", 4)
+    memo: dict[str, str] = {}
+    pooled = open_pair(sharded_pair.base, sharded_pair.tuned, memo).fingerprints()
+    files = [*open_checkpoint(sharded_pair.base).files, *open_checkpoint(sharded_pair.tuned).files]
+    assert len(files) > 2
+    assert sorted(memo.values()) == sorted(
+        hashlib.sha256(f.read_bytes()).hexdigest() for f in files
+    )
+    monkeypatch.setattr(checkpoints, "HASH_THREADS", 1)
+    assert open_pair(sharded_pair.base, sharded_pair.tuned, {}).fingerprints() == pooled
+
+
 def test_open_pair_hashes_in_the_background_to_the_same_fingerprints(llama_pair):
     """open_pair returns before hashing unknown files; the digests equal the synchronous
     ones, reach the memo on the caller's thread, and the memo spares a second hashing."""
