@@ -631,6 +631,14 @@ def speed_step(c: Check) -> dict[str, Any]:
     return finish()
 
 
+def svd_args(pair: Path, rank: int, device: str, cache: Path, out: Path) -> list[str]:
+    """`svdlora svd` of the pair at a rank, on a device and cache, into `out`."""
+    return [
+        *("svd", "-b", str(pair / "base"), "-t", str(pair / "tuned"), "--rank", str(rank)),
+        *("--device", device, "--no-plot", "--json", "--cache-dir", str(cache), "-o", str(out)),
+    ]
+
+
 def extract_step(c: Check) -> dict[str, Any]:
     pair = c.out / f"pair-{c.args.extract_shape}"  # the speed step's pair when the same shape
     if not (pair / "tuned" / "model.safetensors.index.json").is_file():
@@ -642,16 +650,13 @@ def extract_step(c: Check) -> dict[str, Any]:
     runs = {}
     for dev in dict.fromkeys([c.device, "cpu"]):
         shutil.rmtree(c.out / f"c-{dev}", ignore_errors=True)  # cold
-        args = ["svd", "-b", str(pair / "base"), "-t", str(pair / "tuned"), "--rank", "16"]
-        args += ["--device", dev, "--no-plot", "--json", "--cache-dir", str(c.out / f"c-{dev}")]
-        runs[dev] = c.runner.run(f"extract-{dev}", cli(*args, "-o", str(c.out / f"extract-{dev}")))
+        args = svd_args(pair, 16, dev, c.out / f"c-{dev}", c.out / f"extract-{dev}")
+        runs[dev] = c.runner.run(f"extract-{dev}", cli(*args))
     # warm on the device's cache: rank 8 (checked afresh), then the same again (its verdict
     # cached: the torch-free path, which serves the same --device from its run memo)
     for label in ("warm", "again"):
-        args = ["svd", "-b", str(pair / "base"), "-t", str(pair / "tuned"), "--rank", "8"]
-        args += ["--device", c.device, "--no-plot", "--json"]
-        args += ["--cache-dir", str(c.out / f"c-{c.device}")]
-        runs[label] = c.runner.run(f"extract-{label}", cli(*args, "-o", str(c.out / "warm")))
+        args = svd_args(pair, 8, c.device, c.out / f"c-{c.device}", c.out / "warm")
+        runs[label] = c.runner.run(f"extract-{label}", cli(*args))
     result: dict[str, Any] = {"runs": runs, "ok": all(r["rc"] == 0 for r in runs.values())}
     if result["ok"] and c.device != "cpu":
         result["cpu_over_device"] = round(runs["cpu"]["seconds"] / runs[c.device]["seconds"], 2)
@@ -678,11 +683,10 @@ def profile_cold_extract(c: Check, pair: Path, cold_s: float) -> dict[str, Any]:
         return {"skipped": reason}
     cache, stats = c.out / f"c-{c.device}-profile", c.out / f"extract-{c.device}.prof"
     shutil.rmtree(cache, ignore_errors=True)
-    args = ["svd", "-b", str(pair / "base"), "-t", str(pair / "tuned"), "--rank", "16"]
-    args += ["--device", c.device, "--no-plot", "--json", "--cache-dir", str(cache)]
-    args += ["-o", str(c.out / "extract-profile")]
+    args = svd_args(pair, 16, c.device, cache, c.out / "extract-profile")
     profiled = c.runner.run(
-        "extract-profile", [sys.executable, "-m", "cProfile", "-o", str(stats), *cli(*args)[1:]]
+        "extract-profile",
+        [sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "svdlora_cli", *args],
     )
     if profiled["rc"] != 0:
         return {"run": profiled}

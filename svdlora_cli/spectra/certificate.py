@@ -58,17 +58,10 @@ def small_eigh(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values.to(H.device), vectors.to(H.device)
 
 
-def top_energy(dw: torch.Tensor, k: int) -> float:
-    """sum(sigma_i**2, i <= k) of dW, exactly: eigenvalues of the smaller Gram matrix.
-
-    Values only: on a CPU this costs about half an exact SVD (and GPU eigensolvers are
-    reported slow), so the certificate tries `schur_bound` first.
-    """
-    return top_eigenvalues(gram_matrix(dw), k)
-
-
 def top_eigenvalues(gram: torch.Tensor, k: int) -> float:
-    """The sum of a symmetric PSD matrix's k largest eigenvalues (an eigensolver)."""
+    """The sum of a symmetric PSD matrix's k largest eigenvalues, exactly: for the Gram
+    matrix, dW's top-k energy. An eigensolver: about half an exact SVD's time on a CPU
+    (and GPU eigensolvers are reported slow), so the certificate tries `schur_bound` first."""
     return float(torch.linalg.eigvalsh(gram).clamp_min(0.0).flip(0)[:k].sum())
 
 
@@ -88,11 +81,18 @@ def _largest_eigenvalue(C: torch.Tensor) -> float:
     return float(((C @ X) * X).sum(dim=0).max())
 
 
-def schur_top_energy(gram: torch.Tensor, basis: torch.Tensor, k: int) -> float:
+def schur_bound(
+    gram: torch.Tensor,
+    W: torch.Tensor,
+    k: int,
+    GW: torch.Tensor | None = None,
+    H11: torch.Tensor | None = None,
+) -> float:
     """An upper bound on the sum of the k largest eigenvalues of `gram` (symmetric PSD,
-    float64), from a basis of nearly its top eigenvectors; no eigensolver on the full matrix.
+    float64), from an orthonormal float64 basis W of nearly its top eigenvectors; no eigensolver
+    on the full matrix. G W and W^T G W are formed unless the caller has them.
 
-    With W an orthonormal basis of span(basis), R = (I - W W^T) G W and
+    With R = (I - W W^T) G W and
     C = (I - W W^T) G (I - W W^T), a shift t with t I - C positive definite (proved by a
     Cholesky factorization L L^T = t I - C) bounds every unit vector x = W a + v:
     x^T (G - t I) x <= a^T S a with S = W^T G W - t I + R^T (t I - C)^{-1} R (the largest
@@ -105,23 +105,12 @@ def schur_top_energy(gram: torch.Tensor, basis: torch.Tensor, k: int) -> float:
     Rounding: a Cholesky factorization that succeeds in floating point proves t I - C + E
     positive definite with ||E|| <= (n + 1) n u (t + tr C); the bound uses t + that margin.
     """
-    W, _ = torch.linalg.qr(basis.to(gram.dtype))
-    return schur_bound(gram, W, gram @ W, k)
-
-
-def schur_bound(
-    gram: torch.Tensor,
-    W: torch.Tensor,
-    GW: torch.Tensor,
-    k: int,
-    H11: torch.Tensor | None = None,
-) -> float:
-    """`schur_top_energy` for an orthonormal float64 basis W, with G W (and W^T G W, when
-    the caller has it) already formed."""
     n = gram.shape[0]
     trace = float(gram.diagonal().sum())
     if trace <= 0.0:
         return 0.0
+    if GW is None:
+        GW = gram @ W
     if H11 is None:
         H11 = W.T @ GW
         H11 = (H11 + H11.T) / 2

@@ -128,7 +128,7 @@ def svd_randomized(
             theta, E = small_eigh(H)
             theta, E = theta.flip(0), E.flip(1)
             S = theta.clamp_min(0.0).sqrt()
-            tops = (functools.partial(schur_bound, gram, Z, GZ, k, H), exact)
+            tops = (functools.partial(schur_bound, gram, Z, k, GZ, H), exact)
             gap = energy_gap(S[:k], fro_sq, tops)
             # Stop when certified, out of iterations, or converging too slowly to get there.
             rate = min(1.0, gap / previous)
