@@ -33,8 +33,12 @@ def gram_matrix(dw: torch.Tensor) -> torch.Tensor:
 
     fp32 products are exact in float64, so the only rounding is the sum over the long
     side: about min(m, n) * 1e-16 of ||dW||_F**2, far below any tolerance we certify.
-    Each block below the diagonal is computed once and mirrored, so the result is
-    exactly symmetric.
+    Each block below the diagonal is computed once and mirrored, and so is the lower
+    triangle of each diagonal square (a product too), so the result is exactly symmetric.
+
+    (numpy's A^T A calls BLAS syrk at half these flops, but on the CPU its OpenBLAS threads
+    spin beside torch's after each call: a cold `svd` of the 0.5B pair took 28-30 s
+    against 20-21 s, and 21.8 s with OPENBLAS_NUM_THREADS=1.)
     """
     wide = dw.double()
     if dw.shape[1] > dw.shape[0]:
@@ -47,6 +51,8 @@ def gram_matrix(dw: torch.Tensor) -> torch.Tensor:
             block = wide[:, lo:].T @ wide[:, lo:hi]  # rows lo.., columns lo:hi
             gram[lo:, lo:hi] = block
             gram[lo:hi, lo:] = block.T
+            square = gram[lo:hi, lo:hi]
+            square.copy_(square.tril() + square.tril(-1).T)
     return gram
 
 

@@ -87,3 +87,15 @@ def test_top_energy_matches_scipy():
     assert top_eigenvalues(gram_matrix(dw.T.contiguous()), 7) == pytest.approx(
         float((s[:7] ** 2).sum()), rel=1e-10
     )
+
+
+@pytest.mark.parametrize("shape", [(300, 70), (70, 300), (64, 64)])
+def test_the_gram_matrix_equals_a_float64_product_and_is_exactly_symmetric(shape):
+    """Against an independent float64 product of the smaller side; a transposed view too."""
+    dw = decaying(*shape, seed=3, decay=0.97)
+    array = dw.double().numpy()
+    truth = array.T @ array if shape[0] >= shape[1] else array @ array.T
+    for gram in (gram_matrix(dw), gram_matrix(dw.T.contiguous().T)):
+        assert gram.dtype == torch.float64 and gram.shape == truth.shape
+        assert torch.equal(gram, gram.T)
+        assert np.allclose(gram.numpy(), truth, rtol=1e-13, atol=1e-13 * abs(truth).max())
