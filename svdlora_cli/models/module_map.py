@@ -120,11 +120,9 @@ class Coverage:
         return out
 
 
-def module_map(folder: str | Path, keys: Sequence[str], cache: Any = None) -> ModuleMap:
-    """`build_module_map`, remembered in the artifact cache by the config's bytes, the keys
-    and the transformers version (building the model skeleton takes seconds)."""
-    if cache is None or not getattr(cache, "enabled", False):
-        return build_module_map(folder, keys)
+def _map_key(folder: str | Path, keys: Sequence[str]) -> str | None:
+    """The cache key of a module map: the config's bytes, the keys and the transformers
+    version (None when config.json cannot be read; building the map then raises)."""
     import hashlib
     from importlib.metadata import version
 
@@ -133,29 +131,80 @@ def module_map(folder: str | Path, keys: Sequence[str], cache: Any = None) -> Mo
     try:
         config = hashlib.sha256((Path(folder) / "config.json").read_bytes()).hexdigest()
     except OSError:
-        return build_module_map(folder, keys)  # it raises the clear error
-    key = content_key(
+        return None
+    return content_key(
         "module-map", config=config, keys=list(keys), transformers=version("transformers")
     )
-    found = cache.get_json(key)
-    if isinstance(found, dict):
-        return ModuleMap(**found)
-    mapping = build_module_map(folder, keys)
-    cache.put_json(key, dataclasses.asdict(mapping))
-    return mapping
+
+
+def module_map(folder: str | Path, keys: Sequence[str], cache: Any = None) -> ModuleMap:
+    """`build_module_map`, remembered in the artifact cache by the config's bytes, the keys
+    and the transformers version (building the model skeleton takes seconds)."""
+    return PendingMap(folder, keys, cache, background=False).result()
+
+
+class PendingMap:
+    """A module map from the cache, or being built (on a background thread when asked:
+    transformers' import and the meta model take seconds that an SVD job can use, as
+    torch's kernels release the GIL). Only the creating thread touches the cache."""
+
+    def __init__(
+        self, folder: str | Path, keys: Sequence[str], cache: Any = None, background: bool = True
+    ) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self.folder, self.keys, self.cache = folder, list(keys), cache
+        enabled = cache is not None and getattr(cache, "enabled", False)
+        self.key = _map_key(folder, self.keys) if enabled else None
+        found = cache.get_json(self.key) if self.key is not None else None
+        self.future: Future[ModuleMap] = Future()
+        self.stored = isinstance(found, dict)
+        if isinstance(found, dict):
+            self.future.set_result(ModuleMap(**found))
+        elif background:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svdlora-module-map")
+            self.future = pool.submit(build_module_map, folder, self.keys)
+            pool.shutdown(wait=False)  # its thread ends with the build
+        else:
+            try:
+                self.future.set_result(build_module_map(folder, self.keys))
+            except Exception as exc:  # raised by result(), as a build on a thread would
+                self.future.set_exception(exc)
+
+    def dropped(self, key: str) -> bool:
+        """True once the map is known and leaves tensor `key` out of the adapter (an SVD
+        job skips it); False while it is being built, or when it could not be built."""
+        if not self.future.done() or self.future.exception() is not None:
+            return False
+        return key not in self.future.result().modules
+
+    def result(self) -> ModuleMap:
+        """The map (waiting for the build), stored in the cache on first use; raises the
+        build's CheckpointError."""
+        mapping = self.future.result()
+        if self.key is not None and not self.stored:
+            self.cache.put_json(self.key, dataclasses.asdict(mapping))
+            self.stored = True
+        return mapping
 
 
 def map_targets(
-    folder: str | Path, targets: Sequence[Target], rest: Sequence[str], cache: Any = None
+    folder: str | Path,
+    targets: Sequence[Target],
+    rest: Sequence[str],
+    cache: Any = None,
+    pending: PendingMap | None = None,
 ) -> tuple[list[Target], list[str], list[str] | None, Coverage]:
     """Targets named after the built model's modules; uncovered ones move to `rest`.
 
     Returns (targets, rest, candidate module names or None when unchecked, coverage).
-    With a `cache`, the module map of a config and key list is built once.
+    With a `cache`, the module map of a config and key list is built once; `pending` is
+    one already under way for these targets.
     Without a config transformers can build, names stay as in the file (unchecked).
     """
     try:
-        mapping = module_map(folder, [t.tensor for t in targets], cache)
+        keys = [t.tensor for t in targets]
+        mapping = (pending or PendingMap(folder, keys, cache, background=False)).result()
     except CheckpointError as exc:
         return list(targets), list(rest), None, Coverage(checked=False, reason=exc.message)
     coverage = Coverage()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -102,7 +102,13 @@ class SvdJob:
     stats: dict[str, dict] = field(default_factory=dict)
     dtype_policy: str = DEFAULT_DTYPE_POLICY
 
-    def run(self, items: Sequence[SvdItem], progress: Progress | None) -> dict[str, Decomposition]:
+    def run(
+        self,
+        items: Sequence[SvdItem],
+        progress: Progress | None,
+        skip: Callable[[str], bool] | None = None,
+    ) -> dict[str, Decomposition]:
+        """Decompositions by tensor name; an item `skip` names by then is left out."""
         pair, cache = self.pair, self.cache
         decs = {}
         names = [item.target.tensor for item in items]
@@ -110,6 +116,8 @@ class SvdJob:
             target = item.target
             if progress:
                 progress(target.tensor, i + 1, len(items))
+            if skip is not None and skip(target.tensor):
+                continue
             # On a GPU, dW and its statistics are formed there too (the CPU would be the
             # bottleneck); the prefetch thread reads the next pair meanwhile.
             start = time.perf_counter()

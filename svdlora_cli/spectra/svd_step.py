@@ -10,9 +10,9 @@ import torch
 
 from ..adapters.factors import LowRankFactors, split_factors
 from ..devices import check_device, local_device
-from ..distributed import missing_warning, work_group
+from ..distributed import Launch, missing_warning, work_group
 from ..models.checkpoints import open_pair
-from ..models.module_map import map_targets
+from ..models.module_map import PendingMap, map_targets
 from ..store.cache import DEFAULT_CACHE_RANK, ArtifactCache
 from .decompose import (
     ENERGY_LEVELS,
@@ -154,15 +154,23 @@ def run_svd(
     pair = open_pair(base_model, teacher_model, cache.memo, with_fingerprints=cache.enabled)
     targets, rest, warnings = pair_targets(pair, include, exclude)
     # Adapter keys name the modules of the model transformers builds, not the file's keys.
-    targets, rest, wrappable, coverage = map_targets(pair.base.path, targets, rest, cache)
-    warnings.extend(coverage.warnings())
+    # One process builds that map while its SVD job runs (skipping what the map drops
+    # once known); under a launch every rank needs it first, to split the same work.
+    pending = PendingMap(
+        pair.base.path,
+        [t.tensor for t in targets],
+        cache,
+        background=Launch.from_env().world_size == 1,
+    )
     wanted = rank if rank is not None else max_rank
     keep = max(wanted, cache_rank)
     decs: dict[str, Decomposition] = {}
-    sources: dict[str, dict] = {}
-    hits_before, misses_before = cache.hits, cache.misses
+    sources: dict[str, dict] = {}  # by tensor until the map names the modules
+    found_at: dict[str, bool] = {}
     todo: list[SvdItem] = []
     for target in targets:
+        if pending.dropped(target.tensor):
+            continue
         k = min(keep, min(target.shape))
         resolved = resolve_method(method, target.shape, k)
         # An exact decomposition already cached serves an `auto` request too.
@@ -175,12 +183,12 @@ def run_svd(
             ((key, d) for key in keys if (d := cache.peek_decomposition(key, k)) is not None),
             None,
         )
-        cache.count(hit=found is not None)
+        found_at[target.tensor] = found is not None
         if found is None:
             todo.append(SvdItem(target, resolved, k, keys[0], fallback=method == "auto"))
         else:
             decs[target.tensor] = found[1]
-        sources[target.module] = {"keys": keys, "key": found[0] if found else keys[0], "k": k}
+        sources[target.tensor] = {"keys": keys, "key": found[0] if found else keys[0], "k": k}
     with work_group(cache.enabled) as group:
         if group.launch.distributed and not cache.enabled:
             warnings.append(
@@ -200,12 +208,20 @@ def run_svd(
             todo,
             key=lambda item: item.target.tensor,
             cost=lambda item: item.cost(oversample, power_iters),
-            compute=lambda items: job.run(items, progress),
+            compute=lambda items: job.run(items, progress, skip=pending.dropped),
             fetch=lambda item: cache.peek_decomposition(item.key, item.k),
         )
         decs.update(computed)
         if late:
             warnings.append(missing_warning(late, "decomposition(s)", cache.directory))
+        targets, rest, wrappable, coverage = map_targets(
+            pair.base.path, targets, rest, cache, pending=pending
+        )
+        warnings.extend(coverage.warnings())
+        hits_before, misses_before = cache.hits, cache.misses
+        for target in targets:
+            cache.count(hit=found_at[target.tensor])
+        sources = {t.module: sources[t.tensor] for t in targets}
         delta_records, untargeted = collect_deltas(
             pair, targets, rest, cache, progress=None, known=job.stats, policy=dtype_policy
         )

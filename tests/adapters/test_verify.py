@@ -192,7 +192,7 @@ def test_file_named_adapter_is_refused_by_svd(pairs, tmp_path, monkeypatch):
     monkeypatch.setattr(
         extraction,
         "map_targets",
-        lambda folder, t, rest, cache=None: (list(t), list(rest), None, Coverage()),
+        lambda folder, t, rest, cache=None, pending=None: (list(t), list(rest), None, Coverage()),
     )
     base, tuned = pairs["gpt2-hub"]
     result = invoke("svd", "-b", base, "-t", tuned, "-r", RANK, "-o", tmp_path / "o")
