@@ -217,6 +217,10 @@ class PendingFingerprints:
         except BaseException as exc:  # re-raised where the result is read
             self._error = exc
 
+    def ready(self) -> bool:
+        """True when `result` would not wait (the memo knew every file, or hashing ended)."""
+        return self._done is not None or self._thread is None or not self._thread.is_alive()
+
     def result(self) -> list[str]:
         """Each checkpoint's fingerprint, waiting for the thread if it still hashes."""
         if self._done is None:
@@ -260,6 +264,10 @@ class ModelPair:
 
     def fingerprints(self) -> dict[str, str | None]:
         return {"base": self.base_fingerprint, "tuned": self.tuned_fingerprint}
+
+    def fingerprints_ready(self) -> bool:
+        """True when reading the fingerprints would not wait for the hashing thread."""
+        return self.pending is None or self.pending.ready()
 
     def iter_chunks(
         self, names: Iterable[str], size: int
