@@ -658,6 +658,9 @@ def extract_step(c: Check) -> dict[str, Any]:
         args = svd_args(pair, 8, c.device, c.out / f"c-{c.device}", c.out / "warm")
         runs[label] = c.runner.run(f"extract-{label}", cli(*args))
     result: dict[str, Any] = {"runs": runs, "ok": all(r["rc"] == 0 for r in runs.values())}
+    if result["ok"]:
+        result["agreement"] = extract_agreement(c, runs)
+        result["ok"] = result["agreement"]["ok"]
     if result["ok"] and c.device != "cpu":
         result["cpu_over_device"] = round(runs["cpu"]["seconds"] / runs[c.device]["seconds"], 2)
     if result["ok"]:
@@ -666,6 +669,38 @@ def extract_step(c: Check) -> dict[str, Any]:
         )
         result["profile"] = profile_cold_extract(c, pair, runs[c.device]["seconds"])
     return result
+
+
+# Device and CPU decompositions are each certified within 1e-5 of the exact top-k energy;
+# they must agree within the accuracy promised against an exact SVD.
+ENERGY_AGREEMENT = 1e-4
+
+
+def extract_agreement(c: Check, runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Whether the device's cold run and the CPU's found the same energies per module
+    (within ENERGY_AGREEMENT), with each one's worst certified gap, and whether the warm
+    run found every decomposition of the cold one in the cache."""
+    docs = {label: last_json(c.runner.stdout(runs[label])) for label in (c.device, "cpu", "warm")}
+    energies = {
+        label: {m["name"]: m["energy"] for m in docs[label]["modules"]}
+        for label in (c.device, "cpu")
+    }
+    device, cpu = energies[c.device], energies["cpu"]
+    diff = (
+        max((abs(device[m] - cpu[m]) for m in cpu), default=math.inf)
+        if device.keys() == cpu.keys()
+        else math.inf
+    )
+    summary = {label: docs[label]["summary"] for label in (c.device, "cpu")}
+    warm_hits = docs["warm"]["cache"]["hits"]
+    return {
+        "modules": len(cpu),
+        "max_energy_diff": diff,
+        "mean_energy": {label: s["mean_energy"] for label, s in summary.items()},
+        "worst_energy_gap": {label: s["worst_energy_gap"] for label, s in summary.items()},
+        "warm_hits": warm_hits,
+        "ok": diff <= ENERGY_AGREEMENT and warm_hits == len(cpu),
+    }
 
 
 PROFILE_SUMMARY = (

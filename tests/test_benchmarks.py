@@ -497,6 +497,9 @@ def test_gpu_check_extract_step_times_cold_warm_and_the_torch_free_repeat(gpu_ch
     assert not list((tmp_path / "logs").glob("extract-pair*"))  # reused
     again = json.loads((tmp_path / result["runs"]["again"]["stdout_file"]).read_text())
     assert again["verification"]["cached"] is True
+    agreement = result["agreement"]
+    assert agreement["ok"] and agreement["max_energy_diff"] == 0.0
+    assert agreement["warm_hits"] == agreement["modules"] > 0
     assert_ratio(
         result["cold_over_warm_again"],
         result["runs"]["cpu"]["seconds"],

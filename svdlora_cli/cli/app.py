@@ -328,8 +328,9 @@ def exit_now(code: object) -> None:
 
     The atexit hooks run first (logging, temporary folders, multiprocessing) and the
     standard streams are flushed. It returns, and Python exits as usual, when another
-    thread is alive (Python would wait for it), for a code that is not an integer
-    (Python prints it), or with SVDLORA_DEBUG set.
+    thread is alive (Python would wait for it), under a profiler or tracer (cProfile
+    writes its file after the program), for a code that is not an integer (Python
+    prints it), or with SVDLORA_DEBUG set.
     """
     import atexit
     import threading
@@ -340,6 +341,8 @@ def exit_now(code: object) -> None:
         os.environ.get("SVDLORA_DEBUG")
         or run_hooks is None
         or threading.active_count() > 1
+        or sys.getprofile() is not None
+        or sys.gettrace() is not None
         or not isinstance(code, int)
     ):
         return

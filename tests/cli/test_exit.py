@@ -66,3 +66,19 @@ def test_exit_now_leaves_the_usual_exit_when_it_is_not_safe(monkeypatch):
     monkeypatch.setattr(threading, "active_count", lambda: 2)
     assert _exits(monkeypatch, 0) == []  # Python would wait for the other thread
     assert ran == [True, True]
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    monkeypatch.setattr(sys, "getprofile", lambda: object())  # cProfile: writes at exit
+    assert _exits(monkeypatch, 0) == []
+    assert ran == [True, True]
+
+
+def test_a_profiled_run_still_writes_its_profile(tmp_path):
+    stats = tmp_path / "run.prof"
+    done = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "svdlora_cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.startswith("svdlora ")
+    assert stats.stat().st_size > 0
