@@ -156,8 +156,8 @@ class SvdJob:
         self,
         items: Sequence[SvdItem],
         progress: Progress | None,
+        lookup: SvdLookup,
         skip: Callable[[str], bool] | None = None,
-        lookup: SvdLookup | None = None,
     ) -> dict[str, Decomposition]:
         """Decompositions by tensor name; an item `skip` names by then is left out.
 
@@ -175,7 +175,7 @@ class SvdJob:
                 progress(target.tensor, i + 1, len(items))
             if skip is not None and skip(target.tensor):
                 continue
-            if not item.keys and lookup is not None and self.pair.fingerprints_ready():
+            if not item.keys and self.pair.fingerprints_ready():
                 self._store_held(held, lookup)
                 item, found = lookup.find(item)
                 if found is not None:
@@ -205,8 +205,7 @@ class SvdJob:
                 self._store(item, dec, seconds)
             else:
                 held.append((item, dec, seconds))
-        if lookup is not None:
-            self._store_held(held, lookup)
+        self._store_held(held, lookup)
         return decs
 
     def _store_held(

@@ -203,7 +203,7 @@ def run_svd(
             todo,
             key=lambda item: item.target.tensor,
             cost=lambda item: item.cost(oversample, power_iters),
-            compute=lambda items: job.run(items, progress, pending.dropped, lookup),
+            compute=lambda items: job.run(items, progress, lookup, pending.dropped),
             fetch=lambda item: cache.peek_decomposition(item.key, item.k),
         )
         decs.update(computed)
