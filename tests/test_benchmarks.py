@@ -562,3 +562,34 @@ def test_gpu_check_decode_step_on_cpu(tmp_path):
     answers = json.loads((tmp_path / decode["cpu"]["stdout_file"]).read_text())["accuracy"]
     assert set(answers["models"]) == {"base", "teacher", "random", "svd"}
     assert all(m["total"] == 8 for m in answers["models"].values())
+
+
+def test_gpu_check_extract_agreement_compares_device_and_cpu_per_module(gpu_check, tmp_path):
+    """Fabricated device, CPU and warm documents: the largest per-module energy difference,
+    a module missing on one side, and a warm run that missed the cache each fail the step."""
+    runner = gpu_check.Runner(tmp_path, budget_s=60)
+    args = gpu_check.parse_args(["--device", "cpu"])
+    check = gpu_check.Check(tmp_path, "cuda", 1, runner, args)
+
+    def runs(device: dict[str, float], cpu: dict[str, float], hits: int) -> dict:
+        out = {}
+        for label, energies in (("cuda", device), ("cpu", cpu), ("warm", cpu)):
+            doc = {
+                "modules": [{"name": n, "energy": e} for n, e in energies.items()],
+                "summary": {"mean_energy": sum(energies.values()) / 2, "worst_energy_gap": 1e-6},
+                "cache": {"hits": hits if label == "warm" else 0},
+            }
+            (tmp_path / f"{label}.stdout").write_text("log line\n" + json.dumps(doc))
+            out[label] = {"stdout_file": f"{label}.stdout"}
+        return out
+
+    cpu = {"a": 0.5, "b": 0.75}
+    close = gpu_check.extract_agreement(check, runs({"a": 0.50002, "b": 0.74996}, cpu, 2))
+    assert close["ok"] and close["max_energy_diff"] == pytest.approx(4e-5)
+    assert close["modules"] == 2 and close["mean_energy"]["cpu"] == pytest.approx(0.625)
+    far = gpu_check.extract_agreement(check, runs({"a": 0.5, "b": 0.7502}, cpu, 2))
+    assert not far["ok"] and far["max_energy_diff"] == pytest.approx(2e-4)
+    missing = gpu_check.extract_agreement(check, runs({"a": 0.5}, cpu, 2))
+    assert not missing["ok"] and missing["max_energy_diff"] == math.inf
+    cold_warm = gpu_check.extract_agreement(check, runs(cpu, cpu, 1))
+    assert not cold_warm["ok"] and cold_warm["warm_hits"] == 1

@@ -153,9 +153,9 @@ class PendingMap:
     ) -> None:
         from concurrent.futures import Future, ThreadPoolExecutor
 
-        self.folder, self.keys, self.cache = folder, list(keys), cache
+        keys, self.cache = list(keys), cache
         enabled = cache is not None and getattr(cache, "enabled", False)
-        self.key = _map_key(folder, self.keys) if enabled else None
+        self.key = _map_key(folder, keys) if enabled else None
         found = cache.get_json(self.key) if self.key is not None else None
         self.future: Future[ModuleMap] = Future()
         self.stored = isinstance(found, dict)
@@ -163,11 +163,11 @@ class PendingMap:
             self.future.set_result(ModuleMap(**found))
         elif background:
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svdlora-module-map")
-            self.future = pool.submit(build_module_map, folder, self.keys)
+            self.future = pool.submit(build_module_map, folder, keys)
             pool.shutdown(wait=False)  # its thread ends with the build
         else:
             try:
-                self.future.set_result(build_module_map(folder, self.keys))
+                self.future.set_result(build_module_map(folder, keys))
             except Exception as exc:  # raised by result(), as a build on a thread would
                 self.future.set_exception(exc)
 

@@ -152,26 +152,18 @@ def run_svd(
     torch_device = local_device(check_device(device))
     pair = open_pair(base_model, teacher_model, cache.memo, with_fingerprints=cache.enabled)
     targets, rest, warnings = pair_targets(pair, include, exclude)
+    single = Launch.from_env().world_size == 1
     # Adapter keys name the modules of the model transformers builds, not the file's keys.
     # One process builds that map while its SVD job runs (skipping what the map drops
     # once known); under a launch every rank needs it first, to split the same work.
-    pending = PendingMap(
-        pair.base.path,
-        [t.tensor for t in targets],
-        cache,
-        background=Launch.from_env().world_size == 1,
-    )
+    pending = PendingMap(pair.base.path, [t.tensor for t in targets], cache, background=single)
     wanted = rank if rank is not None else max_rank
     keep = max(wanted, cache_rank)
     lookup = SvdLookup(pair, cache, method, oversample, power_iters, sketch_seed, dtype_policy)
     # Cache keys need the pair's fingerprints. While those are still being hashed (files
     # the memo does not know), one process decomposing on a GPU starts at once and looks
     # the rest up later.
-    late_keys = (
-        not pair.fingerprints_ready()
-        and Launch.from_env().world_size == 1
-        and overlaps_hashing(torch_device)
-    )
+    late_keys = single and not pair.fingerprints_ready() and overlaps_hashing(torch_device)
     decs: dict[str, Decomposition] = {}
     todo: list[SvdItem] = []
     for target in targets:

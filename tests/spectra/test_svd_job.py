@@ -16,25 +16,34 @@ from svdlora_cli.store.cache import ArtifactCache
 
 
 @pytest.fixture
-def slow_hashing(monkeypatch):
-    """Hashing waits for `release`; the pair each run opens is kept in `pairs`."""
-    release = threading.Event()
-    digest = checkpoints._file_digest
-    monkeypatch.setattr(checkpoints, "_file_digest", lambda f: release.wait(60) and digest(f))
+def watched(monkeypatch) -> tuple[list, list[bool]]:
+    """The pair each run opens (`pairs`), and per decomposed target whether its pair's
+    fingerprints were known by then (`ready_at`)."""
     pairs: list = []
     opened = svd_step.open_pair
     monkeypatch.setattr(
         svd_step, "open_pair", lambda *a, **k: pairs.append(opened(*a, **k)) or pairs[-1]
     )
-    monkeypatch.setattr(svd_step, "overlaps_hashing", lambda device: True)  # as on a GPU
     ready_at: list[bool] = []
     delta = svd_job.target_delta
 
-    def watched(name, *args, **kwargs):
+    def watched_delta(name, *args, **kwargs):
         ready_at.append(pairs[-1].fingerprints_ready())
         return delta(name, *args, **kwargs)
 
-    monkeypatch.setattr(svd_job, "target_delta", watched)
+    monkeypatch.setattr(svd_job, "target_delta", watched_delta)
+    return pairs, ready_at
+
+
+@pytest.fixture
+def slow_hashing(monkeypatch, watched):
+    """Hashing waits for `release`, which `progress` sets at the third item; the SVD job
+    overlaps hashing, as on a GPU."""
+    pairs, ready_at = watched
+    release = threading.Event()
+    digest = checkpoints._file_digest
+    monkeypatch.setattr(checkpoints, "_file_digest", lambda f: release.wait(60) and digest(f))
+    monkeypatch.setattr(svd_step, "overlaps_hashing", lambda device: True)
 
     def progress(name: str, i: int, n: int) -> None:
         if i == 3:  # the fingerprints are known from the third item on
@@ -90,23 +99,11 @@ def test_the_rest_is_looked_up_once_the_fingerprints_are_known(llama_pair, tmp_p
         assert torch.equal(factors, _factors(first)[module])
 
 
-def test_on_the_cpu_the_job_waits_for_the_fingerprints(llama_pair, tmp_path, monkeypatch):
+def test_on_the_cpu_the_job_waits_for_the_fingerprints(llama_pair, tmp_path, monkeypatch, watched):
     assert not svd_step.overlaps_hashing(torch.device("cpu"))
     assert svd_step.overlaps_hashing(torch.device("cuda", 0))
     digest = checkpoints._file_digest
     monkeypatch.setattr(checkpoints, "_file_digest", lambda f: time.sleep(0.3) or digest(f))
-    cache = ArtifactCache(tmp_path / "cache")
-    ready_at: list[bool] = []
-    pairs: list = []
-    opened = svd_step.open_pair
-    monkeypatch.setattr(
-        svd_step, "open_pair", lambda *a, **k: pairs.append(opened(*a, **k)) or pairs[-1]
-    )
-    delta = svd_job.target_delta
-    monkeypatch.setattr(
-        svd_job,
-        "target_delta",
-        lambda *a, **k: ready_at.append(pairs[-1].fingerprints_ready()) or delta(*a, **k),
-    )
-    _run(llama_pair.base, llama_pair.tuned, cache)
+    _, ready_at = watched
+    _run(llama_pair.base, llama_pair.tuned, ArtifactCache(tmp_path / "cache"))
     assert ready_at and all(ready_at)
