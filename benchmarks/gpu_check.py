@@ -5,8 +5,8 @@
     python benchmarks/gpu_check.py --device cpu --steps speed --speed-shape tiny \\
         --speed-tokens 256 --speed-steps 3                         # the speed step, tiny
 
-Steps (`--steps a,b`; default: all on CUDA, all but `speed` on CPU, where `--speed` adds
-it), each timed and recorded as passed, failed or skipped in <out>/gpu_check.json. The
+Steps (`--steps a,b`; default: all on CUDA, all but `speed` and `trace` on CPU, where
+`--speed` adds them), each timed and recorded as passed, failed or skipped in <out>/gpu_check.json. The
 script exits 1 if any step failed; a skipped step is not a failure.
 
 0. environment (always): torch, CUDA, GPUs, package versions, PYTHONPATH, and whether a
@@ -33,7 +33,12 @@ script exits 1 if any step failed; a skipped step is not a failure.
    step's pair when it was built), --device DEVICE against
    --device cpu, cold, the same command otherwise; then rank 8 twice on the device's cache
    (the second is the torch-free warm path); then, when the budget allows, the cold device
-   run once more under cProfile (summary: logs/extract-profile-summary_<n>.stdout).
+   run once more under cProfile (summary: logs/extract-profile-summary_<n>.stdout);
+6. trace: with what budget is left, 5 steps each of the speed step's bf16 LoRA student and
+   teacher under torch.profiler (benchmarks/trace_steps.py; 2 left out, 1 warm-up, 2
+   recorded): how busy the device was, host syncs and device-to-host copies per step,
+   and the top kernels, so that an MFU below target says why (launch-bound or slow
+   kernels). Skipped without the speed step's pair.
 
 Every child runs with PYTHONPATH = <repo root> + the caller's PYTHONPATH (extended, never
 replaced, so packages carried as wheels stay importable) and writes its full stdout and
@@ -100,10 +105,18 @@ MAKE_DATA = ROOT / "data" / "make_math_dataset.py"
 FSDP_CONFIG = ROOT / "examples" / "distributed" / "fsdp_8gpu.yaml"
 RESUME_SCRIPT = ROOT / "tests" / "training" / "resume_launch.py"
 
-STEPS = ("teacher", "svd", "decode", "resume", "speed", "extract")
+STEPS = ("teacher", "svd", "decode", "resume", "speed", "extract", "trace")
 NEEDS_TEACHER = ("svd", "decode", "resume")  # they read the teacher step's model
 # Rough seconds on one H200 (a CPU run of the tiny shapes is about as long), for the budget.
-ESTIMATE_S = {"teacher": 40, "svd": 30, "decode": 40, "resume": 60, "speed": 270, "extract": 120}
+ESTIMATE_S = {
+    "teacher": 40,
+    "svd": 30,
+    "decode": 40,
+    "resume": 60,
+    "speed": 270,
+    "extract": 120,
+    "trace": 50,
+}
 SPEED_ESTIMATE_S = {
     "pair": 45,
     "data": 3,
@@ -585,9 +598,7 @@ def speed_step(c: Check) -> dict[str, Any]:
     make_data += ["--train-size", str(train_rows), "--eval-size", "16", "--seed", "7"]
     if not part("data", make_data):
         return finish()
-    sizing = ["--tokens-per-step", str(a.speed_tokens)]  # rows in the seed's order up to N
-    common = ["--device", c.device, "--json", "--train-data", str(data / "train_flattened.json")]
-    common += ["--eval-data", str(data / "eval.json"), "--eval-limit", "4", *sizing]
+    common = speed_options(c, data)
     base = str(pair / "base")
     cache = ["--cache-dir", str(out / "c-speed")]
 
@@ -602,10 +613,9 @@ def speed_step(c: Check) -> dict[str, Any]:
             except (json.JSONDecodeError, KeyError, IndexError) as exc:
                 parts[name]["figures_error"] = repr(exc)
 
-    lora = ["train", "--init", "random", "--rank", str(a.speed_rank), *cache]
-    train_run("lora_random_bf16", [*lora, "--bf16"], a.speed_steps)
-    train_run("teacher_bf16", ["train-teacher", "--bf16", "--no-workspace"], a.speed_steps)
-    train_run("lora_random_fp32", lora, a.fp32_steps)
+    commands = speed_commands(c)
+    for name in ("lora_random_bf16", "teacher_bf16", "lora_random_fp32"):
+        train_run(name, commands[name], a.fp32_steps if "fp32" in name else a.speed_steps)
     svd_dir = out / "speed-svd"
     shutil.rmtree(svd_dir, ignore_errors=True)
     svd = ["svd", "-b", base, "-t", str(pair / "tuned"), "--rank", str(a.speed_rank)]
@@ -629,6 +639,58 @@ def speed_step(c: Check) -> dict[str, Any]:
             file=sys.stderr,
         )
     return finish()
+
+
+def speed_options(c: Check, data: Path) -> list[str]:
+    """What every speed run shares: the device, --json, the speed data, and steps of rows
+    taken in the seed's order up to --speed-tokens real tokens."""
+    common = ["--device", c.device, "--json", "--train-data", str(data / "train_flattened.json")]
+    common += ["--eval-data", str(data / "eval.json"), "--eval-limit", "4"]
+    return [*common, "--tokens-per-step", str(c.args.speed_tokens)]
+
+
+def speed_commands(c: Check) -> dict[str, list[str]]:
+    """The speed runs' commands, without the model, output folder, steps and options."""
+    lora = ["train", "--init", "random", "--rank", str(c.args.speed_rank)]
+    lora += ["--cache-dir", str(c.out / "c-speed")]
+    return {
+        "lora_random_bf16": [*lora, "--bf16"],
+        "teacher_bf16": ["train-teacher", "--bf16", "--no-workspace"],
+        "lora_random_fp32": lora,
+    }
+
+
+# trace: a few steps of each bf16 speed run under torch.profiler (trace_steps.py): how busy
+# the device is, the host syncs per step and the top kernels, to say why an MFU is low.
+TRACE_ESTIMATE_S = {"lora_random_bf16": 50, "teacher_bf16": 60}
+TRACE_SKIP, TRACE_ACTIVE = 2, 2  # the first steps left out, then one warm-up, then these
+
+
+def trace_step(c: Check) -> dict[str, Any]:
+    pair, data = c.out / f"pair-{c.args.speed_shape}", c.out / "speed-data"
+    if not ((pair / "base" / "tokenizer_config.json").is_file() and (data / "eval.json").is_file()):
+        return {"ok": True, "skipped": "the speed step's pair and data are not in --out"}
+    runs: dict[str, Any] = {}
+    steps = TRACE_SKIP + 1 + TRACE_ACTIVE
+    commands = speed_commands(c)
+    for name, estimate in TRACE_ESTIMATE_S.items():
+        reason = c.runner.skip_reason(estimate)
+        if reason:
+            runs[name] = {"status": "skipped", "reason": reason}
+            continue
+        folder = c.out / f"trace-{name}"
+        shutil.rmtree(folder, ignore_errors=True)
+        traced = [*commands[name], "-m", str(pair / "base"), "-o", str(folder / "run")]
+        traced += ["--max-steps", str(steps), *speed_options(c, data)]
+        tracer = [sys.executable, str(HERE / "trace_steps.py"), "--out", str(folder)]
+        tracer += ["--skip", str(TRACE_SKIP), "--active", str(TRACE_ACTIVE), "--"]
+        run = c.runner.run(f"trace-{name}", [*tracer, *traced], timeout=PART_CAP_S)
+        found = folder / "trace_summary.json"
+        summary = json.loads(found.read_text()) if found.is_file() else {}
+        summary["top"] = summary.get("top", [])[:12]
+        runs[name] = {"run": run, **summary}
+    ok = all(r.get("status") == "skipped" or r["run"]["rc"] == 0 for r in runs.values())
+    return {"runs": runs, "ok": ok}
 
 
 def svd_args(pair: Path, rank: int, device: str, cache: Path, out: Path) -> list[str]:
@@ -738,6 +800,7 @@ STEP_FUNCTIONS: dict[str, Callable[[Check], dict[str, Any]]] = {
     "resume": resume_step,
     "speed": speed_step,
     "extract": extract_step,
+    "trace": trace_step,
 }
 
 
@@ -747,9 +810,10 @@ def chosen_steps(args: argparse.Namespace, out: Path) -> list[str]:
     if args.steps:
         wanted = {s.strip() for s in args.steps.split(",") if s.strip()}
     else:
-        wanted = set(STEPS) if args.device != "cpu" or args.speed else set(STEPS) - {"speed"}
+        with_speed = args.device != "cpu" or args.speed
+        wanted = set(STEPS) if with_speed else set(STEPS) - {"speed", "trace"}
     if args.skip_speed:
-        wanted -= {"speed", "extract"}
+        wanted -= {"speed", "extract", "trace"}
     if wanted & set(NEEDS_TEACHER) and not (out / "teacher1" / "final_model").is_dir():
         wanted.add("teacher")
     return [s for s in STEPS if s in wanted]
@@ -771,7 +835,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", help=f"comma list of {', '.join(STEPS)} (default: all)")
     parser.add_argument("--speed", action="store_true", help="add the speed step on CPU")
     parser.add_argument(
-        "--skip-speed", action="store_true", help="leave out the speed and extract steps"
+        "--skip-speed", action="store_true", help="leave out the speed, extract and trace steps"
     )
     parser.add_argument("--budget-seconds", type=float, default=450.0)
     parser.add_argument(
@@ -833,7 +897,8 @@ def main(argv: list[str] | None = None) -> None:
             except Exception:  # a broken step is a failed step, not a lost summary
                 result = {"ok": False, "error": traceback.format_exc()[-TAIL:]}
             result["seconds"] = round(time.monotonic() - start, 2)
-            result["status"] = "passed" if result["ok"] else "failed"
+            passed = "skipped" if "skipped" in result else "passed"
+            result["status"] = passed if result["ok"] else "failed"
             summary[name] = result
         summary["steps"][name] = summary[name]["status"]
         summary["elapsed_seconds"] = round(runner.elapsed(), 1)

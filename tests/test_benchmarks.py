@@ -207,6 +207,7 @@ def test_gpu_check_step_choice(gpu_check, tmp_path):
     assert steps("--device", "cpu") == ["teacher", "svd", "decode", "resume", "extract"]
     assert steps("--device", "cpu", "--speed") == list(gpu_check.STEPS)
     assert steps("--skip-speed") == ["teacher", "svd", "decode", "resume"]
+    assert steps("--steps", "speed,trace") == ["speed", "trace"]
     assert steps("--steps", "speed") == ["speed"]
     assert steps("--steps", "resume") == ["teacher", "resume"]  # it needs the teacher's model
     (tmp_path / "teacher1" / "final_model").mkdir(parents=True)
@@ -371,7 +372,7 @@ def test_make_pair_builtin_tokenizer_and_export(tmp_path):
 def test_gpu_check_passes_on_cpu_processes(tmp_path):
     """The prepared device check runs its steps on 2 CPU processes, and the speed step on
     the tiny shape with SmolLM2's tokenizer; every child's output is in its own files."""
-    options = ["--device", "cpu", "--processes", "2", "--steps", "teacher,svd,resume,speed"]
+    options = ["--device", "cpu", "--processes", "2", "--steps", "teacher,svd,resume,speed,trace"]
     options += ["--speed-shape", "tiny", "--speed-tokens", "256", "--speed-steps", "3"]
     options += ["--fp32-steps", "3", "--budget-seconds", "1200", f"--out={tmp_path}"]
     if not _has_smollm2():
@@ -385,7 +386,9 @@ def test_gpu_check_passes_on_cpu_processes(tmp_path):
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert done.returncode == 0, json.dumps(summary)[-3000:]
     assert json.loads(done.stdout) == summary
-    assert summary["steps"] == dict.fromkeys(("teacher", "svd", "resume", "speed"), "passed")
+    assert summary["steps"] == dict.fromkeys(
+        ("teacher", "svd", "resume", "speed", "trace"), "passed"
+    )
     assert summary["teacher"]["same_steps"] and summary["teacher"]["weight_gap"] < 1e-5
     assert summary["svd"]["adapter_identical"]
     assert summary["resume"]["checkpointed"] and summary["resume"]["fsdp_gap"] < 1e-6
@@ -399,6 +402,11 @@ def test_gpu_check_passes_on_cpu_processes(tmp_path):
         assert set(figures) >= {"mfu", "tflops", "flops_per_token", "attention"}
         assert figures["steady_tokens_per_s"] > 0
     assert "targets" not in speed  # checked on CUDA only
+    # The trace step profiled a few steps of the bf16 runs on the speed step's pair.
+    for name in ("lora_random_bf16", "teacher_bf16"):
+        traced = summary["trace"]["runs"][name]
+        assert traced["complete"] and len(traced["step_seconds"]) == 2
+        assert traced["optimizer_steps"] == 5 and traced["top"]
     # Every child ran once, and both of its outputs are whole files under logs/.
     runs_logged = [
         r for step in ("teacher", "svd") for r in (summary[step]["single"], summary[step]["launch"])
@@ -409,6 +417,57 @@ def test_gpu_check_passes_on_cpu_processes(tmp_path):
         ).is_file()
     logged = json.loads((tmp_path / summary["teacher"]["single"]["stdout_file"]).read_text())
     assert logged["arms"][0]["steps"] == 12
+
+
+def test_gpu_check_trace_step_is_skipped_without_the_speed_pair(gpu_check, tmp_path):
+    runner = gpu_check.Runner(tmp_path, budget_s=100)
+    check = gpu_check.Check(tmp_path, "cuda", 1, runner, gpu_check.parse_args([]))
+    result = gpu_check.trace_step(check)
+    assert result["ok"] and "speed step" in result["skipped"]
+    assert not list((tmp_path / "logs").iterdir())  # nothing was started
+
+
+def test_trace_union_counts_overlapping_intervals_once():
+    spec = importlib.util.spec_from_file_location("trace_steps", BENCH / "trace_steps.py")
+    trace = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trace)
+    assert trace.union_us([]) == 0.0
+    assert trace.union_us([(5.0, 7.0), (0.0, 2.0), (1.0, 3.0), (6.0, 6.5)]) == 5.0
+    assert trace.union_us([(0.0, 10.0), (2.0, 3.0)]) == 10.0
+
+
+def test_trace_steps_profiles_the_window_of_a_train_run(tmp_path):
+    """Steps 1-2 left out, 3 warms up, 4-5 recorded: their wall times, the host reads per
+    step (each step reads its loss once at least) and the top operators."""
+    from svdlora_cli.models.refs import resolve_model_path
+
+    model = str(resolve_model_path("tiny"))
+    out = tmp_path / "trace"
+    command = ["train", "-b", model, "--max-steps", "5", "-o", str(tmp_path / "run"), "--json"]
+    tracer = [sys.executable, str(BENCH / "trace_steps.py"), "--out", str(out)]
+    start = time.perf_counter()
+    done = subprocess.run([*tracer, "--", *command], capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "trace_summary.json").read_text())
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == summary
+    assert summary["complete"] and summary["exit_code"] == 0 and summary["optimizer_steps"] == 5
+    assert len(summary["step_seconds"]) == 2 and all(0 < t < wall for t in summary["step_seconds"])
+    assert summary["per_step"]["host_reads"] >= 1
+    assert summary["device_busy_share"] is None  # no device events on a CPU
+    assert summary["top_by"] == "self_cpu_time_total" and summary["top"][0]["self_cpu_ms"] > 0
+    assert "aten::mm" in [op["name"] for op in summary["top"]]
+    assert "aten::mm" in (out / "trace_ops.txt").read_text()
+    # Too few steps for the window: the command succeeds, the trace says it is incomplete.
+    short = [*command[:3], "--max-steps", "3", *command[5:]]
+    done = subprocess.run([*tracer, "--", *short], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 3 and not json.loads(done.stdout.splitlines()[-1])["complete"]
+    # A command that fails keeps its exit code, and still leaves a summary.
+    done = subprocess.run(
+        [*tracer, "--", "train", "--no-such-option"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 2 and "Error" in done.stderr
+    assert json.loads((out / "trace_summary.json").read_text())["exit_code"] == 2
 
 
 def _char_tokenizer(folder: Path) -> Path:

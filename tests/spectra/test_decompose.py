@@ -185,6 +185,23 @@ def test_sum_squares_is_exact_where_an_fp32_dot_is_not():
     assert frobenius_sq(x.view(4864, 896)) == sum_squares(x)
 
 
+def test_sum_squares_reads_the_host_once_with_the_chunked_float64_bits():
+    """Five 1M-element chunks, one host read (on a GPU, one sync instead of five), and the
+    same bits as adding each chunk's float64 dot in Python."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4864 * 896, generator=gen) * torch.rand(4864 * 896, generator=gen)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        total = sum_squares(x)
+    assert sum(e.name == "aten::_local_scalar_dense" for e in prof.events()) == 1
+    expected = 0.0
+    for chunk in torch.split(x, 1 << 20):
+        expected += float(np.dot(chunk.double().numpy(), chunk.double().numpy()))
+    assert abs(total - expected) / expected < 1e-13
+    assert sum_squares(torch.zeros(0)) == 0.0
+
+
 def test_every_method_the_settings_accept_decomposes():
     """The torch-free settings declare the methods; each one runs and captures the top
     singular values (a low-rank 300 x 200 delta, k = 4)."""
