@@ -6,8 +6,9 @@
         --speed-tokens 256 --speed-steps 3                         # the speed step, tiny
 
 Steps (`--steps a,b`; default: all on CUDA, all but `speed` and `trace` on CPU, where
-`--speed` adds them), each timed and recorded as passed, failed or skipped in <out>/gpu_check.json. The
-script exits 1 if any step failed; a skipped step is not a failure.
+`--speed` adds them), each timed and recorded as passed, failed or skipped in
+<out>/gpu_check.json. The script exits 1 if any step failed; a skipped step is not a
+failure.
 
 0. environment (always): torch, CUDA, GPUs, package versions, PYTHONPATH, and whether a
    child process imports svdlora_cli and its dependencies (diskcache);
@@ -38,7 +39,8 @@ script exits 1 if any step failed; a skipped step is not a failure.
    teacher under torch.profiler (benchmarks/trace_steps.py; 2 left out, 1 warm-up, 2
    recorded): how busy the device was, host syncs and device-to-host copies per step,
    and the top kernels, so that an MFU below target says why (launch-bound or slow
-   kernels). Skipped without the speed step's pair.
+   kernels); then one cold svd of the extract step's pair, recorded whole. Skipped
+   without the speed step's pair.
 
 Every child runs with PYTHONPATH = <repo root> + the caller's PYTHONPATH (extended, never
 replaced, so packages carried as wheels stay importable) and writes its full stdout and
@@ -115,7 +117,7 @@ ESTIMATE_S = {
     "resume": 60,
     "speed": 270,
     "extract": 120,
-    "trace": 50,
+    "trace": 60,
 }
 SPEED_ESTIMATE_S = {
     "pair": 45,
@@ -661,8 +663,9 @@ def speed_commands(c: Check) -> dict[str, list[str]]:
 
 
 # trace: a few steps of each bf16 speed run under torch.profiler (trace_steps.py): how busy
-# the device is, the host syncs per step and the top kernels, to say why an MFU is low.
-TRACE_ESTIMATE_S = {"lora_random_bf16": 50, "teacher_bf16": 60}
+# the device is, the host syncs per step and the top kernels, to say why an MFU is low;
+# then a whole cold `svd` of the extract step's pair the same way.
+TRACE_ESTIMATE_S = {"lora_random_bf16": 50, "teacher_bf16": 60, "svd_cold": 40}
 TRACE_SKIP, TRACE_ACTIVE = 2, 2  # the first steps left out, then one warm-up, then these
 
 
@@ -670,21 +673,31 @@ def trace_step(c: Check) -> dict[str, Any]:
     pair, data = c.out / f"pair-{c.args.speed_shape}", c.out / "speed-data"
     if not ((pair / "base" / "tokenizer_config.json").is_file() and (data / "eval.json").is_file()):
         return {"ok": True, "skipped": "the speed step's pair and data are not in --out"}
-    runs: dict[str, Any] = {}
-    steps = TRACE_SKIP + 1 + TRACE_ACTIVE
     commands = speed_commands(c)
+    steps = TRACE_SKIP + 1 + TRACE_ACTIVE
+    window = ["--skip", str(TRACE_SKIP), "--active", str(TRACE_ACTIVE)]
+    runs: dict[str, Any] = {}
     for name, estimate in TRACE_ESTIMATE_S.items():
+        folder = c.out / f"trace-{name}"
+        if name == "svd_cold":
+            extracted = c.out / f"pair-{c.args.extract_shape}"
+            if not (extracted / "tuned" / "model.safetensors.index.json").is_file():
+                runs[name] = {"status": "skipped", "reason": "no extract pair in --out"}
+                continue
+            cache = c.out / "c-trace"
+            shutil.rmtree(cache, ignore_errors=True)  # cold
+            options, traced = ["--whole"], svd_args(extracted, 16, c.device, cache, folder / "run")
+        else:
+            options = window
+            traced = [*commands[name], "-m", str(pair / "base"), "-o", str(folder / "run")]
+            traced += ["--max-steps", str(steps), *speed_options(c, data)]
         reason = c.runner.skip_reason(estimate)
         if reason:
             runs[name] = {"status": "skipped", "reason": reason}
             continue
-        folder = c.out / f"trace-{name}"
         shutil.rmtree(folder, ignore_errors=True)
-        traced = [*commands[name], "-m", str(pair / "base"), "-o", str(folder / "run")]
-        traced += ["--max-steps", str(steps), *speed_options(c, data)]
-        tracer = [sys.executable, str(HERE / "trace_steps.py"), "--out", str(folder)]
-        tracer += ["--skip", str(TRACE_SKIP), "--active", str(TRACE_ACTIVE), "--"]
-        run = c.runner.run(f"trace-{name}", [*tracer, *traced], timeout=PART_CAP_S)
+        tracer = [sys.executable, str(HERE / "trace_steps.py"), "--out", str(folder), *options]
+        run = c.runner.run(f"trace-{name}", [*tracer, "--", *traced], timeout=PART_CAP_S)
         found = folder / "trace_summary.json"
         summary = json.loads(found.read_text()) if found.is_file() else {}
         summary["top"] = summary.get("top", [])[:12]

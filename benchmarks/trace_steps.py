@@ -18,6 +18,9 @@ recorded; the run needs at least skip + 1 + active steps. Written to DIR:
   by self time on the device (CUDA) or the host (CPU);
 - `trace_ops.txt`: torch's own table of the same operators.
 
+With `--whole` the whole command is recorded instead (e.g. a cold `svd`: how busy the
+device is while the job reads, converts and decomposes), as one "step" with its wall time.
+
 Used by `gpu_check.py`'s trace step; on a CPU it runs the same way (no device columns).
 """
 
@@ -99,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--skip", type=int, default=2, help="steps left out before the window")
     parser.add_argument("--active", type=int, default=2, help="steps recorded")
+    parser.add_argument(
+        "--whole", action="store_true", help="record the whole command (e.g. svd), not steps"
+    )
     args = parser.parse_args(argv[:split])
     if args.skip < 0 or args.active < 1:
         parser.error("--skip must be >= 0 and --active >= 1")
@@ -128,15 +134,21 @@ def main(argv: list[str] | None = None) -> int:
         found["table"] = prof.key_averages().table(sort_by=sort, row_limit=40)
 
     window = schedule(wait=args.skip, warmup=1, active=args.active, repeat=1)
-    prof = profile(activities=activities, schedule=window, on_trace_ready=ready)
+    if args.whole:
+        args.skip, args.active = 0, 1  # the command is the one step
+        prof = profile(activities=activities)
+    else:
+        prof = profile(activities=activities, schedule=window, on_trace_ready=ready)
 
     def stepped(*_: Any) -> None:
         stamps.append(time.perf_counter())
-        prof.step()
+        if not args.whole:
+            prof.step()
 
     hook = register_optimizer_step_post_hook(stepped)
     sys.argv = ["svdlora", *command]
     code: object = 0
+    begun = time.perf_counter()
     prof.start()
     try:
         svdlora_main()
@@ -145,10 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         hook.remove()
         prof.stop()
-    # Profiler step k runs from optimizer step k to k + 1 (step 0 from the start, set-up
-    # included): skip steps wait, one warms up, the next `active` are recorded.
-    walls = [round(b - a, 4) for a, b in pairwise(stamps)]
-    recorded = walls[args.skip : args.skip + args.active]
+    if args.whole:
+        ready(prof)
+        recorded = [round(time.perf_counter() - begun, 4)]
+    else:
+        # Profiler step k runs from optimizer step k to k + 1 (step 0 from the start, set-up
+        # included): skip steps wait, one warms up, the next `active` are recorded.
+        walls = [round(b - a, 4) for a, b in pairwise(stamps)]
+        recorded = walls[args.skip : args.skip + args.active]
     summary = {
         "command": command,
         "exit_code": code,

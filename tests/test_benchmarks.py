@@ -470,6 +470,27 @@ def test_trace_steps_profiles_the_window_of_a_train_run(tmp_path):
     assert json.loads((out / "trace_summary.json").read_text())["exit_code"] == 2
 
 
+def test_trace_steps_records_a_whole_svd(tmp_path):
+    """--whole: a command without optimizer steps (a cold svd), recorded as one step."""
+    pair = tmp_path / "pair"
+    make = [sys.executable, str(BENCH / "make_pair.py"), "--shape", "tiny", "--out", str(pair)]
+    subprocess.run(make, check=True, capture_output=True, timeout=300)
+    out = tmp_path / "trace"
+    svd = ["svd", "-b", str(pair / "base"), "-t", str(pair / "tuned"), "--rank", "4"]
+    svd += ["--no-plot", "--json", "--cache-dir", str(tmp_path / "c"), "-o", str(tmp_path / "o")]
+    tracer = [sys.executable, str(BENCH / "trace_steps.py"), "--out", str(out), "--whole"]
+    start = time.perf_counter()
+    done = subprocess.run([*tracer, "--", *svd], capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "trace_summary.json").read_text())
+    assert summary["complete"] and summary["optimizer_steps"] == 0
+    assert len(summary["step_seconds"]) == 1 and 0 < summary["step_seconds"][0] < wall
+    assert summary["per_step"]["host_reads"] >= 1 and summary["top"]
+    analysis = json.loads((tmp_path / "o" / "svd_analysis_rank4.json").read_text())
+    assert analysis["summary"]["mean_energy"] > 0  # the traced command did its work
+
+
 def _char_tokenizer(folder: Path) -> Path:
     from svdlora_cli.models.tiny import char_tokenizer
 
