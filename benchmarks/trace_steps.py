@@ -13,9 +13,11 @@ recorded; the run needs at least skip + 1 + active steps. Written to DIR:
   (between optimizer steps, so data, forward, backward and the optimizer); how busy the
   device was (the union of its kernel and copy intervals over the window's span: low
   means the host is the bottleneck, so CUDA graphs or torch.compile would pay; high with a
-  low MFU means slow kernels); per step, the host reads (`aten::_local_scalar_dense`),
-  synchronizations (`cuda*Synchronize`) and device-to-host copies; and the top operators
-  by self time on the device (CUDA) or the host (CPU);
+  low MFU means slow kernels); per step, the scalar reads (`aten::_local_scalar_dense`,
+  host tensors' included: on a CPU, fused AdamW reads each parameter's step counter),
+  synchronizations (`cuda*Synchronize`) and device-to-host copies, the last two being
+  what stalls a GPU; and the top operators by self time on the device (CUDA) or the
+  host (CPU);
 - `trace_ops.txt`: torch's own table of the same operators.
 
 With `--whole` the whole command is recorded instead (e.g. a cold `svd`: how busy the

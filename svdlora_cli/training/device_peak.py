@@ -73,13 +73,20 @@ _OVERRIDE = "SVDLORA_PEAK_TFLOPS"
 
 
 def _tf32_enabled() -> bool:
-    """Whether fp32 matmuls may use TF32 tensor cores (torch's default is no)."""
+    """Whether fp32 matmuls may use TF32 tensor cores (torch's default is no).
+
+    The new API (`fp32_precision`, torch >= 2.9) is read first: once it has been set,
+    torch raises on reads of the legacy flags (a mix of the two APIs)."""
     matmul = torch.backends.cuda.matmul
-    return (
-        bool(matmul.allow_tf32)
-        or getattr(matmul, "fp32_precision", "") == "tf32"
-        or torch.get_float32_matmul_precision() in ("high", "medium")
-    )
+    if getattr(matmul, "fp32_precision", "") == "tf32":
+        return True
+    try:
+        return bool(matmul.allow_tf32) or torch.get_float32_matmul_precision() in (
+            "high",
+            "medium",
+        )
+    except RuntimeError:  # the new API was used, and not for TF32
+        return False
 
 
 def _datasheet_peak(name: str, dtype: torch.dtype) -> Peak | None:

@@ -111,11 +111,26 @@ def _tokens_first(x: torch.Tensor) -> torch.Tensor:
     return x[0].transpose(0, 1).contiguous()
 
 
+def _autocast_dtype(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k and v in autocast's dtype while it is on. The variable-length kernels take one
+    16-bit dtype and autocast does not cast for them (SDPA it does): with fp32 weights
+    under autocast (the teacher's mixed precision), the rotary embedding's fp32 cos/sin
+    make q and k fp32 while v, a projection's output, is bf16."""
+    device = q.device.type
+    if not torch.is_autocast_enabled(device):
+        return q, k, v
+    dtype = torch.get_autocast_dtype(device)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
 def _varlen_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedRows, scale: Any):
     found = _varlen()
     if found is None:
         raise RuntimeError("this torch has no torch.nn.attention.varlen")
     varlen_attn, causal, has_gqa = found
+    q, k, v = _autocast_dtype(q, k, v)
     extra = dict(causal)
     if q.shape[1] != k.shape[1]:
         if has_gqa:
@@ -134,19 +149,9 @@ def _flash_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedR
     flash = _flash_attn()
     if flash is None:
         raise RuntimeError("flash-attn is not installed")
+    q, k, v = (_tokens_first(x) for x in _autocast_dtype(q, k, v))
     cu, n = rows.cu_seqlens, rows.max_length
-    out = flash(
-        _tokens_first(q),
-        _tokens_first(k),
-        _tokens_first(v),
-        cu,
-        cu,
-        n,
-        n,
-        softmax_scale=scale,
-        causal=True,
-    )
-    return out.unsqueeze(0)
+    return flash(q, k, v, cu, cu, n, n, softmax_scale=scale, causal=True).unsqueeze(0)
 
 
 _KERNEL_FUNCTIONS = {"flash_attn": _flash_rows, "varlen": _varlen_rows, "sdpa_rows": _sdpa_rows}

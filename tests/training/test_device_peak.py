@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -117,6 +119,19 @@ def test_tf32_follows_torchs_switches():
         assert peaks._tf32_enabled()
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_tf32_read_after_the_new_precision_api_was_used():
+    """Once `fp32_precision` is set, torch raises on reads of the legacy flags; the peak's
+    TF32 question is still answered (in a child: the setting sticks to the process)."""
+    code = (
+        "import torch; from svdlora_cli.training import device_peak as p; "
+        "m = torch.backends.cuda.matmul; m.fp32_precision = 'tf32'; a = p._tf32_enabled(); "
+        "m.fp32_precision = 'ieee'; b = p._tf32_enabled(); print(a, b)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False"]
 
 
 def test_probe_on_request_even_for_a_listed_gpu(probes, monkeypatch):

@@ -245,6 +245,50 @@ def test_a_kernel_that_fails_or_disagrees_is_skipped_for_the_next(setup, monkeyp
     assert "varlen: packed loss" in caplog.text
 
 
+def strict_varlen(q, k, v, *args, **kwargs):
+    """The stand-in, refusing what torch's and flash-attn's varlen kernels refuse."""
+    if not q.dtype == k.dtype == v.dtype or q.dtype not in (torch.bfloat16, torch.float16):
+        raise RuntimeError(f"one 16-bit dtype expected, got {q.dtype}, {k.dtype}, {v.dtype}")
+    return reference_varlen(q, k, v, *args, **kwargs)
+
+
+def test_the_varlen_kernel_serves_fp32_weights_under_autocast(setup, monkeypatch):
+    """The teacher's mixed precision: fp32 weights under bf16 autocast. The rotary
+    embedding's fp32 cos/sin leave q and k fp32 while v is bf16; the kernel gets all three
+    in bf16, is kept by the check, and a packed step trains through it."""
+    case = setup["llama"]
+    inner = case.model.base_model.model
+    monkeypatch.setattr(packing, "kernel_candidates", lambda device, low: ["varlen", "sdpa_rows"])
+    monkeypatch.setattr(packing, "_varlen", lambda: (strict_varlen, {"window_size": (-1, 0)}, True))
+    seen = []
+    attend = packing._KERNEL_FUNCTIONS["varlen"]
+
+    def watched(q, k, v, rows, scale):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return attend(q, k, v, rows, scale)
+
+    monkeypatch.setitem(packing._KERNEL_FUNCTIONS, "varlen", watched)
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    args = (case.data, case.tok.pad_token_id, True, 64, lambda b: b, autocast, True)
+    batching = packing.make_batcher(case.model, inner, *args)
+    try:
+        assert batching.attention == "packed/varlen"
+        assert (torch.float32, torch.float32, torch.bfloat16) in seen  # what came in
+        case.model.zero_grad()
+        with autocast():
+            loss, count = loss_sum(case.model, batching.build(ROWS, case.data))
+        (loss / count).backward()
+        grads = [p.grad for n, p in case.model.named_parameters() if "lora_A" in n]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert any(bool(g.abs().sum() > 0) for g in grads)
+    finally:
+        batching.restore()
+        case.model.zero_grad()
+
+
 class HostReads(TorchFunctionMode):
     """Counts the calls that read a tensor's values back to the host: on a GPU each one
     waits for every queued kernel (tolist, item, int/float/bool of a tensor, nonzero, and
