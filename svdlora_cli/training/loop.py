@@ -241,8 +241,10 @@ def fit(
             shards = [_shard(b, accelerator) for b in step.micro_batches]
             batches = [(batch_of(mine, train), weight) for mine, weight in shards]
             answer_tokens = sum(weight * b["answer_tokens"] for b, weight in batches)
+            # Host numbers become device tensors by a fill kernel: a copy from pageable host
+            # memory would wait for the device (a sync) before the step has started.
             total_answer = accelerator.reduce(
-                torch.tensor(float(answer_tokens), device=accelerator.device), "sum"
+                torch.full((), float(answer_tokens), device=accelerator.device), "sum"
             )
             step_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
             step_tokens, step_flops = 0, 0.0
@@ -267,10 +269,11 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             flops += step_flops
             # Tokens and FLOPs of every process, as the whole run's: summed like the loss.
-            counts = torch.tensor([float(step_tokens), step_flops], dtype=torch.float64)
-            summed_stats = accelerator.reduce(
-                torch.cat([step_loss.reshape(1), counts.to(step_loss.device)]), "sum"
-            )
+            counts = [
+                torch.full((1,), value, dtype=torch.float64, device=step_loss.device)
+                for value in (float(step_tokens), step_flops)
+            ]
+            summed_stats = accelerator.reduce(torch.cat([step_loss.reshape(1), *counts]), "sum")
             norm = (
                 torch.as_tensor(grad_norm, dtype=torch.float64, device=step_loss.device).reshape(1)
                 if grad_norm is not None
