@@ -27,6 +27,7 @@ from . import train as train_cmd
 from . import train_teacher as train_teacher_cmd
 from . import verify as verify_cmd
 from ._output import setup_logging, stderr
+from .allocator import tune_malloc
 
 
 def show_error(error: SvdloraError) -> None:
@@ -171,6 +172,8 @@ class CommandContext(typer.Context):
     def invoke(self, callback: Any, /, *args: Any, **kwargs: Any) -> Any:
         if callback is self.command.callback:
             refuse_non_utf8(self)
+            if not hasattr(self.command, "commands"):  # a command, not a group's callback
+                tune_malloc()  # before it allocates anything large
         return super().invoke(callback, *args, **kwargs)
 
 
