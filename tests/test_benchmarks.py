@@ -470,6 +470,29 @@ def test_trace_steps_profiles_the_window_of_a_train_run(tmp_path):
     assert json.loads((out / "trace_summary.json").read_text())["exit_code"] == 2
 
 
+def test_read_benchmark_reports_both_allocator_settings(tmp_path):
+    """bench_read: each setting in its own child, the tuned one said to be tuned, medians
+    and the ratio consistent."""
+    pair = tmp_path / "pair"
+    make = [sys.executable, str(BENCH / "make_pair.py"), "--shape", "tiny", "--out", str(pair)]
+    subprocess.run(make, check=True, capture_output=True, timeout=300)
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, str(BENCH / "bench_read.py"), "--pair", str(pair), "--repeats", "1"]
+    start = time.perf_counter()
+    done = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["system_malloc"] == "left alone: SVDLORA_MALLOC=system"
+    glibc = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION")
+    assert (figures["tuned_malloc"] == "tuned") == bool(glibc and glibc.startswith("glibc"))
+    keys = [f"{s}_{k}_s" for s in ("system", "tuned") for k in ("direct", "prefetched")]
+    assert_seconds(figures, tuple(keys), wall)
+    assert_ratio(
+        figures["prefetched_speedup"], figures["system_prefetched_s"], figures["tuned_prefetched_s"]
+    )
+
+
 def test_trace_steps_records_a_whole_svd(tmp_path):
     """--whole: a command without optimizer steps (a cold svd), recorded as one step."""
     pair = tmp_path / "pair"
