@@ -6,9 +6,9 @@ back once more than a threshold is free there. Each new page costs a fault and t
 kernel's zeroing, 4 KB at a time. The SVD job allocates and frees tensors of megabytes
 for every module, and its prefetch thread allocates the read buffers that the main
 thread frees (another arena), so the same memory is faulted in again and again:
-reading the 1.5B pair's 5.2 GB of targets through the prefetch thread took 1.7-1.8 s
-with 340-430k page faults, against 0.6 s in one thread. PyTorch's CPU tuning guide
-points at the same cost (and at jemalloc or tcmalloc, which need LD_PRELOAD).
+reading the 1.5B pair's 5.2 GB of targets through the prefetch thread took 2.1 s with
+484k page faults, 0.74 s and none once tuned (benchmarks/bench_read.py). PyTorch's CPU
+tuning guide points at the same cost (and at jemalloc or tcmalloc, which need LD_PRELOAD).
 
 Measured on 2 cores (2026-12-06, alternating runs; RESULTS.md): a cold 0.5B `svd --rank
 16` 20.1-21.7 s -> 18.2-18.9 s with the same bits, for about 50 MB more peak memory. A
