@@ -251,6 +251,17 @@ def test_gpu_check_speed_figures_and_targets(gpu_check, tmp_path):
     assert slow["bf16_over_fp32"]["pass"] is None
 
 
+def test_gpu_check_speed_tokens_fit_the_gpu(gpu_check):
+    def tokens(memory, *argv):
+        return gpu_check.speed_tokens(gpu_check.parse_args(list(argv)), memory)
+
+    assert tokens([139.8]) == (16384, "default")  # an H200: the teacher fits at 16k
+    assert tokens([79.2]) == (8192, "a GPU of 79.2 GiB < 100 GiB")  # an H100
+    assert tokens([139.8, 79.2])[0] == 8192  # the smallest decides
+    assert tokens([79.2], "--speed-tokens", "4096") == (4096, "--speed-tokens")
+    assert tokens([], "--device", "cpu") == (16384, "default")
+
+
 def test_gpu_check_speed_parts_skip_over_the_budget(gpu_check, tmp_path):
     """A speed part that does not fit is skipped, and a skip is no failure."""
     for device in ("cpu", "cuda"):
