@@ -8,40 +8,30 @@ head runs only where an answer token is predicted, and attention costs sum(len_i
 instead of B x max_len^2.
 
 The row bounds are known on the host when the batch is built (`PackedRows`), so the
-model never reads a tensor back to the host: the per-row kernel splits by host integers,
-and the variable-length kernels take `cu_seqlens` on the device. Kernels, fastest first:
+model never reads a tensor back to the host; the kernels that attend within the rows
+are in `attention_kernels`.
 
-- `flash_attn`: flash-attention's `flash_attn_varlen_func` (CUDA, bf16/fp16, when the
-  flash-attn package is installed);
-- `varlen`: PyTorch's own `torch.nn.attention.varlen.varlen_attn` (CUDA, bf16/fp16,
-  torch >= 2.10);
-- `sdpa_rows`: one scaled-dot-product call per row (everywhere; the CPU's only choice).
-
-Batch composition is untouched: the schedule still decides which rows share a step,
-so every arm of an experiment sees identical batches. `make_batcher` compares the
-packed and the padded loss of a real micro-batch before training, kernel by kernel,
-and falls back to padded batches (with a warning) when none reproduces the padded loss.
+Batch composition is untouched, so every arm sees identical batches. Before training,
+`make_batcher` compares the packed and the padded loss of a real micro-batch kernel by
+kernel, and a variable-length kernel's gradients with the per-row SDPA's
+(`kernel_grads`); it falls back to padded batches, with a warning, when none agrees.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..data import IGNORE_INDEX, TokenizedSet, collate
+from .attention_kernels import KERNEL_FUNCTIONS, PackedRows, kernel_candidates
 from .loss import loss_sum, with_targets
 
 ATTENTION = "svdlora_packed"
-KERNELS = ("flash_attn", "varlen", "sdpa_rows")
 # Relative gap between packed and padded loss above which a kernel is refused: fp32
 # rounding differences are about 1e-7; bf16/fp16 compute gets more room.
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6}
@@ -49,112 +39,6 @@ LOW_PRECISION_TOLERANCE = 2e-2
 log = logging.getLogger("svdlora")
 Batch = dict[str, Any]
 Batcher = Callable[[Sequence[int], TokenizedSet], Batch]
-
-
-@dataclass(frozen=True)
-class PackedRows:
-    """The rows of one packed sequence: host lengths for splitting, device bounds for
-    variable-length kernels, and the kernel that attends within them."""
-
-    lengths: tuple[int, ...]
-    cu_seqlens: torch.Tensor  # int32 [rows + 1]: 0, len_0, len_0 + len_1, ...
-    kernel: str = "sdpa_rows"
-
-    @property
-    def max_length(self) -> int:
-        return max(self.lengths, default=0)
-
-    def to(self, device: torch.device, non_blocking: bool = False) -> PackedRows:
-        bounds = self.cu_seqlens.to(device, non_blocking=non_blocking)
-        return dataclasses.replace(self, cu_seqlens=bounds)
-
-
-def _sdpa_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedRows, scale: Any):
-    # split (not slicing): its backward is one concatenation of the rows' gradients,
-    # where each slice's backward would zero-fill and copy a whole-sequence tensor.
-    gqa = q.shape[1] != k.shape[1]
-    parts = [
-        F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=gqa)
-        for qi, ki, vi in zip(
-            q.split(rows.lengths, dim=2),
-            k.split(rows.lengths, dim=2),
-            v.split(rows.lengths, dim=2),
-            strict=True,
-        )
-    ]
-    return torch.cat([part.transpose(1, 2) for part in parts], dim=1)  # contiguous
-
-
-@cache
-def _varlen() -> tuple[Callable[..., torch.Tensor], dict[str, Any], bool] | None:
-    """torch's varlen_attn with its causal keyword (it changed in torch 2.11), or None."""
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    params = inspect.signature(varlen_attn).parameters
-    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
-    return varlen_attn, causal, "enable_gqa" in params
-
-
-@cache
-def _flash_attn() -> Callable[..., torch.Tensor] | None:
-    try:
-        from flash_attn import flash_attn_varlen_func
-    except ImportError:
-        return None
-    return flash_attn_varlen_func
-
-
-def _tokens_first(x: torch.Tensor) -> torch.Tensor:
-    """[1, heads, tokens, dim] -> [tokens, heads, dim], the variable-length layout."""
-    return x[0].transpose(0, 1).contiguous()
-
-
-def _autocast_dtype(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k and v in autocast's dtype while it is on. The variable-length kernels take one
-    16-bit dtype and autocast does not cast for them (SDPA it does): with fp32 weights
-    under autocast (the teacher's mixed precision), the rotary embedding's fp32 cos/sin
-    make q and k fp32 while v, a projection's output, is bf16."""
-    device = q.device.type
-    if not torch.is_autocast_enabled(device):
-        return q, k, v
-    dtype = torch.get_autocast_dtype(device)
-    return q.to(dtype), k.to(dtype), v.to(dtype)
-
-
-def _varlen_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedRows, scale: Any):
-    found = _varlen()
-    if found is None:
-        raise RuntimeError("this torch has no torch.nn.attention.varlen")
-    varlen_attn, causal, has_gqa = found
-    q, k, v = _autocast_dtype(q, k, v)
-    extra = dict(causal)
-    if q.shape[1] != k.shape[1]:
-        if has_gqa:
-            extra["enable_gqa"] = True
-        else:
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    cu, n = rows.cu_seqlens, rows.max_length
-    out = varlen_attn(
-        _tokens_first(q), _tokens_first(k), _tokens_first(v), cu, cu, n, n, scale=scale, **extra
-    )
-    return out.unsqueeze(0)
-
-
-def _flash_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedRows, scale: Any):
-    flash = _flash_attn()
-    if flash is None:
-        raise RuntimeError("flash-attn is not installed")
-    q, k, v = (_tokens_first(x) for x in _autocast_dtype(q, k, v))
-    cu, n = rows.cu_seqlens, rows.max_length
-    return flash(q, k, v, cu, cu, n, n, softmax_scale=scale, causal=True).unsqueeze(0)
-
-
-_KERNEL_FUNCTIONS = {"flash_attn": _flash_rows, "varlen": _varlen_rows, "sdpa_rows": _sdpa_rows}
 
 
 def packed_attention(
@@ -178,7 +62,7 @@ def packed_attention(
         raise RuntimeError(f"the {ATTENTION} attention needs packed rows (training.packing.pack)")
     if dropout:
         raise RuntimeError("packed attention has no attention dropout; train with it at 0")
-    return _KERNEL_FUNCTIONS[_exact or rows.kernel](query, key, value, rows, scaling), None
+    return KERNEL_FUNCTIONS[_exact or rows.kernel](query, key, value, rows, scaling), None
 
 
 _exact: str | None = None  # set while an fp32 pass runs (`exact_rows`)
@@ -281,15 +165,6 @@ def agree(packed: float, padded: float, low_precision: bool) -> bool:
     return abs(packed - padded) <= tolerance * max(abs(padded), 1e-12)
 
 
-def kernel_candidates(device: torch.device, low_precision: bool) -> list[str]:
-    """The kernels worth trying on this device, fastest first."""
-    names = []
-    if device.type == "cuda" and low_precision:
-        names += ["flash_attn"] if _flash_attn() is not None else []
-        names += ["varlen"] if _varlen() is not None else []
-    return [*names, "sdpa_rows"]
-
-
 @dataclass
 class Batching:
     """The batch builder `fit` uses, what it settled on, and how to undo it."""
@@ -379,13 +254,18 @@ def _check_kernels(
             try:
                 batch = to_device(with_targets(pack(sample, data, kernel)))
                 packed = float(loss_sum(model, batch)[0])
+                wrong = f"packed loss {packed:.6g} against padded {reference:.6g}"
+                if agree(packed, reference, low_precision):
+                    from .kernel_grads import kernel_gradients_wrong  # the backward too
+
+                    wrong = kernel_gradients_wrong(kernel, unwrapped.config, device)
             except Exception as exc:  # a kernel this device or dtype does not run
                 tried.append(f"{kernel}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
                 continue
-            if agree(packed, reference, low_precision):
+            if wrong is None:
                 chosen = kernel
                 break
-            tried.append(f"{kernel}: packed loss {packed:.6g} against padded {reference:.6g}")
+            tried.append(f"{kernel}: {wrong}")
     model.train(was_training)
     if chosen is None:
         unwrapped.set_attn_implementation(previous)

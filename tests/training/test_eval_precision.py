@@ -166,14 +166,15 @@ def test_an_fp32_pass_takes_the_exact_per_row_kernel(monkeypatch):
     one runs the per-row SDPA, and outside it the batch's own kernel again."""
     import dataclasses
 
+    from svdlora_cli.training import attention_kernels as kernels
     from svdlora_cli.training import packing
 
     def varlen(*args, **kwargs):
         raise AssertionError("a varlen kernel ran in an fp32 pass")
 
-    monkeypatch.setitem(packing._KERNEL_FUNCTIONS, "varlen", varlen)
+    monkeypatch.setitem(kernels.KERNEL_FUNCTIONS, "varlen", varlen)
     q = torch.randn(1, 2, 6, 4, generator=torch.Generator().manual_seed(0))
-    rows = packing.PackedRows((2, 4), torch.tensor([0, 2, 6], dtype=torch.int32), "varlen")
+    rows = kernels.PackedRows((2, 4), torch.tensor([0, 2, 6], dtype=torch.int32), "varlen")
     exact = dataclasses.replace(rows, kernel="sdpa_rows")
     with packing.exact_rows():
         out, _ = packing.packed_attention(None, q, q, q, None, packed_rows=rows)

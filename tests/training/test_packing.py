@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from svdlora_cli.data import IGNORE_INDEX, collate, load_examples, tokenize_examples
+from svdlora_cli.training import attention_kernels as kernels
 from svdlora_cli.training import packing
 from svdlora_cli.training.config import TrainConfig
 from svdlora_cli.training.loop import _to, make_optimizer, real_tokens
@@ -136,12 +137,12 @@ def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, **causal)
 def test_packed_attention_is_causal_attention_per_row(kernel, torch_varlen, monkeypatch):
     """Against an explicit per-row softmax(QK^T / sqrt(d) + causal mask) V. The varlen
     kernel runs on CUDA only; a CPU stand-in checks the layout and arguments we hand it."""
-    monkeypatch.setattr(packing, "_varlen", lambda: torch_varlen)
+    monkeypatch.setattr(kernels, "_varlen", lambda: torch_varlen)
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(1, 4, 9, 8, generator=gen)
     k = torch.randn(1, 2, 9, 8, generator=gen)
     v = torch.randn(1, 2, 9, 8, generator=gen)
-    rows = packing.PackedRows((4, 5), torch.tensor([0, 4, 9], dtype=torch.int32), kernel)
+    rows = kernels.PackedRows((4, 5), torch.tensor([0, 4, 9], dtype=torch.int32), kernel)
     out, _ = packing.packed_attention(None, q, k, v, None, packed_rows=rows)
     assert out.shape == (1, 9, 4, 8)
     for start, end in [(0, 4), (4, 9)]:
@@ -207,42 +208,38 @@ def test_the_batcher_packs_a_supported_model_and_pads_when_told(setup):
     assert "attention_mask" in padded.build(ROWS, case.data)
 
 
-def test_a_kernel_that_fails_or_disagrees_is_skipped_for_the_next(setup, monkeypatch, caplog):
-    """On a GPU the variable-length kernels come first; one that raises (wrong dtype,
-    missing build) or gives another loss is passed over, never trusted."""
-    case = setup["llama"]
-    inner = case.model.base_model.model
+def _kernel_kept(case, monkeypatch, caplog, attend) -> tuple[str, str]:
+    """make_batcher's choice with `attend` as the varlen kernel (tried first), and its log."""
     monkeypatch.setattr(packing, "kernel_candidates", lambda device, low: ["varlen", "sdpa_rows"])
-
-    def broken(*args, **kwargs):
-        raise NotImplementedError("no kernel for this device")
-
-    monkeypatch.setitem(packing._KERNEL_FUNCTIONS, "varlen", broken)
-    with caplog.at_level(logging.INFO, logger="svdlora"):
-        batching = packing.make_batcher(
-            case.model, inner, case.data, case.tok.pad_token_id, True, 64, lambda b: b
-        )
-    try:
-        assert batching.attention == "packed/sdpa_rows"
-        assert "varlen: NotImplementedError" in caplog.text
-    finally:
-        batching.restore()
-    # A kernel that runs but attends across rows gives another loss: refused too.
-    monkeypatch.setitem(
-        packing._KERNEL_FUNCTIONS,
-        "varlen",
-        lambda q, k, v, rows, scale: F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=scale, enable_gqa=True
-        ).transpose(1, 2),
-    )
+    monkeypatch.setitem(kernels.KERNEL_FUNCTIONS, "varlen", attend)
     caplog.clear()
+    inner = case.model.base_model.model
     with caplog.at_level(logging.INFO, logger="svdlora"):
         batching = packing.make_batcher(
             case.model, inner, case.data, case.tok.pad_token_id, True, 64, lambda b: b
         )
     batching.restore()
-    assert batching.attention == "packed/sdpa_rows"
-    assert "varlen: packed loss" in caplog.text
+    return batching.attention, caplog.text
+
+
+def test_a_kernel_that_fails_or_disagrees_is_skipped_for_the_next(setup, monkeypatch, caplog):
+    """On a GPU the variable-length kernels come first; one that raises (wrong dtype,
+    missing build) or gives another loss is passed over, never trusted."""
+
+    def broken(*args, **kwargs):
+        raise NotImplementedError("no kernel for this device")
+
+    kept, said = _kernel_kept(setup["llama"], monkeypatch, caplog, broken)
+    assert kept == "packed/sdpa_rows" and "varlen: NotImplementedError" in said
+
+    def across_rows(q, k, v, rows, scale):  # runs, but attends across rows: another loss
+        attended = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scale, enable_gqa=True
+        )
+        return attended.transpose(1, 2)
+
+    kept, said = _kernel_kept(setup["llama"], monkeypatch, caplog, across_rows)
+    assert kept == "packed/sdpa_rows" and "varlen: packed loss" in said
 
 
 def strict_varlen(q, k, v, *args, **kwargs):
@@ -259,15 +256,15 @@ def test_the_varlen_kernel_serves_fp32_weights_under_autocast(setup, monkeypatch
     case = setup["llama"]
     inner = case.model.base_model.model
     monkeypatch.setattr(packing, "kernel_candidates", lambda device, low: ["varlen", "sdpa_rows"])
-    monkeypatch.setattr(packing, "_varlen", lambda: (strict_varlen, {"window_size": (-1, 0)}, True))
+    monkeypatch.setattr(kernels, "_varlen", lambda: (strict_varlen, {"window_size": (-1, 0)}, True))
     seen = []
-    attend = packing._KERNEL_FUNCTIONS["varlen"]
+    attend = kernels.KERNEL_FUNCTIONS["varlen"]
 
     def watched(q, k, v, rows, scale):
         seen.append((q.dtype, k.dtype, v.dtype))
         return attend(q, k, v, rows, scale)
 
-    monkeypatch.setitem(packing._KERNEL_FUNCTIONS, "varlen", watched)
+    monkeypatch.setitem(kernels.KERNEL_FUNCTIONS, "varlen", watched)
 
     def autocast():
         return torch.autocast("cpu", dtype=torch.bfloat16)
@@ -287,6 +284,59 @@ def test_the_varlen_kernel_serves_fp32_weights_under_autocast(setup, monkeypatch
     finally:
         batching.restore()
         case.model.zero_grad()
+
+
+class WrongBackward(torch.autograd.Function):
+    """The right attention forward with a backward that drops half of each gradient: what
+    a kernel with a broken backward would hand the optimizer."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rows, scale):
+        with torch.enable_grad():
+            leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+            out = kernels.sdpa_rows(*leaves, rows, scale)
+        ctx.save_for_backward(out, *leaves)
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        out, *leaves = ctx.saved_tensors
+        grads = torch.autograd.grad(out, leaves, grad)
+        return (*(g * 0.5 for g in grads), None, None)
+
+
+def test_a_kernel_with_a_wrong_backward_is_refused_before_training(setup, monkeypatch, caplog):
+    """Its packed loss is right, so only the gradient check can tell; a backward that
+    raises is refused the same way, naming the error."""
+    kept, said = _kernel_kept(setup["llama"], monkeypatch, caplog, WrongBackward.apply)
+    assert kept == "packed/sdpa_rows"
+    assert "varlen: its dq differs from the per-row SDPA's by 0.5" in said
+
+    def no_backward(q, k, v, rows, scale):
+        return kernels.sdpa_rows(q.detach(), k.detach(), v.detach(), rows, scale)
+
+    kept, said = _kernel_kept(setup["llama"], monkeypatch, caplog, no_backward)
+    assert kept == "packed/sdpa_rows" and "varlen: RuntimeError" in said
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_kernel_gradients_agree_for_a_right_kernel(setup, arch, monkeypatch):
+    """The CPU stand-in of torch's varlen kernel (GQA heads of the model, uneven rows),
+    in fp32 and in bf16 under autocast, is within the tolerance; so is SDPA itself."""
+    from svdlora_cli.training.kernel_grads import head_shape, kernel_gradients_wrong
+
+    config = setup[arch].model.base_model.model.config
+    assert head_shape(config) == (4, 2, 8)  # hidden 32 over 4 heads; Qwen2 has no head_dim
+    assert head_shape(SimpleNamespace(num_attention_heads=6, hidden_size=48)) == (6, 6, 8)
+    monkeypatch.setattr(kernels, "_varlen", lambda: (strict_varlen, {"window_size": (-1, 0)}, True))
+    cpu = torch.device("cpu")
+    assert kernel_gradients_wrong("sdpa_rows", config, cpu) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert kernel_gradients_wrong("varlen", config, cpu) is None
+    monkeypatch.setattr(
+        kernels, "_varlen", lambda: (reference_varlen, {"window_size": (-1, 0)}, True)
+    )
+    assert kernel_gradients_wrong("varlen", config, cpu) is None  # fp32 without autocast
 
 
 class HostReads(TorchFunctionMode):
