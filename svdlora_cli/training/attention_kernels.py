@@ -134,3 +134,14 @@ def kernel_candidates(device: torch.device, low_precision: bool) -> list[str]:
         names += ["flash_attn"] if _flash_attn() is not None else []
         names += ["varlen"] if _varlen() is not None else []
     return [*names, "sdpa_rows"]
+
+
+def head_shape(config: Any) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head dim) of a transformers config (a multimodal
+    one's text model)."""
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return heads, kv_heads, head_dim

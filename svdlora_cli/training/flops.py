@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .attention_kernels import head_shape
 from .device_peak import Peak, checked_peak, device_peak
 
 __all__ = ["ModelFlops", "linear_shapes", "run_utilisation", "utilisation"]
@@ -155,14 +156,13 @@ class ModelFlops:
         config = model.config
         if hasattr(config, "get_text_config"):
             config = config.get_text_config()
-        heads = int(config.num_attention_heads)
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        heads, _, head_dim = head_shape(config)
         head_module = model.get_output_embeddings()
         return cls(
             weights=tuple(_weights(model, head_module, adapters)),
             head=tuple(_weights(head_module)) if head_module is not None else (),
             layers=int(config.num_hidden_layers),
-            attention_width=heads * int(head_dim),
+            attention_width=heads * head_dim,
         )
 
     def _attention(self, row_lengths: Sequence[int]) -> int:

@@ -15,20 +15,12 @@ from typing import Any
 
 import torch
 
-from .attention_kernels import KERNEL_FUNCTIONS, PackedRows, sdpa_rows
+from .attention_kernels import KERNEL_FUNCTIONS, PackedRows, head_shape, sdpa_rows
 
 # Relative error of a gradient's norm that a 16-bit kernel may show against fp32 (bf16
 # keeps 8 bits: about 1e-2 on these sizes); a wrong mask or a dropped term gives O(1).
 GRADIENT_TOLERANCE = 5e-2
 ROWS = (5, 11, 3)
-
-
-def head_shape(config: Any) -> tuple[int, int, int]:
-    """(query heads, key/value heads, head dim) of a transformers config."""
-    heads = int(config.num_attention_heads)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    return heads, kv_heads, head_dim
 
 
 def gradient_disagreement(

@@ -323,11 +323,14 @@ def test_a_kernel_with_a_wrong_backward_is_refused_before_training(setup, monkey
 def test_kernel_gradients_agree_for_a_right_kernel(setup, arch, monkeypatch):
     """The CPU stand-in of torch's varlen kernel (GQA heads of the model, uneven rows),
     in fp32 and in bf16 under autocast, is within the tolerance; so is SDPA itself."""
-    from svdlora_cli.training.kernel_grads import head_shape, kernel_gradients_wrong
+    from svdlora_cli.training.attention_kernels import head_shape
+    from svdlora_cli.training.kernel_grads import kernel_gradients_wrong
 
     config = setup[arch].model.base_model.model.config
     assert head_shape(config) == (4, 2, 8)  # hidden 32 over 4 heads; Qwen2 has no head_dim
     assert head_shape(SimpleNamespace(num_attention_heads=6, hidden_size=48)) == (6, 6, 8)
+    text = SimpleNamespace(num_attention_heads=6, num_key_value_heads=3, hidden_size=48)
+    assert head_shape(SimpleNamespace(get_text_config=lambda: text)) == (6, 3, 8)  # multimodal
     monkeypatch.setattr(kernels, "_varlen", lambda: (strict_varlen, {"window_size": (-1, 0)}, True))
     cpu = torch.device("cpu")
     assert kernel_gradients_wrong("sdpa_rows", config, cpu) is None
